@@ -1,0 +1,71 @@
+//! Typed ports: what flows along a link.
+
+use serde::{Deserialize, Serialize};
+
+/// The type of a value carried by a link. A link is allowed only between ports of the same type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortType {
+    /// Positive and negative prompt text.
+    Prompt,
+    /// A Stable Diffusion 1.5 model: UNet, VAE, text encoder and tokenizer.
+    Checkpoint,
+    /// AnimateDiff motion modules for the SD 1.5 UNet.
+    MotionModule,
+    /// An ImageReward model.
+    RewardModel,
+    /// N candidate anchor images with their latents (and, once scored, their rewards).
+    Candidates,
+    /// One still image (an anchor).
+    Image,
+    /// A video clip: frames and, where a model made it, its latents.
+    Video,
+    /// An integer; used by test-only node kinds.
+    Int,
+}
+
+impl PortType {
+    /// A short human name, as shown on ports and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            PortType::Prompt => "prompt",
+            PortType::Checkpoint => "checkpoint",
+            PortType::MotionModule => "motion module",
+            PortType::RewardModel => "reward model",
+            PortType::Candidates => "candidates",
+            PortType::Image => "image",
+            PortType::Video => "video",
+            PortType::Int => "integer",
+        }
+    }
+}
+
+impl std::fmt::Display for PortType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Declaration of one input or output port of a node kind.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PortSpec {
+    pub name: &'static str,
+    pub ty: PortType,
+    /// For inputs: whether the node cannot run without a link here.
+    pub required: bool,
+    /// One line, shown as a tooltip.
+    pub description: &'static str,
+}
+
+impl PortSpec {
+    pub const fn required(name: &'static str, ty: PortType, description: &'static str) -> Self {
+        PortSpec { name, ty, required: true, description }
+    }
+    pub const fn optional(name: &'static str, ty: PortType, description: &'static str) -> Self {
+        PortSpec { name, ty, required: false, description }
+    }
+    /// Output ports are never "required"; this is the constructor for them.
+    pub const fn output(name: &'static str, ty: PortType, description: &'static str) -> Self {
+        PortSpec { name, ty, required: false, description }
+    }
+}

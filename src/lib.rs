@@ -1,0 +1,22 @@
+//! stepstone: a node-graph studio for image-anchored text-to-video generation (I4VGen).
+//!
+//! Layers, each depending only on those below it:
+//! - [`graph`]: node kinds, ports, parameters, validation, preset files (no GUI, no tensors);
+//! - [`runtime`]: the lazy, cached, cancellable evaluation engine and its background worker;
+//! - [`nodes`]: evaluators of the built-in node kinds;
+//! - [`video`]: clips and writing them out;
+//! - [`cli`]: the command-line front end.
+
+pub mod cli;
+pub mod graph;
+pub mod nodes;
+pub mod paths;
+pub mod runtime;
+pub mod video;
+
+use std::path::PathBuf;
+
+/// An engine with every built-in node kind, resolving model paths in `models_dir`.
+pub fn builtin_engine(models_dir: PathBuf) -> runtime::Engine {
+    runtime::Engine::new(graph::KindRegistry::builtin(), nodes::builtin_evaluators(), models_dir)
+}

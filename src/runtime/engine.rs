@@ -1,0 +1,425 @@
+//! Planning and running a graph: pull-based, cached by key, cancellable, failures isolated.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::cache::{CacheKey, ModelCache, PathContext, ResultCache, node_key, normalise_params};
+use super::events::{Event, RunId, RunOutcome};
+use super::{EvalContext, Evaluators, NodeError, NodeOutputs, NodeReport};
+use crate::graph::{Graph, KindRegistry, NodeId, ResolvedParams, ValidateOptions, validate};
+
+/// How many node results the cache keeps by default.
+pub const DEFAULT_CACHE_ENTRIES: usize = 256;
+
+/// What a run would do with one node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeStatus {
+    /// Its result is cached; it will not run.
+    Cached,
+    /// It will run.
+    Stale,
+    /// It cannot run: it has errors, or a node it depends on has.
+    Blocked { reason: String },
+    /// Upstream of a cached node and not cached itself: not needed for this run.
+    Unneeded,
+}
+
+/// One node of a plan.
+#[derive(Clone, Debug)]
+pub struct PlannedNode {
+    pub id: NodeId,
+    pub key: Option<CacheKey>,
+    pub status: NodeStatus,
+    /// For each connected input port: the upstream node and its output port.
+    pub inputs: BTreeMap<String, (NodeId, String)>,
+    /// Whether the run pulls on this node (a target, or an input of a node that runs or is blocked).
+    pub pulled: bool,
+}
+
+/// What a run of some targets would do, node by node, in evaluation order.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub targets: Vec<NodeId>,
+    pub nodes: Vec<PlannedNode>,
+}
+
+impl Plan {
+    fn ids_with(&self, pred: impl Fn(&NodeStatus) -> bool) -> Vec<NodeId> {
+        self.nodes.iter().filter(|n| pred(&n.status)).map(|n| n.id.clone()).collect()
+    }
+    /// Nodes that will run, in order.
+    pub fn stale(&self) -> Vec<NodeId> {
+        self.ids_with(|s| *s == NodeStatus::Stale)
+    }
+    /// Nodes whose cached result will be used.
+    pub fn cached(&self) -> Vec<NodeId> {
+        self.ids_with(|s| *s == NodeStatus::Cached)
+    }
+    /// Nodes that cannot run.
+    pub fn blocked(&self) -> Vec<NodeId> {
+        self.ids_with(|s| matches!(s, NodeStatus::Blocked { .. }))
+    }
+    pub fn status(&self, node: &str) -> Option<&NodeStatus> {
+        self.nodes.iter().find(|n| n.id == node).map(|n| &n.status)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("no node '{0}' in the graph")]
+    NoSuchTarget(NodeId),
+    #[error("the graph has no output node (Video Preview or Export): add one, or name the nodes to run")]
+    NoOutputs,
+}
+
+/// Evaluates graphs. Owns the node-result cache and the model cache; single-threaded by design (the
+/// worker thread owns it, together with the compute device).
+pub struct Engine {
+    registry: KindRegistry,
+    evaluators: Evaluators,
+    cache: ResultCache,
+    models: ModelCache,
+    models_dir: PathBuf,
+}
+
+impl Engine {
+    pub fn new(registry: KindRegistry, evaluators: Evaluators, models_dir: PathBuf) -> Self {
+        Engine {
+            registry,
+            evaluators,
+            cache: ResultCache::new(DEFAULT_CACHE_ENTRIES),
+            models: ModelCache::new(),
+            models_dir,
+        }
+    }
+
+    pub fn registry(&self) -> &KindRegistry {
+        &self.registry
+    }
+    pub fn models_dir(&self) -> &Path {
+        &self.models_dir
+    }
+    pub fn models(&self) -> &ModelCache {
+        &self.models
+    }
+    pub fn cache(&self) -> &ResultCache {
+        &self.cache
+    }
+    pub fn set_cache_capacity(&mut self, entries: usize) {
+        self.cache = ResultCache::new(entries);
+    }
+
+    /// Drops cached node results; with `models`, loaded models too.
+    pub fn clear_cache(&mut self, models: bool) {
+        self.cache.clear();
+        if models {
+            self.models.clear();
+        }
+    }
+
+    /// Validation options matching this engine (model files are checked in its models directory).
+    pub fn validate_options(&self) -> ValidateOptions {
+        ValidateOptions { models_dir: Some(self.models_dir.clone()), input_dir: Some(PathBuf::from(".")) }
+    }
+
+    /// Output nodes of the graph (what a run with no targets evaluates).
+    pub fn output_nodes(&self, graph: &Graph) -> Vec<NodeId> {
+        graph
+            .nodes
+            .iter()
+            .filter(|(_, n)| self.registry.get(&n.kind).is_some_and(|k| k.is_output))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Works out what a run of `targets` (all output nodes when empty) would do, without running anything.
+    pub fn plan(&self, graph: &Graph, targets: &[NodeId]) -> Result<Plan, PlanError> {
+        let targets: Vec<NodeId> = if targets.is_empty() { self.output_nodes(graph) } else { targets.to_vec() };
+        if targets.is_empty() {
+            return Err(PlanError::NoOutputs);
+        }
+        if let Some(t) = targets.iter().find(|t| !graph.nodes.contains_key(*t)) {
+            return Err(PlanError::NoSuchTarget(t.clone()));
+        }
+
+        // Everything the targets depend on.
+        let mut needed = BTreeSet::new();
+        let mut stack: Vec<&str> = targets.iter().map(String::as_str).collect();
+        while let Some(n) = stack.pop() {
+            if needed.insert(n.to_string()) {
+                stack.extend(graph.upstream_of(n).into_iter().filter(|u| graph.nodes.contains_key(*u)));
+            }
+        }
+        let order = topological_order(graph, &needed);
+        let report = validate(graph, &self.registry, &self.validate_options());
+
+        // Keys, in order, so every upstream key is known when a node is reached.
+        let mut planned: Vec<PlannedNode> = Vec::with_capacity(order.len());
+        let mut index: HashMap<NodeId, usize> = HashMap::new();
+        let paths = PathContext { models_dir: &self.models_dir };
+        for id in &order {
+            let node = &graph.nodes[id];
+            let inputs: BTreeMap<String, (NodeId, String)> = graph
+                .links_into(id)
+                .map(|l| (l.to.port.clone(), (l.from.node.clone(), l.from.port.clone())))
+                .collect();
+            let mut blocked = None;
+            if let Some(err) = report.for_node(id).find(|m| m.severity == crate::graph::Severity::Error) {
+                blocked = Some(err.text.clone());
+            } else if self.evaluators.get(&node.kind).is_none() {
+                blocked = Some(format!("no evaluator is registered for kind '{}'", node.kind));
+            }
+            let mut upstream_keys = BTreeMap::new();
+            for (port, (from, from_port)) in &inputs {
+                match index.get(from).map(|&i| &planned[i]) {
+                    Some(PlannedNode { key: Some(k), .. }) => {
+                        upstream_keys.insert(port.clone(), (*k, from_port.clone()));
+                    }
+                    _ => {
+                        blocked.get_or_insert_with(|| format!("upstream node '{from}' cannot run"));
+                    }
+                }
+            }
+            let key = match (&blocked, self.registry.get(&node.kind)) {
+                (None, Some(kind)) => {
+                    let mut params = ResolvedParams::resolve(kind, node);
+                    normalise_params(kind, &mut params);
+                    Some(node_key(kind, &params, &upstream_keys, &paths))
+                }
+                _ => None,
+            };
+            let status = match blocked {
+                Some(reason) => NodeStatus::Blocked { reason },
+                None => NodeStatus::Unneeded,
+            };
+            index.insert(id.clone(), planned.len());
+            planned.push(PlannedNode { id: id.clone(), key, status, inputs, pulled: false });
+        }
+
+        // Pull from the targets: a cached node stops the walk; everything else it reaches will run.
+        let mut stack: Vec<NodeId> = targets.clone();
+        let mut seen = BTreeSet::new();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some(&i) = index.get(&id) else { continue };
+            let p = &mut planned[i];
+            p.pulled = true;
+            if matches!(p.status, NodeStatus::Blocked { .. }) {
+                // Keep walking, so the node whose own error blocks the rest is reported too.
+                stack.extend(p.inputs.values().map(|(from, _)| from.clone()));
+                continue;
+            }
+            match p.key {
+                Some(k) if self.cache.contains(&k) => p.status = NodeStatus::Cached,
+                _ => {
+                    p.status = NodeStatus::Stale;
+                    stack.extend(p.inputs.values().map(|(from, _)| from.clone()));
+                }
+            }
+        }
+        for p in &mut planned {
+            if p.status == NodeStatus::Unneeded && p.key.is_some_and(|k| self.cache.contains(&k)) {
+                p.status = NodeStatus::Cached;
+            }
+        }
+        Ok(Plan { targets, nodes: planned })
+    }
+
+    /// Runs `targets` (all output nodes when empty). Events go to `emit`; `cancelled` is polled between
+    /// nodes and at every progress report inside a node.
+    pub fn run(
+        &mut self,
+        graph: &Graph,
+        targets: &[NodeId],
+        run_id: RunId,
+        emit: &mut dyn FnMut(Event),
+        cancelled: &dyn Fn() -> bool,
+    ) -> RunOutcome {
+        let plan = match self.plan(graph, targets) {
+            Ok(plan) => plan,
+            Err(e) => {
+                let outcome = RunOutcome::Rejected { message: e.to_string() };
+                emit(Event::RunFinished { run_id, outcome: outcome.clone() });
+                return outcome;
+            }
+        };
+        emit(Event::RunStarted { run_id, plan: plan.clone() });
+
+        // Results available to this run; held here so cache eviction during the run cannot lose inputs.
+        let mut values: HashMap<NodeId, NodeOutputs> = HashMap::new();
+        for p in plan.nodes.iter().filter(|p| p.status == NodeStatus::Cached) {
+            if let Some(outputs) = p.key.and_then(|k| self.cache.get(&k)) {
+                values.insert(p.id.clone(), outputs.clone());
+                emit(Event::NodeFinished {
+                    run_id,
+                    node: p.id.clone(),
+                    cached: true,
+                    elapsed: std::time::Duration::ZERO,
+                    outputs,
+                });
+            }
+        }
+
+        let mut failed: Vec<NodeId> = Vec::new();
+        let mut not_done: BTreeSet<NodeId> = BTreeSet::new();
+        let mut was_cancelled = false;
+        for p in &plan.nodes {
+            let reached_blocked = matches!(p.status, NodeStatus::Blocked { .. }) && p.pulled;
+            if p.status != NodeStatus::Stale && !reached_blocked {
+                continue;
+            }
+            if cancelled() {
+                was_cancelled = true;
+                break;
+            }
+            if let NodeStatus::Blocked { reason } = &p.status {
+                emit(Event::NodeSkipped { run_id, node: p.id.clone(), reason: reason.clone() });
+                failed.push(p.id.clone());
+                not_done.insert(p.id.clone());
+                continue;
+            }
+            if let Some((from, _)) = p.inputs.values().find(|(from, _)| not_done.contains(from)) {
+                let reason = format!("upstream node '{from}' did not finish");
+                emit(Event::NodeSkipped { run_id, node: p.id.clone(), reason });
+                not_done.insert(p.id.clone());
+                continue;
+            }
+            match self.evaluate(graph, p, &values, run_id, emit, cancelled) {
+                Ok((outputs, elapsed)) => {
+                    if let Some(key) = p.key {
+                        self.cache.insert(key, &p.id, outputs.clone());
+                    }
+                    values.insert(p.id.clone(), outputs.clone());
+                    emit(Event::NodeFinished { run_id, node: p.id.clone(), cached: false, elapsed, outputs });
+                }
+                Err(NodeError::Cancelled) => {
+                    was_cancelled = true;
+                    break;
+                }
+                Err(e) => {
+                    emit(Event::NodeFailed { run_id, node: p.id.clone(), message: e.to_string() });
+                    failed.push(p.id.clone());
+                    not_done.insert(p.id.clone());
+                }
+            }
+        }
+
+        let outcome = if was_cancelled {
+            RunOutcome::Cancelled
+        } else if failed.is_empty() {
+            RunOutcome::Completed
+        } else {
+            RunOutcome::Failed { failed }
+        };
+        emit(Event::RunFinished { run_id, outcome: outcome.clone() });
+        outcome
+    }
+
+    fn evaluate(
+        &self,
+        graph: &Graph,
+        p: &PlannedNode,
+        values: &HashMap<NodeId, NodeOutputs>,
+        run_id: RunId,
+        emit: &mut dyn FnMut(Event),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<(NodeOutputs, std::time::Duration), NodeError> {
+        let internal = |what: String| NodeError::Failed(format!("internal error: {what}"));
+        let node = graph.nodes.get(&p.id).ok_or_else(|| internal(format!("node '{}' vanished", p.id)))?;
+        let kind = self.registry.get(&node.kind).ok_or_else(|| internal(format!("kind '{}' vanished", node.kind)))?;
+        let evaluator = self
+            .evaluators
+            .get(&node.kind)
+            .ok_or_else(|| internal(format!("no evaluator for kind '{}'", node.kind)))?;
+        let key = p.key.ok_or_else(|| internal(format!("node '{}' has no key", p.id)))?;
+        let mut params = ResolvedParams::resolve(kind, node);
+        normalise_params(kind, &mut params);
+
+        let mut inputs = BTreeMap::new();
+        for (port, (from, from_port)) in &p.inputs {
+            let value = values
+                .get(from)
+                .and_then(|o| o.values.get(from_port))
+                .ok_or_else(|| internal(format!("input '{port}' from '{from}.{from_port}' is not available")))?;
+            inputs.insert(port.clone(), value.clone());
+        }
+
+        emit(Event::NodeStarted { run_id, node: p.id.clone() });
+        let node_id = p.id.clone();
+        let mut report = |r: NodeReport| {
+            let node = node_id.clone();
+            emit(match r {
+                NodeReport::Progress { step, total } => Event::Progress { run_id, node, step, total },
+                NodeReport::Preview { label, value } => Event::Preview { run_id, node, label, value },
+                NodeReport::Note { text } => Event::NodeNote { run_id, node, text },
+            })
+        };
+        let mut ctx = EvalContext {
+            node: &p.id,
+            kind,
+            params: &params,
+            key,
+            models_dir: &self.models_dir,
+            models: &self.models,
+            inputs,
+            report: &mut report,
+            cancelled,
+        };
+        let start = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| evaluator.evaluate(&mut ctx)))
+            .unwrap_or_else(|panic| Err(internal(format!("the node panicked: {}", panic_text(&panic)))))?;
+        for out in kind.outputs {
+            if !result.values.contains_key(out.name) {
+                return Err(internal(format!("kind '{}' did not produce output '{}'", kind.id, out.name)));
+            }
+        }
+        Ok((result, start.elapsed()))
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+/// Kahn's algorithm over the `needed` nodes, smallest id first among the ready ones (deterministic).
+/// Nodes on a cycle cannot be ordered; they come last (validation has already marked them as errors).
+fn topological_order(graph: &Graph, needed: &BTreeSet<NodeId>) -> Vec<NodeId> {
+    let mut indegree: BTreeMap<&str, usize> = needed.iter().map(|n| (n.as_str(), 0)).collect();
+    let edges: BTreeSet<(&str, &str)> = graph
+        .links
+        .iter()
+        .filter(|l| needed.contains(&l.from.node) && needed.contains(&l.to.node))
+        .map(|l| (l.from.node.as_str(), l.to.node.as_str()))
+        .collect();
+    for (_, to) in &edges {
+        if let Some(d) = indegree.get_mut(to) {
+            *d += 1;
+        }
+    }
+    let mut ready: BTreeSet<&str> = indegree.iter().filter(|(_, d)| **d == 0).map(|(n, _)| *n).collect();
+    let mut order = Vec::with_capacity(needed.len());
+    while let Some(n) = ready.pop_first() {
+        indegree.remove(n);
+        order.push(n.to_string());
+        for (_, to) in edges.iter().filter(|(from, _)| *from == n) {
+            if let Some(d) = indegree.get_mut(to) {
+                *d -= 1;
+                if *d == 0 {
+                    ready.insert(to);
+                }
+            }
+        }
+    }
+    order.extend(indegree.keys().map(|n| n.to_string()));
+    order
+}

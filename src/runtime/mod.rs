@@ -1,0 +1,196 @@
+//! The evaluation engine: lazy, cached, cancellable evaluation of a graph on a background worker.
+//!
+//! - [`engine::Engine`] plans and runs a graph synchronously (tests and the worker use it).
+//! - [`worker::Worker`] owns an engine on a dedicated thread (where the burn device and the loaded models
+//!   live) and talks to front ends through bounded channels of [`events::Command`]s and [`events::Event`]s.
+//! - [`cache`] holds node results (keyed by [`cache::CacheKey`]) and, separately, loaded model handles.
+
+pub mod cache;
+pub mod engine;
+pub mod events;
+pub mod worker;
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::graph::{KindSpec, ResolvedParams};
+
+pub use cache::{CacheKey, ModelCache, ResultCache};
+pub use engine::{Engine, NodeStatus, Plan, PlanError};
+pub use events::{Command, Event, RunId, RunOutcome};
+pub use worker::Worker;
+
+/// A value travelling along a link. Cheap to clone; node kinds agree on the concrete type per port type.
+pub type Value = Arc<dyn Any + Send + Sync>;
+
+/// The outputs of one node evaluation, by output port name.
+#[derive(Clone, Default)]
+pub struct NodeOutputs {
+    pub values: BTreeMap<String, Value>,
+}
+
+impl NodeOutputs {
+    pub fn new() -> Self {
+        NodeOutputs::default()
+    }
+
+    /// Builder: adds one output.
+    pub fn with<T: Any + Send + Sync>(mut self, port: &str, value: T) -> Self {
+        self.values.insert(port.to_string(), Arc::new(value));
+        self
+    }
+
+    /// Typed access to one output.
+    pub fn get<T: Any>(&self, port: &str) -> Option<&T> {
+        self.values.get(port)?.downcast_ref::<T>()
+    }
+}
+
+impl std::fmt::Debug for NodeOutputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.values.keys()).finish()
+    }
+}
+
+/// Why a node did not produce its outputs.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NodeError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("input '{port}' is not connected")]
+    MissingInput { port: String },
+    #[error("input '{port}' carries the wrong kind of value (expected {expected})")]
+    WrongInputType { port: String, expected: &'static str },
+    #[error("parameter '{name}': {message}")]
+    Param { name: String, message: String },
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Failed(String),
+    #[error("node kind '{kind}' cannot run yet: {what}")]
+    NotImplemented { kind: String, what: String },
+}
+
+/// The code that evaluates one node kind.
+pub trait Evaluator: Send + Sync {
+    fn evaluate(&self, ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError>;
+}
+
+impl<F> Evaluator for F
+where
+    F: Fn(&mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> + Send + Sync,
+{
+    fn evaluate(&self, ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
+        self(ctx)
+    }
+}
+
+/// Evaluators by kind id.
+#[derive(Clone, Default)]
+pub struct Evaluators {
+    map: BTreeMap<String, Arc<dyn Evaluator>>,
+}
+
+impl Evaluators {
+    pub fn new() -> Self {
+        Evaluators::default()
+    }
+
+    pub fn register(&mut self, kind: &str, evaluator: impl Evaluator + 'static) {
+        self.map.insert(kind.to_string(), Arc::new(evaluator));
+    }
+
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn Evaluator>> {
+        self.map.get(kind).cloned()
+    }
+}
+
+/// What a node's evaluation can see and do.
+pub struct EvalContext<'a> {
+    pub node: &'a str,
+    pub kind: &'a KindSpec,
+    pub params: &'a ResolvedParams,
+    pub key: CacheKey,
+    pub models_dir: &'a Path,
+    pub models: &'a ModelCache,
+    pub(crate) inputs: BTreeMap<String, Value>,
+    pub(crate) report: &'a mut dyn FnMut(NodeReport),
+    pub(crate) cancelled: &'a dyn Fn() -> bool,
+}
+
+/// What a node reports while it runs.
+pub enum NodeReport {
+    Progress { step: u64, total: u64 },
+    Preview { label: String, value: Value },
+    Note { text: String },
+}
+
+impl EvalContext<'_> {
+    /// A connected input of type `T`.
+    pub fn input<T: Any>(&self, port: &str) -> Result<&T, NodeError> {
+        self.optional_input(port)?.ok_or_else(|| NodeError::MissingInput { port: port.to_string() })
+    }
+
+    /// An input that may be unconnected.
+    pub fn optional_input<T: Any>(&self, port: &str) -> Result<Option<&T>, NodeError> {
+        match self.inputs.get(port) {
+            None => Ok(None),
+            Some(v) => v.downcast_ref::<T>().map(Some).ok_or_else(|| NodeError::WrongInputType {
+                port: port.to_string(),
+                expected: std::any::type_name::<T>(),
+            }),
+        }
+    }
+
+    /// Whether the run has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        (self.cancelled)()
+    }
+
+    /// Returns `Err(Cancelled)` when the run has been cancelled; long loops call this (or `progress`) per step.
+    pub fn check_cancel(&self) -> Result<(), NodeError> {
+        if self.is_cancelled() { Err(NodeError::Cancelled) } else { Ok(()) }
+    }
+
+    /// Reports progress (`step` of `total` done), then checks for cancellation.
+    pub fn progress(&mut self, step: u64, total: u64) -> Result<(), NodeError> {
+        (self.report)(NodeReport::Progress { step, total });
+        self.check_cancel()
+    }
+
+    /// Shows an intermediate result in the front end.
+    pub fn preview<T: Any + Send + Sync>(&mut self, label: &str, value: T) {
+        (self.report)(NodeReport::Preview { label: label.to_string(), value: Arc::new(value) });
+    }
+
+    /// A message shown on the node (a truncated prompt, a fallback taken, ...).
+    pub fn note(&mut self, text: impl Into<String>) {
+        (self.report)(NodeReport::Note { text: text.into() });
+    }
+
+    /// A text parameter (resolved with its default).
+    pub fn param_str(&self, name: &str) -> Result<&str, NodeError> {
+        self.params.str(name).ok_or_else(|| self.param_error(name))
+    }
+    pub fn param_f64(&self, name: &str) -> Result<f64, NodeError> {
+        self.params.f64(name).ok_or_else(|| self.param_error(name))
+    }
+    pub fn param_i64(&self, name: &str) -> Result<i64, NodeError> {
+        self.params.i64(name).ok_or_else(|| self.param_error(name))
+    }
+    pub fn param_u64(&self, name: &str) -> Result<u64, NodeError> {
+        self.params.u64(name).ok_or_else(|| self.param_error(name))
+    }
+    pub fn param_bool(&self, name: &str) -> Result<bool, NodeError> {
+        self.params.bool(name).ok_or_else(|| self.param_error(name))
+    }
+
+    fn param_error(&self, name: &str) -> NodeError {
+        NodeError::Param {
+            name: name.to_string(),
+            message: format!("missing or of the wrong type for kind '{}'", self.kind.id),
+        }
+    }
+}

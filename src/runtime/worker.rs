@@ -1,0 +1,205 @@
+//! The background worker: one thread that owns the engine (and, through it, the compute device and the
+//! loaded models). Front ends send commands and read events over bounded channels; the GUI never waits.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::engine::Engine;
+use super::events::{Command, Event, RunId, RunOutcome};
+use crate::graph::{Graph, NodeId, validate};
+
+/// Capacity of the command channel.
+pub const COMMAND_CAPACITY: usize = 64;
+/// Capacity of the event channel. When it is full, progress and preview events are dropped (the next one
+/// supersedes them); every other event waits for room.
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// Called after each event is queued (a GUI passes `request_repaint`).
+pub type Waker = Box<dyn Fn() + Send + Sync>;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WorkerError {
+    #[error("the worker thread has stopped")]
+    Stopped,
+    #[error("the worker's command queue is full; try again")]
+    Busy,
+}
+
+/// Handle to the worker thread.
+pub struct Worker {
+    commands: SyncSender<Command>,
+    events: Receiver<Event>,
+    graph_slot: Arc<Mutex<Option<Graph>>>,
+    /// Runs with an id up to this one are cancelled.
+    cancel_upto: Arc<AtomicU64>,
+    next_run: RunId,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts the worker. `make_engine` runs on the worker thread, so whatever the engine creates there
+    /// (the compute device, loaded models) stays on that thread.
+    pub fn spawn<F>(make_engine: F, waker: Option<Waker>) -> Result<Self, std::io::Error>
+    where
+        F: FnOnce() -> Engine + Send + 'static,
+    {
+        let (cmd_tx, cmd_rx) = mpsc::sync_channel(COMMAND_CAPACITY);
+        let (ev_tx, ev_rx) = mpsc::sync_channel(EVENT_CAPACITY);
+        let graph_slot = Arc::new(Mutex::new(None));
+        let cancel_upto = Arc::new(AtomicU64::new(0));
+        let state = WorkerState {
+            commands: cmd_rx,
+            events: ev_tx,
+            waker,
+            graph_slot: graph_slot.clone(),
+            cancel_upto: cancel_upto.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("stepstone-worker".to_string())
+            .spawn(move || state.serve(make_engine()))?;
+        Ok(Worker { commands: cmd_tx, events: ev_rx, graph_slot, cancel_upto, next_run: 1, thread: Some(thread) })
+    }
+
+    fn send(&self, command: Command) -> Result<(), WorkerError> {
+        self.commands.try_send(command).map_err(|e| match e {
+            TrySendError::Full(_) => WorkerError::Busy,
+            TrySendError::Disconnected(_) => WorkerError::Stopped,
+        })
+    }
+
+    /// Replaces the worker's graph. The worker answers with `Event::GraphChecked`. Bursts of edits
+    /// coalesce: only the newest graph is checked.
+    pub fn set_graph(&self, graph: Graph) -> Result<(), WorkerError> {
+        let was_empty = {
+            let mut slot = self.graph_slot.lock().unwrap_or_else(|p| p.into_inner());
+            slot.replace(graph).is_none()
+        };
+        if was_empty { self.send(Command::GraphChanged) } else { Ok(()) }
+    }
+
+    /// Asks for a run of `targets` (all output nodes when empty) of the current graph.
+    pub fn run(&mut self, targets: Vec<NodeId>) -> Result<RunId, WorkerError> {
+        let run_id = self.next_run;
+        self.send(Command::Run { run_id, targets })?;
+        self.next_run += 1;
+        Ok(run_id)
+    }
+
+    /// Cancels every run asked for so far (the one in progress stops within one step).
+    pub fn cancel(&self) {
+        self.cancel_upto.fetch_max(self.next_run.saturating_sub(1), Ordering::SeqCst);
+        let _ = self.send(Command::Cancel);
+    }
+
+    /// Asks which nodes a run of `targets` would evaluate; answered with `Event::Stale`.
+    pub fn query_stale(&self, targets: Vec<NodeId>) -> Result<(), WorkerError> {
+        self.send(Command::QueryStale { targets })
+    }
+
+    /// Drops cached node results (and, with `models`, loaded models).
+    pub fn clear_cache(&self, models: bool) -> Result<(), WorkerError> {
+        self.send(Command::ClearCache { models })
+    }
+
+    /// The next event, if one is waiting.
+    pub fn try_event(&self) -> Option<Event> {
+        match self.events.try_recv() {
+            Ok(e) => Some(e),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+        }
+    }
+
+    /// The next event, waiting up to `timeout`. `Err(Stopped)` once the worker is gone and drained.
+    pub fn wait_event(&self, timeout: Duration) -> Result<Option<Event>, WorkerError> {
+        match self.events.recv_timeout(timeout) {
+            Ok(e) => Ok(Some(e)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(WorkerError::Stopped),
+        }
+    }
+
+    /// Stops the worker after the command in progress and waits for it.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.cancel();
+        // Blocking send: the queue may be full of commands the worker still has to drop.
+        let _ = self.commands.send(Command::Shutdown);
+        // Drain events so a worker blocked on a full event queue can proceed to the shutdown.
+        if let Some(thread) = self.thread.take() {
+            while !thread.is_finished() {
+                while self.events.try_recv().is_ok() {}
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct WorkerState {
+    commands: Receiver<Command>,
+    events: SyncSender<Event>,
+    waker: Option<Waker>,
+    graph_slot: Arc<Mutex<Option<Graph>>>,
+    cancel_upto: Arc<AtomicU64>,
+}
+
+impl WorkerState {
+    fn emit(&self, event: Event) {
+        let lossy = matches!(event, Event::Progress { .. } | Event::Preview { .. });
+        let sent = if lossy { self.events.try_send(event).is_ok() } else { self.events.send(event).is_ok() };
+        if sent {
+            if let Some(w) = &self.waker {
+                w();
+            }
+        }
+    }
+
+    fn serve(self, mut engine: Engine) {
+        let mut graph = Graph::new();
+        while let Ok(command) = self.commands.recv() {
+            match command {
+                Command::GraphChanged => {
+                    let next = self.graph_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some(next) = next {
+                        graph = next;
+                        let report = validate(&graph, engine.registry(), &engine.validate_options());
+                        let plan = engine.plan(&graph, &[]).ok();
+                        self.emit(Event::GraphChecked { report, plan });
+                    }
+                }
+                Command::Run { run_id, targets } => {
+                    let cancel_upto = self.cancel_upto.clone();
+                    let cancelled = move || cancel_upto.load(Ordering::SeqCst) >= run_id;
+                    if cancelled() {
+                        self.emit(Event::RunFinished { run_id, outcome: RunOutcome::Cancelled });
+                        continue;
+                    }
+                    let mut emit = |e| self.emit(e);
+                    engine.run(&graph, &targets, run_id, &mut emit, &cancelled);
+                }
+                Command::QueryStale { targets } => {
+                    let plan = engine.plan(&graph, &targets).map_err(|e| e.to_string());
+                    self.emit(Event::Stale { targets, plan });
+                }
+                Command::ClearCache { models } => {
+                    engine.clear_cache(models);
+                    self.emit(Event::CacheCleared { models });
+                }
+                Command::Cancel => {}
+                Command::Shutdown => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Video clips as frames, and writing them out.
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+
+/// A clip: frames plus what made it (for output names and embedded metadata).
+#[derive(Clone, Debug)]
+pub struct Video {
+    pub frames: Vec<RgbImage>,
+    pub fps: f64,
+    pub prompt: String,
+    pub seed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("nothing to export: the clip has no frames")]
+    NoFrames,
+    #[error("{path} already exists (set overwrite to replace it)")]
+    Exists { path: PathBuf },
+    #[error("cannot write {path}: {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+/// Fills `{prompt}`, `{seed}`, `{date}` and `{n}` in an output path template. The prompt is shortened and
+/// reduced to characters that are safe in file names.
+pub fn fill_template(template: &str, prompt: &str, seed: u64, date: &str, n: u32) -> String {
+    let safe: String = prompt
+        .chars()
+        .map(|c| if c.is_alphanumeric() { c } else { '_' })
+        .collect::<String>()
+        .split('_')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("_");
+    let safe: String = safe.chars().take(48).collect();
+    let safe = if safe.is_empty() { "untitled".to_string() } else { safe };
+    template
+        .replace("{prompt}", &safe)
+        .replace("{seed}", &seed.to_string())
+        .replace("{date}", date)
+        .replace("{n}", &format!("{n:04}"))
+}
+
+/// Writes the frames as `frame_0000.png`, ... into the folder `dir`. The frames go to a temporary folder
+/// beside it that is renamed into place at the end, so a failed export leaves nothing half-written.
+pub fn write_png_sequence(video: &Video, dir: &Path, overwrite: bool) -> Result<(), ExportError> {
+    if video.frames.is_empty() {
+        return Err(ExportError::NoFrames);
+    }
+    if dir.exists() && !overwrite {
+        return Err(ExportError::Exists { path: dir.to_path_buf() });
+    }
+    let write_err = |path: &Path, e: &dyn std::fmt::Display| ExportError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| write_err(&parent, &e))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "clip".into());
+    let tmp = parent.join(format!(".{name}.{}.partial", std::process::id()));
+    let result = (|| {
+        std::fs::create_dir_all(&tmp).map_err(|e| write_err(&tmp, &e))?;
+        for (i, frame) in video.frames.iter().enumerate() {
+            let path = tmp.join(format!("frame_{i:04}.png"));
+            frame.save(&path).map_err(|e| write_err(&path, &e))?;
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| write_err(dir, &e))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| write_err(dir, &e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clip(n: usize) -> Video {
+        let frames = (0..n).map(|i| RgbImage::from_pixel(4, 2, image::Rgb([i as u8 * 40, 7, 200]))).collect();
+        Video { frames, fps: 8.0, prompt: "a cat".into(), seed: 1 }
+    }
+
+    #[test]
+    fn template_fills_placeholders_safely() {
+        assert_eq!(fill_template("out/{prompt}-{seed}-{n}", "A cat, on/the moon!", 7, "d", 3), "out/A_cat_on_the_moon-7-0003");
+        assert_eq!(fill_template("{prompt}", "", 0, "", 0), "untitled");
+        assert_eq!(fill_template("{date}", "x", 0, "2026-11-21", 0), "2026-11-21");
+    }
+
+    #[test]
+    fn png_sequence_round_trips_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("clip");
+        write_png_sequence(&clip(3), &out, false).unwrap();
+        let back = image::open(out.join("frame_0002.png")).unwrap().to_rgb8();
+        assert_eq!(back, clip(3).frames[2]);
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3);
+        assert!(matches!(write_png_sequence(&clip(1), &out, false), Err(ExportError::Exists { .. })));
+        write_png_sequence(&clip(1), &out, true).unwrap();
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+        assert!(matches!(write_png_sequence(&clip(0), &dir.path().join("e"), false), Err(ExportError::NoFrames)));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary folder may remain");
+    }
+}

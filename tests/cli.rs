@@ -1,0 +1,204 @@
+//! The command line: failures exit non-zero with messages that name what is wrong.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn stepstone(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stepstone"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("STEPSTONE_MODELS")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn repo(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel).display().to_string()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A models directory holding (empty) files under the names the shipped presets use.
+fn fake_models(dir: &Path) -> PathBuf {
+    let m = dir.join("models");
+    std::fs::create_dir_all(m.join("stable-diffusion-v1-5")).unwrap();
+    std::fs::write(m.join("mm_sd_v15_v2.ckpt"), b"").unwrap();
+    std::fs::write(m.join("ImageReward.pt"), b"").unwrap();
+    m
+}
+
+#[test]
+fn malformed_json_reports_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "bad.json", "{\n  \"format\": \"stepstone-graph\",\n  \"version\": 1,\n  \"nodes\": [}\n}\n");
+    for cmd in ["run", "validate"] {
+        let o = stepstone(&[cmd, p.to_str().unwrap()], dir.path());
+        assert!(!o.status.success(), "{cmd} must fail");
+        let err = stderr(&o);
+        assert!(err.contains(&format!("{}:4:13: malformed JSON", p.display())), "{cmd}: {err}");
+    }
+}
+
+const UNKNOWN_KIND: &str = r#"{
+  "format": "stepstone-graph",
+  "version": 1,
+  "nodes": [
+    {"id": "p", "kind": "prompt", "params": {"positive": "a cat"}},
+    {"id": "x", "kind": "hyperdrive", "params": {}}
+  ],
+  "links": [{"from": "p.prompt", "to": "x.prompt"}]
+}"#;
+
+#[test]
+fn unknown_node_kind_fails_validate_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "unknown.json", UNKNOWN_KIND);
+    let o = stepstone(&["validate", p.to_str().unwrap()], dir.path());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("node 'x': unknown node kind 'hyperdrive'"), "{}", stderr(&o));
+    let o = stepstone(&["run", p.to_str().unwrap(), "--target", "x"], dir.path());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("unknown node kind 'hyperdrive'"), "{}", stderr(&o));
+    // The rest of the graph still runs.
+    let o = stepstone(&["run", p.to_str().unwrap(), "--target", "p", "--quiet"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn missing_model_file_names_the_file_and_the_models_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("my-models");
+    std::fs::create_dir_all(&models).unwrap();
+    let preset = repo("graphs/i4vgen_animatediff.json");
+    let o = stepstone(&["run", &preset, "--models", models.to_str().unwrap()], dir.path());
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("model file 'mm_sd_v15_v2.ckpt' not found"), "{err}");
+    assert!(err.contains(&format!("models directory '{}'", models.display())), "{err}");
+    assert!(err.contains("from --models"), "{err}");
+
+    // The environment variable is the next place looked at.
+    let o = Command::new(env!("CARGO_BIN_EXE_stepstone"))
+        .args(["run", &preset])
+        .env("STEPSTONE_MODELS", &models)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("from $STEPSTONE_MODELS"), "{}", stderr(&o));
+}
+
+#[test]
+fn validate_accepts_the_shipped_presets_when_the_models_are_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = fake_models(dir.path());
+    let o = stepstone(
+        &["validate", &repo("graphs/i4vgen_animatediff.json"), &repo("graphs/vanilla_animatediff.json"), "--models", models.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("i4vgen_animatediff.json: ok (10 nodes, 14 links)"), "{out}");
+}
+
+#[test]
+fn set_overrides_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = fake_models(dir.path());
+    let preset = repo("graphs/i4vgen_animatediff.json");
+    let m = models.to_str().unwrap();
+    let cases = [
+        ("nosuch.cfg=3", "no node 'nosuch' in the graph"),
+        ("candidates.guidance=3", "kind 't2i_candidates' has no parameter 'guidance'"),
+        ("candidates.cfg=lots", "\"lots\" is not a number in 0..=30"),
+        ("candidates.count=0", "0 is out of range: expected an integer in 1..=64"),
+        ("candidates.cfg", "expected NODE.PARAM=VALUE"),
+    ];
+    for (set, expected) in cases {
+        let o = stepstone(&["run", &preset, "--models", m, "--set", set], dir.path());
+        assert!(!o.status.success(), "--set {set} must fail");
+        assert!(stderr(&o).contains(expected), "--set {set}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn a_node_that_fails_makes_run_exit_non_zero_with_its_message() {
+    // With every model file present, the run starts; the generation nodes cannot run in this build and
+    // must say so, and the run must fail, not pretend.
+    let dir = tempfile::tempdir().unwrap();
+    let models = fake_models(dir.path());
+    let o = stepstone(
+        &["run", &repo("graphs/i4vgen_animatediff.json"), "--models", models.to_str().unwrap(), "--quiet"],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("node 'candidates' failed"), "{err}");
+    assert!(err.contains("node(s) failed"), "{err}");
+}
+
+#[test]
+fn run_with_targets_evaluates_and_load_image_reports_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image::RgbImage::from_pixel(16, 8, image::Rgb([1, 2, 3]));
+    img.save(dir.path().join("anchor.png")).unwrap();
+    write(dir.path(), "not-an-image.png", "this is text");
+    let preset = write(
+        dir.path(),
+        "img.json",
+        r#"{"format": "stepstone-graph", "version": 1, "nodes": [
+            {"id": "good", "kind": "load_image", "params": {"path": "anchor.png"}},
+            {"id": "bad", "kind": "load_image", "params": {"path": "not-an-image.png"}}
+        ], "links": []}"#,
+    );
+    let o = stepstone(&["run", preset.to_str().unwrap(), "--target", "good"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("done good"), "{}", stderr(&o));
+    let o = stepstone(&["run", preset.to_str().unwrap(), "--target", "bad", "--target", "good"], dir.path());
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("node 'bad' failed: not-an-image.png: not a readable image"), "{err}");
+    let o = stepstone(&["run", preset.to_str().unwrap()], dir.path());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no output node"), "{}", stderr(&o));
+}
+
+#[test]
+fn out_needs_exactly_one_export_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let preset = write(
+        dir.path(),
+        "p.json",
+        r#"{"format": "stepstone-graph", "version": 1, "nodes": [{"id": "p", "kind": "prompt"}], "links": []}"#,
+    );
+    let o = stepstone(&["run", preset.to_str().unwrap(), "--out", "clip"], dir.path());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("has no Export node"), "{}", stderr(&o));
+}
+
+#[test]
+fn no_subcommand_explains_that_the_editor_is_not_here_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stepstone(&[], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("stepstone run"), "{}", stderr(&o));
+}
+
+#[test]
+fn nodes_lists_every_kind_with_its_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stepstone(&["nodes"], dir.path());
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    for kind in ["prompt", "t2i_candidates", "candidate_selector", "ni_vsds", "regenerator", "video_preview", "export", "load_image"] {
+        assert!(out.contains(&format!("{kind} (")), "{kind} missing:\n{out}");
+    }
+    assert!(out.contains("p_ni_vsds"), "{out}");
+}
