@@ -291,10 +291,10 @@ fn equal_values_written_differently_share_a_cache_entry() {
     g.set_param(&reg, "a", "scale", 2.into()).unwrap();
     run(&mut engine, &g, &["out_ab"]);
     g.set_param(&reg, "a", "scale", 2.0.into()).unwrap();
-    assert!(engine.plan(&g, &["out_ab"]).unwrap().stale().is_empty(), "2 and 2.0 are the same scale");
+    assert!(engine.plan(&g, &["out_ab".to_string()]).unwrap().stale().is_empty(), "2 and 2.0 are the same scale");
     // An explicit default is the same as a missing parameter.
     g.set_param(&reg, "b", "scale", 1.0.into()).unwrap();
-    assert!(engine.plan(&g, &["out_ab"]).unwrap().stale().is_empty());
+    assert!(engine.plan(&g, &["out_ab".to_string()]).unwrap().stale().is_empty());
 }
 
 #[test]

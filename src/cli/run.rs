@@ -96,19 +96,19 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
                 bar.set_length(total);
                 bar.set_position(step);
             }
-            Event::NodeNote { node, text, .. } => bar.println(format!("{node}: {text}")),
+            Event::NodeNote { node, text, .. } => say(&bar, format!("{node}: {text}")),
             Event::NodeFinished { node, cached, elapsed, .. } => {
                 if !args.quiet {
                     let how = if cached { "cached".to_string() } else { format!("{:.2} s", elapsed.as_secs_f64()) };
-                    bar.println(format!("done {node} ({how})"));
+                    say(&bar, format!("done {node} ({how})"));
                 }
             }
             Event::NodeFailed { node, message, .. } => {
-                bar.println(format!("error: node '{node}' failed: {message}"));
+                say(&bar, format!("error: node '{node}' failed: {message}"));
                 failures.insert(node, message);
             }
             Event::NodeSkipped { node, reason, .. } => {
-                bar.println(format!("skipped: node '{node}': {reason}"));
+                say(&bar, format!("skipped: node '{node}': {reason}"));
             }
             Event::RunFinished { outcome, .. } => break outcome,
             _ => {}
@@ -131,4 +131,10 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
             bail!("{}: {} node(s) failed: {}", args.preset.display(), failed.len(), list.join("; "))
         }
     }
+}
+
+/// Prints a line above the progress bar (also when the bar is hidden, as under --quiet or without a
+/// terminal, where `ProgressBar::println` would print nothing).
+fn say(bar: &ProgressBar, text: String) {
+    bar.suspend(|| eprintln!("{text}"));
 }

@@ -419,10 +419,14 @@ mod tests {
                 assert!(!p.description.is_empty(), "{}.{} has no description", kind.id, p.name);
                 p.check(&p.default_value()).unwrap_or_else(|e| panic!("{}.{}: {e}", kind.id, p.name));
             }
-            let mut ports = HashSet::new();
-            for p in kind.inputs.iter().chain(kind.outputs) {
-                assert!(ports.insert(p.name), "{}: duplicate port {}", kind.id, p.name);
-                assert!(!p.description.is_empty(), "{}.{} has no description", kind.id, p.name);
+            // An input and an output may share a name (a link's direction tells them apart).
+            for ports in [kind.inputs, kind.outputs] {
+                let mut names = HashSet::new();
+                for p in ports {
+                    assert!(names.insert(p.name), "{}: duplicate port {}", kind.id, p.name);
+                    assert!(!p.description.is_empty(), "{}.{} has no description", kind.id, p.name);
+                    assert!(!p.name.contains('.'), "{}.{}: port names cannot contain dots", kind.id, p.name);
+                }
             }
             assert!(kind.is_output || !kind.outputs.is_empty(), "{} produces nothing", kind.id);
         }

@@ -217,8 +217,8 @@ impl Graph {
     }
 
     /// The nodes directly upstream of `node` (deduplicated, sorted).
-    pub fn upstream_of(&self, node: &str) -> BTreeSet<&str> {
-        self.links_into(node).map(|l| l.from.node.as_str()).collect()
+    pub fn upstream_of<'a>(&'a self, node: &str) -> BTreeSet<&'a str> {
+        self.links.iter().filter(|l| l.to.node == node).map(|l| l.from.node.as_str()).collect()
     }
 
     /// `node` and every node downstream of it.

@@ -282,7 +282,7 @@ fn check_cycles(report: &mut Report, graph: &Graph) {
             if let Some(d) = indegree.get_mut(to) {
                 *d -= 1;
                 if *d == 0 {
-                    ready.push(to);
+                    ready.push(*to);
                 }
             }
         }

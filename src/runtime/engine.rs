@@ -315,6 +315,7 @@ impl Engine {
         } else {
             RunOutcome::Failed { failed }
         };
+        tracing::info!(run_id, ?outcome, "run finished");
         emit(Event::RunFinished { run_id, outcome: outcome.clone() });
         outcome
     }
@@ -348,6 +349,7 @@ impl Engine {
             inputs.insert(port.clone(), value.clone());
         }
 
+        tracing::debug!(node = %p.id, kind = %node.kind, key = %key, "evaluating");
         emit(Event::NodeStarted { run_id, node: p.id.clone() });
         let node_id = p.id.clone();
         let mut report = |r: NodeReport| {
@@ -415,7 +417,7 @@ fn topological_order(graph: &Graph, needed: &BTreeSet<NodeId>) -> Vec<NodeId> {
             if let Some(d) = indegree.get_mut(to) {
                 *d -= 1;
                 if *d == 0 {
-                    ready.insert(to);
+                    ready.insert(*to);
                 }
             }
         }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::engine::Plan;
 use super::{NodeOutputs, Value};
-use crate::graph::{Graph, NodeId, Report};
+use crate::graph::{NodeId, Report};
 
 /// Identifies one run; increases with each run a worker is asked for.
 pub type RunId = u64;

@@ -98,8 +98,17 @@ impl Evaluators {
         Evaluators::default()
     }
 
-    pub fn register(&mut self, kind: &str, evaluator: impl Evaluator + 'static) {
-        self.map.insert(kind.to_string(), Arc::new(evaluator));
+    /// Registers a function (or closure) as the evaluator of `kind`.
+    pub fn register<F>(&mut self, kind: &str, f: F)
+    where
+        F: Fn(&mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> + Send + Sync + 'static,
+    {
+        self.map.insert(kind.to_string(), Arc::new(f));
+    }
+
+    /// Registers an evaluator object for `kind`.
+    pub fn register_evaluator(&mut self, kind: &str, evaluator: Arc<dyn Evaluator>) {
+        self.map.insert(kind.to_string(), evaluator);
     }
 
     pub fn get(&self, kind: &str) -> Option<Arc<dyn Evaluator>> {

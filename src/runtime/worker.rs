@@ -128,16 +128,18 @@ impl Worker {
 
     fn stop(&mut self) {
         self.cancel();
-        // Blocking send: the queue may be full of commands the worker still has to drop.
-        let _ = self.commands.send(Command::Shutdown);
-        // Drain events so a worker blocked on a full event queue can proceed to the shutdown.
-        if let Some(thread) = self.thread.take() {
-            while !thread.is_finished() {
-                while self.events.try_recv().is_ok() {}
-                std::thread::sleep(Duration::from_millis(1));
+        let Some(thread) = self.thread.take() else { return };
+        // Never block here: the worker may itself be waiting for room in the event queue, so keep
+        // draining events until the shutdown command fits and the thread has ended.
+        let mut sent = false;
+        while !thread.is_finished() {
+            if !sent {
+                sent = !matches!(self.commands.try_send(Command::Shutdown), Err(TrySendError::Full(_)));
             }
-            let _ = thread.join();
+            while self.events.try_recv().is_ok() {}
+            std::thread::sleep(Duration::from_millis(1));
         }
+        let _ = thread.join();
     }
 }
 
