@@ -12,6 +12,7 @@ pub mod graph;
 pub mod nodes;
 pub mod paths;
 pub mod runtime;
+pub mod schedulers;
 pub mod video;
 
 use std::path::PathBuf;

@@ -1,0 +1,64 @@
+//! Helpers shared by the parity tests: fixture loading and tensor comparison.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+}
+
+/// The CPU device most tests run on.
+pub fn cpu() -> Device {
+    Device::flex()
+}
+
+/// A tensor from a safetensors fixture file (f32 only), by name.
+pub struct Fixture {
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    pub path: PathBuf,
+}
+
+impl Fixture {
+    pub fn load(rel: &str) -> Fixture {
+        let path = fixtures().join(rel);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}: fixtures are f32");
+            let data: Vec<f32> =
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            tensors.insert(name.to_string(), (view.shape().to_vec(), data));
+        }
+        Fixture { tensors, path }
+    }
+
+    pub fn values(&self, name: &str) -> &[f32] {
+        &self.get(name).1
+    }
+
+    pub fn get(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
+        self.tensors.get(name).unwrap_or_else(|| panic!("{}: no tensor '{name}'", self.path.display()))
+    }
+
+    pub fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
+        let (shape, data) = self.get(name);
+        assert_eq!(shape.len(), D, "{name}: rank {} expected {D}", shape.len());
+        Tensor::from_data(TensorData::new(data.clone(), shape.clone()), device)
+    }
+}
+
+pub fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.to_data().try_to_vec::<f32>().unwrap()
+}
+
+/// Max absolute difference; panics with the measured figure when it exceeds `tol`.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(err.is_finite() && err <= tol, "{what}: max abs error {err:e} > {tol:e}");
+    err
+}
