@@ -79,7 +79,7 @@ pub enum SchedulerError {
 pub fn betas(schedule: BetaSchedule, beta_start: f64, beta_end: f64, n: usize) -> Vec<f64> {
     match schedule {
         BetaSchedule::Linear => linspace_f32(beta_start as f32, beta_end as f32, n).into_iter().map(f64::from).collect(),
-        BetaSchedule::ScaledLinear => linspace_f32((beta_start as f32).sqrt(), (beta_end as f32).sqrt(), n)
+        BetaSchedule::ScaledLinear => linspace_f32(beta_start.sqrt() as f32, beta_end.sqrt() as f32, n)
             .into_iter()
             .map(|b| f64::from(b * b))
             .collect(),
@@ -112,14 +112,7 @@ pub fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
 
 /// diffusers' `rescale_zero_terminal_snr` (arXiv 2305.08891, Algorithm 1), in float32 like diffusers.
 pub fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
-    let mut cum = 1.0f32;
-    let sqrt_bar: Vec<f32> = betas
-        .iter()
-        .map(|&b| {
-            cum *= 1.0 - b as f32;
-            cum.sqrt()
-        })
-        .collect();
+    let sqrt_bar: Vec<f32> = alphas_cumprod(betas).into_iter().map(|a| (a as f32).sqrt()).collect();
     let (Some(&a0), Some(&at)) = (sqrt_bar.first(), sqrt_bar.last()) else { return Vec::new() };
     let bar: Vec<f32> = sqrt_bar.iter().map(|&s| ((s - at) * (a0 / (a0 - at))).powi(2)).collect();
     let mut out = Vec::with_capacity(bar.len());
@@ -130,14 +123,15 @@ pub fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
     out
 }
 
-/// Cumulative products of `1 - beta` in float32, as `torch.cumprod` computes them.
+/// Cumulative products of `1 - beta` as `torch.cumprod` computes them on float32 tensors: factors in
+/// float32, the running product accumulated in double, each output rounded to float32.
 pub fn alphas_cumprod(betas: &[f64]) -> Vec<f64> {
-    let mut cum = 1.0f32;
+    let mut cum = 1.0f64;
     betas
         .iter()
         .map(|&b| {
-            cum *= 1.0 - b as f32;
-            f64::from(cum)
+            cum *= f64::from(1.0 - b as f32);
+            f64::from(cum as f32)
         })
         .collect()
 }
