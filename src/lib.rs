@@ -4,11 +4,13 @@
 //! - [`graph`]: node kinds, ports, parameters, validation, preset files (no GUI, no tensors);
 //! - [`runtime`]: the lazy, cached, cancellable evaluation engine and its background worker;
 //! - [`nodes`]: evaluators of the built-in node kinds;
+//! - [`models`], [`schedulers`]: the networks in burn and the DDIM scheduler (a library of their own);
 //! - [`video`]: clips and writing them out;
 //! - [`cli`]: the command-line front end.
 
 pub mod cli;
 pub mod graph;
+pub mod models;
 pub mod nodes;
 pub mod paths;
 pub mod runtime;

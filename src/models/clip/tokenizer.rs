@@ -1,0 +1,157 @@
+//! The CLIP BPE tokenizer of Stable Diffusion 1.x, as transformers' `CLIPTokenizer` (the slow one that
+//! diffusers pipelines use, without the optional `ftfy`) tokenizes prompts.
+//!
+//! Steps, each matching the reference:
+//! 1. text cleanup as BERT's `BasicTokenizer(strip_accents=False, do_split_on_punc=False)`: control
+//!    characters dropped, whitespace unified, spaces around CJK ideographs, NFC, lower case
+//!    (tokenizers' `BertNormalizer` + NFC);
+//! 2. whitespace collapsed, then split with CLIP's pattern (`'s|'t|...|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+`);
+//! 3. each piece mapped byte-wise to GPT-2's printable alphabet and merged with the BPE merges
+//!    (tokenizers' `BPE` model, end-of-word suffix `</w>`);
+//! 4. `<|startoftext|>` ids... `<|endoftext|>`, truncated to 77 and padded (diffusers pads with the
+//!    tokenizer's pad token, `<|endoftext|>` for SD 1.5).
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::BertNormalizer;
+use tokenizers::{Model, NormalizedString, Normalizer};
+
+/// Context length of the CLIP text encoder in SD 1.x.
+pub const MAX_LENGTH: usize = 77;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("cannot read tokenizer file {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("tokenizer files {vocab} / {merges}: {message}")]
+    Invalid { vocab: PathBuf, merges: PathBuf, message: String },
+    #[error("tokenizer vocabulary has no token '{0}'")]
+    MissingSpecial(String),
+    #[error("tokenizing failed: {0}")]
+    Encode(String),
+}
+
+/// Token ids of one prompt, padded to `MAX_LENGTH`, with what was lost to truncation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoding {
+    pub ids: Vec<u32>,
+    /// How many BPE tokens of the prompt did not fit and were dropped.
+    pub truncated: usize,
+}
+
+pub struct ClipTokenizer {
+    bpe: BPE,
+    normalizer: BertNormalizer,
+    split: regex::Regex,
+    byte_chars: [char; 256],
+    pub bos: u32,
+    pub eos: u32,
+    pub pad: u32,
+    pub max_length: usize,
+}
+
+impl std::fmt::Debug for ClipTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipTokenizer").field("bos", &self.bos).field("eos", &self.eos).finish()
+    }
+}
+
+/// GPT-2's reversible map from bytes to printable characters (`bytes_to_unicode`).
+fn byte_chars() -> [char; 256] {
+    let mut out = ['\0'; 256];
+    let mut extra = 0u32;
+    for b in 0..=255u8 {
+        let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        out[b as usize] = if printable {
+            char::from(b)
+        } else {
+            let c = char::from_u32(256 + extra).unwrap_or('?');
+            extra += 1;
+            c
+        };
+    }
+    out
+}
+
+impl ClipTokenizer {
+    /// Reads `vocab.json` and `merges.txt` (a diffusers `tokenizer/` folder).
+    pub fn from_files(vocab: &Path, merges: &Path) -> Result<Self, TokenizerError> {
+        for p in [vocab, merges] {
+            if !p.is_file() {
+                return Err(TokenizerError::Read { path: p.to_path_buf(), message: "not found".into() });
+            }
+        }
+        let invalid = |message: String| TokenizerError::Invalid {
+            vocab: vocab.to_path_buf(),
+            merges: merges.to_path_buf(),
+            message,
+        };
+        let (v, m) = BPE::read_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .map_err(|e| invalid(e.to_string()))?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(v, m)
+            .end_of_word_suffix("</w>".to_string())
+            .unk_token("<|endoftext|>".to_string())
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
+        let special = |t: &str| bpe.token_to_id(t).ok_or_else(|| TokenizerError::MissingSpecial(t.to_string()));
+        let (bos, eos) = (special("<|startoftext|>")?, special("<|endoftext|>")?);
+        let split = regex::Regex::new(
+            r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        Ok(ClipTokenizer {
+            bpe,
+            normalizer: BertNormalizer::new(true, true, Some(false), true),
+            split,
+            byte_chars: byte_chars(),
+            bos,
+            eos,
+            pad: eos,
+            max_length: MAX_LENGTH,
+        })
+    }
+
+    /// Reads a diffusers `tokenizer/` folder.
+    pub fn from_dir(dir: &Path) -> Result<Self, TokenizerError> {
+        Self::from_files(&dir.join("vocab.json"), &dir.join("merges.txt"))
+    }
+
+    /// BPE ids of a prompt, without start/end tokens or padding.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let mut normalized = NormalizedString::from(text);
+        self.normalizer.normalize(&mut normalized).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        normalized.nfc();
+        let cleaned = normalized.get().split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        let mut ids = Vec::new();
+        for piece in self.split.find_iter(&cleaned) {
+            if let Some(id) = [("<|startoftext|>", self.bos), ("<|endoftext|>", self.eos)]
+                .iter()
+                .find(|(t, _)| *t == piece.as_str())
+                .map(|(_, id)| *id)
+            {
+                ids.push(id);
+                continue;
+            }
+            let mapped: String = piece.as_str().bytes().map(|b| self.byte_chars[b as usize]).collect();
+            let tokens = self.bpe.tokenize(&mapped).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+            ids.extend(tokens.into_iter().map(|t| t.id));
+        }
+        Ok(ids)
+    }
+
+    /// `<|startoftext|>` + ids + `<|endoftext|>`, truncated to `max_length` and padded with `pad`, as
+    /// `tokenizer(prompt, padding="max_length", truncation=True)` does.
+    pub fn encode(&self, text: &str) -> Result<Encoding, TokenizerError> {
+        let body = self.tokenize(text)?;
+        let room = self.max_length.saturating_sub(2);
+        let truncated = body.len().saturating_sub(room);
+        let mut ids = Vec::with_capacity(self.max_length);
+        ids.push(self.bos);
+        ids.extend(body.into_iter().take(room));
+        ids.push(self.eos);
+        ids.resize(self.max_length, self.pad);
+        Ok(Encoding { ids, truncated })
+    }
+}

@@ -1,0 +1,134 @@
+//! Loading weights into module trees, with the result checked.
+//!
+//! Every load reports: missing keys and shape or dtype mismatches are errors naming the file and the
+//! first offending keys (expected vs found); keys in the file that the module does not use are returned
+//! in the report (minus those a caller declares harmless, such as transformers' `position_ids` buffer).
+//! Pickle files (`.bin`, `.ckpt`, `.pt`, `.pth`) are read by burn-store's PyTorch reader, which parses the
+//! pickle stream as data and never executes code from it.
+
+use std::path::{Path, PathBuf};
+
+use burn::store::{
+    ApplyError, ApplyResult, ChainAdapter, FloatCastAdapter, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter,
+    PytorchStore, SafetensorsStore,
+};
+use burn::tensor::DType;
+
+/// How many offending keys a message lists.
+const SHOWN: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: file not found")]
+    NotFound { path: PathBuf },
+    #[error("{path}: cannot read weights: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("{path}: unsupported weight file type (expected .safetensors, .bin, .ckpt, .pt or .pth)")]
+    UnknownFormat { path: PathBuf },
+    #[error("{path}: {count} weight(s) missing, e.g. {}", list(.first))]
+    Missing { path: PathBuf, count: usize, first: Vec<String> },
+    #[error("{path}: {count} weight(s) do not fit: {}", list(.first))]
+    Mismatch { path: PathBuf, count: usize, first: Vec<String> },
+    #[error("{path}: {message}")]
+    WrongKind { path: PathBuf, message: String },
+    #[error("{path}: invalid key mapping: {message}")]
+    Remap { path: PathBuf, message: String },
+}
+
+fn list(items: &[String]) -> String {
+    items.join("; ")
+}
+
+/// What a successful load did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadReport {
+    pub path: PathBuf,
+    /// Number of tensors loaded.
+    pub applied: usize,
+    /// Keys in the file that nothing used (after removing the declared-harmless ones).
+    pub unused: Vec<String>,
+}
+
+/// Options of one load.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions<'a> {
+    /// Regex rewrites applied to the file's keys before matching (one documented table per format).
+    pub remap: &'a [(&'a str, &'a str)],
+    /// Regexes of file keys that are expected to be unused (buffers, EMA copies, ...).
+    pub ignore_unused: &'a [&'a str],
+    /// For pickle checkpoints: the key of the nested state dict ("state_dict"), if any.
+    pub top_level_key: Option<&'a str>,
+}
+
+/// The weight format of a file, from its extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    Safetensors,
+    Pickle,
+}
+
+impl WeightFormat {
+    pub fn of(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "safetensors" => Some(WeightFormat::Safetensors),
+            "bin" | "ckpt" | "pt" | "pth" => Some(WeightFormat::Pickle),
+            _ => None,
+        }
+    }
+}
+
+/// Loads `path` into `module` (weights are converted to f32), checking the result.
+pub fn load_into<M: ModuleSnapshot>(
+    module: &mut M,
+    path: &Path,
+    options: &LoadOptions<'_>,
+) -> Result<LoadReport, LoadError> {
+    if !path.is_file() {
+        return Err(LoadError::NotFound { path: path.to_path_buf() });
+    }
+    let format = WeightFormat::of(path).ok_or_else(|| LoadError::UnknownFormat { path: path.to_path_buf() })?;
+    let read_err = |e: &dyn std::fmt::Display| LoadError::Read { path: path.to_path_buf(), message: e.to_string() };
+    let remapper = KeyRemapper::from_patterns(options.remap.to_vec())
+        .map_err(|e| LoadError::Remap { path: path.to_path_buf(), message: e.to_string() })?;
+    let result = match format {
+        WeightFormat::Safetensors => {
+            let mut store = SafetensorsStore::from_file(path)
+                .with_from_adapter(ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::new(DType::F32)))
+                .remap(remapper)
+                .allow_partial(true)
+                .validate(false);
+            module.load_from(&mut store).map_err(|e| read_err(&e))?
+        }
+        WeightFormat::Pickle => {
+            let mut store = PytorchStore::from_file(path).remap(remapper).allow_partial(true).validate(false);
+            if let Some(key) = options.top_level_key {
+                store = store.with_top_level_key(key);
+            }
+            module.load_from(&mut store).map_err(|e| read_err(&e))?
+        }
+    };
+    check(path, result, options.ignore_unused)
+}
+
+fn check(path: &Path, result: ApplyResult, ignore: &[&str]) -> Result<LoadReport, LoadError> {
+    if !result.errors.is_empty() {
+        let first = result.errors.iter().take(SHOWN).map(describe_apply_error).collect();
+        return Err(LoadError::Mismatch { path: path.to_path_buf(), count: result.errors.len(), first });
+    }
+    if !result.missing.is_empty() {
+        let first = result.missing.iter().take(SHOWN).map(|(k, _)| k.clone()).collect();
+        return Err(LoadError::Missing { path: path.to_path_buf(), count: result.missing.len(), first });
+    }
+    let ignore: Vec<regex::Regex> = ignore.iter().filter_map(|p| regex::Regex::new(p).ok()).collect();
+    let unused = result.unused.into_iter().filter(|k| !ignore.iter().any(|r| r.is_match(k))).collect();
+    Ok(LoadReport { path: path.to_path_buf(), applied: result.applied.len(), unused })
+}
+
+fn describe_apply_error(e: &ApplyError) -> String {
+    match e {
+        ApplyError::ShapeMismatch { path, expected, found } => {
+            format!("{path}: expected shape {expected:?}, found {found:?}")
+        }
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,67 @@
+//! The networks behind the nodes, in burn: usable as a library without the app.
+//!
+//! Status: CLIP text encoder and tokenizer. UNet, motion modules, VAE and ImageReward are to come.
+
+pub mod clip;
+pub mod load;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+pub use load::{LoadError, LoadOptions, LoadReport};
+
+/// Files of one component in a diffusers folder, in the order diffusers prefers them.
+pub fn diffusers_weight_file(dir: &Path, stem: &str, prefer_fp16: bool) -> Option<PathBuf> {
+    let mut candidates = vec![format!("{stem}.safetensors"), format!("{stem}.bin")];
+    let fp16 = vec![format!("{stem}.fp16.safetensors"), format!("{stem}.fp16.bin")];
+    if prefer_fp16 {
+        candidates.splice(0..0, fp16);
+    } else {
+        candidates.extend(fp16);
+    }
+    candidates.into_iter().map(|c| dir.join(c)).find(|p| p.is_file())
+}
+
+/// Errors of loading a diffusers component folder.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{dir}: no weights found (looked for {stem}.safetensors, {stem}.bin and their .fp16 variants)")]
+    NoWeights { dir: PathBuf, stem: String },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, ComponentError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ComponentError::Config { path: path.clone(), message: e.to_string() })?;
+    serde_json::from_str(&text).map_err(|e| ComponentError::Config {
+        path,
+        message: format!("line {} column {}: {e}", e.line(), e.column()),
+    })
+}
+
+/// Loads transformers' `CLIPTextModel` from a diffusers `text_encoder/` folder.
+pub fn load_clip_text_encoder(
+    dir: &Path,
+    device: &Device,
+) -> Result<(clip::ClipTextModel, LoadReport), ComponentError> {
+    let config: clip::ClipTextConfig = read_config(dir)?;
+    let mut model = config
+        .init(device)
+        .map_err(|e| ComponentError::Config { path: dir.join("config.json"), message: e.to_string() })?;
+    let weights = diffusers_weight_file(dir, "model", false)
+        .or_else(|| diffusers_weight_file(dir, "pytorch_model", false))
+        .ok_or_else(|| ComponentError::NoWeights { dir: dir.to_path_buf(), stem: "model".into() })?;
+    let report = load_clip_weights(&mut model, &weights)?;
+    Ok((model, report))
+}
+
+/// Loads CLIP text-encoder weights (transformers key names) from one file.
+pub fn load_clip_weights(model: &mut clip::ClipTextModel, path: &Path) -> Result<LoadReport, LoadError> {
+    let options = LoadOptions { ignore_unused: &[r"position_ids$"], ..LoadOptions::default() };
+    load::load_into(model, path, &options)
+}
