@@ -93,7 +93,7 @@ pub fn load_into<M: ModuleSnapshot>(
     let result = match format {
         WeightFormat::Safetensors => {
             let mut store = SafetensorsStore::from_file(path)
-                .with_from_adapter(ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::new(DType::F32)))
+                .with_from_adapter(ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::to(DType::F32)))
                 .remap(remapper)
                 .allow_partial(true)
                 .validate(false);

@@ -1,0 +1,28 @@
+//! The same network on the wgpu device (Vulkan; Mesa's software rasteriser "llvmpipe" on CI) and on the
+//! flex CPU device must agree.
+
+mod common;
+
+use burn::tensor::{Device, DeviceKind};
+use common::{Fixture, assert_close, to_vec};
+use stepstone::models::load_clip_text_encoder;
+
+#[test]
+fn clip_text_encoder_agrees_on_wgpu_and_flex() {
+    let fx = Fixture::load("clip/text_encoder_io.safetensors");
+    let (shape, data) = fx.get("input_ids");
+    let ids: Vec<Vec<u32>> = data.chunks(shape[1]).map(|r| r.iter().map(|&v| v as u32).collect()).collect();
+    let dir = common::fixtures().join("clip/text_encoder");
+
+    let cpu = common::cpu();
+    let (model, _) = load_clip_text_encoder(&dir, &cpu).unwrap();
+    let on_cpu = to_vec(&model.encode_ids(&ids, &cpu));
+
+    let gpu = Device::wgpu(DeviceKind::DefaultDevice);
+    let (model, _) = load_clip_text_encoder(&dir, &gpu).unwrap();
+    let on_gpu = to_vec(&model.encode_ids(&ids, &gpu));
+
+    let err = assert_close("CLIP on wgpu vs flex", &on_gpu, &on_cpu, 1e-4);
+    eprintln!("wgpu vs flex: max abs error {err:e}");
+    assert_close("CLIP on wgpu vs transformers", &on_gpu, fx.values("last_hidden_state"), 1e-4);
+}
