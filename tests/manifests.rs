@@ -55,3 +55,11 @@ fn clip_text_encoder_sd15_layout() {
     let model = ClipTextConfig::default().init(&common::cpu()).unwrap();
     assert_same("text_encoder_sd15", &ours(&model), &reference);
 }
+
+#[test]
+fn vae_sd15_layout() {
+    let reference = manifest("vae_sd15");
+    assert_eq!(reference.len(), 248);
+    let model = stepstone::models::vae::VaeConfig::default().init(&common::cpu()).unwrap();
+    assert_same("vae_sd15", &ours(&model), &reference);
+}

@@ -1,9 +1,11 @@
 //! The networks behind the nodes, in burn: usable as a library without the app.
 //!
-//! Status: CLIP text encoder and tokenizer. UNet, motion modules, VAE and ImageReward are to come.
+//! Status: CLIP text encoder and tokenizer, VAE. UNet, motion modules and ImageReward are to come.
 
+pub mod blocks;
 pub mod clip;
 pub mod load;
+pub mod vae;
 
 use std::path::{Path, PathBuf};
 
@@ -65,3 +67,24 @@ pub fn load_clip_weights(model: &mut clip::ClipTextModel, path: &Path) -> Result
     let options = LoadOptions { ignore_unused: &[r"position_ids$"], ..LoadOptions::default() };
     load::load_into(model, path, &options)
 }
+
+/// Loads diffusers' `AutoencoderKL` from a `vae/` folder.
+pub fn load_vae(dir: &Path, device: &Device) -> Result<(vae::AutoencoderKl, LoadReport), ComponentError> {
+    let config: vae::VaeConfig = read_config(dir)?;
+    let mut model = config
+        .init(device)
+        .map_err(|e| ComponentError::Config { path: dir.join("config.json"), message: e.to_string() })?;
+    let weights = diffusers_weight_file(dir, "diffusion_pytorch_model", false)
+        .ok_or_else(|| ComponentError::NoWeights { dir: dir.to_path_buf(), stem: "diffusion_pytorch_model".into() })?;
+    let report = load::load_into(&mut model, &weights, &LoadOptions { remap: VAE_LEGACY_ATTENTION, ..LoadOptions::default() })?;
+    Ok((model, report))
+}
+
+/// Older diffusers VAE files name the mid-block attention `query`/`key`/`value`/`proj_attn`; diffusers
+/// renames them on load to `to_q`/`to_k`/`to_v`/`to_out.0`, and so do we.
+pub const VAE_LEGACY_ATTENTION: &[(&str, &str)] = &[
+    (r"(mid_block\.attentions\.\d+)\.query\.", "$1.to_q."),
+    (r"(mid_block\.attentions\.\d+)\.key\.", "$1.to_k."),
+    (r"(mid_block\.attentions\.\d+)\.value\.", "$1.to_v."),
+    (r"(mid_block\.attentions\.\d+)\.proj_attn\.", "$1.to_out.0."),
+];
