@@ -23,7 +23,7 @@ fn manifest(name: &str) -> BTreeMap<String, Vec<u64>> {
 
 fn ours<M: ModuleSnapshot>(module: &M) -> BTreeMap<String, Vec<u64>> {
     module
-        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
         .into_iter()
         .map(|t| (t.name.clone(), t.shape.iter().map(|&d| d as u64).collect()))
         .collect()
@@ -62,4 +62,12 @@ fn vae_sd15_layout() {
     assert_eq!(reference.len(), 248);
     let model = stepstone::models::vae::VaeConfig::default().init(&common::cpu()).unwrap();
     assert_same("vae_sd15", &ours(&model), &reference);
+}
+
+#[test]
+fn unet_sd15_layout() {
+    let reference = manifest("unet_sd15");
+    assert_eq!(reference.len(), 686);
+    let model = stepstone::models::unet::UnetConfig::default().init(&common::cpu()).unwrap();
+    assert_same("unet_sd15", &ours(&model), &reference);
 }

@@ -1,10 +1,12 @@
 //! The networks behind the nodes, in burn: usable as a library without the app.
 //!
-//! Status: CLIP text encoder and tokenizer, VAE. UNet, motion modules and ImageReward are to come.
+//! Status: CLIP text encoder and tokenizer, VAE, 2D UNet. Motion modules, single-file checkpoints and
+//! ImageReward are to come.
 
 pub mod blocks;
 pub mod clip;
 pub mod load;
+pub mod unet;
 pub mod vae;
 
 use std::path::{Path, PathBuf};
@@ -88,3 +90,15 @@ pub const VAE_LEGACY_ATTENTION: &[(&str, &str)] = &[
     (r"(mid_block\.attentions\.\d+)\.value\.", "$1.to_v."),
     (r"(mid_block\.attentions\.\d+)\.proj_attn\.", "$1.to_out.0."),
 ];
+
+/// Loads diffusers' `UNet2DConditionModel` from a `unet/` folder.
+pub fn load_unet(dir: &Path, device: &Device) -> Result<(unet::Unet2DConditionModel, LoadReport), ComponentError> {
+    let config: unet::UnetConfig = read_config(dir)?;
+    let mut model = config
+        .init(device)
+        .map_err(|e| ComponentError::Config { path: dir.join("config.json"), message: e.to_string() })?;
+    let weights = diffusers_weight_file(dir, "diffusion_pytorch_model", false)
+        .ok_or_else(|| ComponentError::NoWeights { dir: dir.to_path_buf(), stem: "diffusion_pytorch_model".into() })?;
+    let report = load::load_into(&mut model, &weights, &LoadOptions::default())?;
+    Ok((model, report))
+}

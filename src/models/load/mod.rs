@@ -96,11 +96,19 @@ pub fn load_into<M: ModuleSnapshot>(
                 .with_from_adapter(ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::to(DType::F32)))
                 .remap(remapper)
                 .allow_partial(true)
+                .skip_enum_variants(true)
                 .validate(false);
             module.load_from(&mut store).map_err(|e| read_err(&e))?
         }
         WeightFormat::Pickle => {
-            let mut store = PytorchStore::from_file(path).remap(remapper).allow_partial(true).validate(false);
+            // Indices stay as the file has them: our module lists keep parameter-free entries (dropout)
+            // in place, exactly like the reference's ModuleLists.
+            let mut store = PytorchStore::from_file(path)
+                .remap(remapper)
+                .allow_partial(true)
+                .skip_enum_variants(true)
+                .map_indices_contiguous(false)
+                .validate(false);
             if let Some(key) = options.top_level_key {
                 store = store.with_top_level_key(key);
             }

@@ -1,0 +1,327 @@
+//! diffusers' `UNet2DConditionModel`, configurable, with SD 1.5 as the default configuration.
+//!
+//! Field names are diffusers' (`conv_in`, `time_embedding.linear_1`, `down_blocks.N.resnets.M`,
+//! `down_blocks.N.attentions.M`, `down_blocks.N.downsamplers.0`, `mid_block`, `up_blocks.N.upsamplers.0`,
+//! `conv_norm_out`, `conv_out`), so weights load by walking the same keys.
+
+pub mod attention;
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, Linear, LinearConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use self::attention::Transformer2DModel;
+use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm};
+
+/// `attention_head_dim` / `num_attention_heads` in diffusers configs: one number or one per block.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum PerBlock {
+    One(usize),
+    Each(Vec<usize>),
+}
+
+impl PerBlock {
+    fn expand(&self, n: usize) -> Vec<usize> {
+        match self {
+            PerBlock::One(v) => vec![*v; n],
+            PerBlock::Each(v) => v.clone(),
+        }
+    }
+}
+
+/// The fields of a diffusers `unet/config.json` the model needs.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct UnetConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    /// In SD 1.x configs this is, despite its name, the number of heads (a diffusers quirk).
+    pub attention_head_dim: PerBlock,
+    pub num_attention_heads: Option<PerBlock>,
+    pub cross_attention_dim: usize,
+    pub norm_num_groups: usize,
+    pub norm_eps: f64,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+    pub use_linear_projection: bool,
+    pub downsample_padding: usize,
+    pub transformer_layers_per_block: usize,
+}
+
+impl Default for UnetConfig {
+    /// Stable Diffusion 1.5.
+    fn default() -> Self {
+        UnetConfig {
+            in_channels: 4,
+            out_channels: 4,
+            down_block_types: vec![
+                "CrossAttnDownBlock2D".into(),
+                "CrossAttnDownBlock2D".into(),
+                "CrossAttnDownBlock2D".into(),
+                "DownBlock2D".into(),
+            ],
+            up_block_types: vec![
+                "UpBlock2D".into(),
+                "CrossAttnUpBlock2D".into(),
+                "CrossAttnUpBlock2D".into(),
+                "CrossAttnUpBlock2D".into(),
+            ],
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: 2,
+            attention_head_dim: PerBlock::One(8),
+            num_attention_heads: None,
+            cross_attention_dim: 768,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            use_linear_projection: false,
+            downsample_padding: 1,
+            transformer_layers_per_block: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UnetConfigError {
+    #[error("block type '{0}' is not supported")]
+    BlockType(String),
+    #[error("{what} has {found} entries, expected one per block ({expected})")]
+    Lengths { what: &'static str, found: usize, expected: usize },
+    #[error("{channels} channels cannot be split into {heads} attention heads")]
+    Heads { channels: usize, heads: usize },
+}
+
+/// A cross-attention down or up block, or a plain one (no attentions).
+#[derive(Module, Debug)]
+pub struct DownBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Transformer2DModel>,
+    pub downsamplers: Vec<Downsample2D>,
+}
+
+#[derive(Module, Debug)]
+pub struct UpBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Transformer2DModel>,
+    pub upsamplers: Vec<Upsample2D>,
+}
+
+#[derive(Module, Debug)]
+pub struct MidBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Transformer2DModel>,
+}
+
+#[derive(Module, Debug)]
+pub struct TimestepEmbedding {
+    pub linear_1: Linear,
+    pub linear_2: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct Unet2DConditionModel {
+    pub conv_in: Conv2d,
+    pub time_embedding: TimestepEmbedding,
+    pub down_blocks: Vec<DownBlock>,
+    pub mid_block: MidBlock,
+    pub up_blocks: Vec<UpBlock>,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+    #[module(skip)]
+    pub flip_sin_to_cos: bool,
+    #[module(skip)]
+    pub freq_shift: f64,
+}
+
+impl UnetConfig {
+    pub fn init(&self, device: &Device) -> Result<Unet2DConditionModel, UnetConfigError> {
+        let ch = &self.block_out_channels;
+        let n = ch.len();
+        for (what, found) in [("down_block_types", self.down_block_types.len()), ("up_block_types", self.up_block_types.len())] {
+            if found != n {
+                return Err(UnetConfigError::Lengths { what, found, expected: n });
+            }
+        }
+        let heads = self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).expand(n);
+        if heads.len() != n {
+            return Err(UnetConfigError::Lengths { what: "attention heads", found: heads.len(), expected: n });
+        }
+        let g = self.norm_num_groups;
+        let eps = self.norm_eps;
+        let temb = ch[0] * 4;
+        let transformer = |c: usize, h: usize| -> Result<Transformer2DModel, UnetConfigError> {
+            if h == 0 || c % h != 0 {
+                return Err(UnetConfigError::Heads { channels: c, heads: h });
+            }
+            Ok(Transformer2DModel::new(
+                c,
+                h,
+                self.cross_attention_dim,
+                self.transformer_layers_per_block,
+                g,
+                self.use_linear_projection,
+                device,
+            ))
+        };
+
+        let mut down_blocks = Vec::with_capacity(n);
+        let mut output = ch[0];
+        for (i, kind) in self.down_block_types.iter().enumerate() {
+            let input = output;
+            output = ch[i];
+            let cross = match kind.as_str() {
+                "CrossAttnDownBlock2D" => true,
+                "DownBlock2D" => false,
+                other => return Err(UnetConfigError::BlockType(other.to_string())),
+            };
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..self.layers_per_block {
+                resnets.push(ResnetBlock2D::new(if j == 0 { input } else { output }, output, Some(temb), g, eps, device));
+                if cross {
+                    attentions.push(transformer(output, heads[i])?);
+                }
+            }
+            let downsamplers =
+                if i + 1 < n { vec![Downsample2D::new(output, self.downsample_padding, device)] } else { Vec::new() };
+            down_blocks.push(DownBlock { resnets, attentions, downsamplers });
+        }
+
+        let last = ch[n - 1];
+        let mid_block = MidBlock {
+            resnets: vec![
+                ResnetBlock2D::new(last, last, Some(temb), g, eps, device),
+                ResnetBlock2D::new(last, last, Some(temb), g, eps, device),
+            ],
+            attentions: vec![transformer(last, heads[n - 1])?],
+        };
+
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let rev_heads: Vec<usize> = heads.iter().rev().copied().collect();
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut output = rev[0];
+        for (i, kind) in self.up_block_types.iter().enumerate() {
+            let prev_output = output;
+            output = rev[i];
+            let input = rev[(i + 1).min(n - 1)];
+            let cross = match kind.as_str() {
+                "CrossAttnUpBlock2D" => true,
+                "UpBlock2D" => false,
+                other => return Err(UnetConfigError::BlockType(other.to_string())),
+            };
+            let layers = self.layers_per_block + 1;
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..layers {
+                let skip = if j == layers - 1 { input } else { output };
+                let res_in = if j == 0 { prev_output } else { output };
+                resnets.push(ResnetBlock2D::new(res_in + skip, output, Some(temb), g, eps, device));
+                if cross {
+                    attentions.push(transformer(output, rev_heads[i])?);
+                }
+            }
+            let upsamplers = if i + 1 < n { vec![Upsample2D::new(output, device)] } else { Vec::new() };
+            up_blocks.push(UpBlock { resnets, attentions, upsamplers });
+        }
+
+        Ok(Unet2DConditionModel {
+            conv_in: conv2d(self.in_channels, ch[0], 3, 1, 1, device),
+            time_embedding: TimestepEmbedding {
+                linear_1: LinearConfig::new(ch[0], temb).init(device),
+                linear_2: LinearConfig::new(temb, temb).init(device),
+            },
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: group_norm(g, ch[0], eps, device),
+            conv_out: conv2d(ch[0], self.out_channels, 3, 1, 1, device),
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+        })
+    }
+}
+
+/// diffusers' `get_timestep_embedding`: sinusoidal features of `timesteps` (computed in f32 like the
+/// reference), [N] -> [N, dim].
+pub fn timestep_embedding(timesteps: &[f64], dim: usize, flip_sin_to_cos: bool, shift: f64, device: &Device) -> Tensor<2> {
+    let half = dim / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-(10000f32.ln()) * i as f32 / (half as f32 - shift as f32)).exp())
+        .collect();
+    let mut data = Vec::with_capacity(timesteps.len() * dim);
+    for &t in timesteps {
+        let args: Vec<f32> = freqs.iter().map(|f| t as f32 * f).collect();
+        let (sin, cos): (Vec<f32>, Vec<f32>) = args.iter().map(|a| (a.sin(), a.cos())).unzip();
+        if flip_sin_to_cos {
+            data.extend(cos);
+            data.extend(sin);
+        } else {
+            data.extend(sin);
+            data.extend(cos);
+        }
+        if dim % 2 == 1 {
+            data.push(0.0);
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [timesteps.len(), dim]), device)
+}
+
+impl Unet2DConditionModel {
+    /// The time embedding for one timestep per sample, [N, 4 * C0].
+    pub fn time_embed(&self, timesteps: &[f64], device: &Device) -> Tensor<2> {
+        let dim = self.time_embedding.linear_1.weight.dims()[0];
+        let t = timestep_embedding(timesteps, dim, self.flip_sin_to_cos, self.freq_shift, device);
+        self.time_embedding.linear_2.forward(silu(self.time_embedding.linear_1.forward(t)))
+    }
+
+    /// Noise prediction for `sample` [N, C, H, W] at `timesteps` (one per sample), conditioned on
+    /// `context` [N, S, cross_attention_dim].
+    pub fn forward(&self, sample: Tensor<4>, timesteps: &[f64], context: Tensor<3>) -> Tensor<4> {
+        let device = sample.device();
+        let temb = self.time_embed(timesteps, &device);
+        let mut h = self.conv_in.forward(sample);
+        let mut skips = vec![h.clone()];
+        for block in &self.down_blocks {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                h = resnet.forward(h, Some(temb.clone()));
+                if let Some(attn) = block.attentions.get(j) {
+                    h = attn.forward(h, context.clone());
+                }
+                skips.push(h.clone());
+            }
+            for down in &block.downsamplers {
+                h = down.forward(h);
+                skips.push(h.clone());
+            }
+        }
+        let mid = &self.mid_block;
+        h = mid.resnets[0].forward(h, Some(temb.clone()));
+        for (attn, resnet) in mid.attentions.iter().zip(mid.resnets.iter().skip(1)) {
+            h = attn.forward(h, context.clone());
+            h = resnet.forward(h, Some(temb.clone()));
+        }
+        for block in &self.up_blocks {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                if let Some(skip) = skips.pop() {
+                    h = Tensor::cat(vec![h, skip], 1);
+                }
+                h = resnet.forward(h, Some(temb.clone()));
+                if let Some(attn) = block.attentions.get(j) {
+                    h = attn.forward(h, context.clone());
+                }
+            }
+            for up in &block.upsamplers {
+                h = up.forward(h);
+            }
+        }
+        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+    }
+}
