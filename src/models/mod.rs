@@ -66,7 +66,11 @@ pub fn load_clip_text_encoder(
 
 /// Loads CLIP text-encoder weights (transformers key names) from one file.
 pub fn load_clip_weights(model: &mut clip::ClipTextModel, path: &Path) -> Result<LoadReport, LoadError> {
-    let options = LoadOptions { ignore_unused: &[r"position_ids$"], ..LoadOptions::default() };
+    let options = LoadOptions {
+        ignore_unused: &[r"position_ids$"],
+        expected: Some("a CLIP text encoder"),
+        ..LoadOptions::default()
+    };
     load::load_into(model, path, &options)
 }
 
@@ -78,7 +82,7 @@ pub fn load_vae(dir: &Path, device: &Device) -> Result<(vae::AutoencoderKl, Load
         .map_err(|e| ComponentError::Config { path: dir.join("config.json"), message: e.to_string() })?;
     let weights = diffusers_weight_file(dir, "diffusion_pytorch_model", false)
         .ok_or_else(|| ComponentError::NoWeights { dir: dir.to_path_buf(), stem: "diffusion_pytorch_model".into() })?;
-    let report = load::load_into(&mut model, &weights, &LoadOptions { remap: VAE_LEGACY_ATTENTION, ..LoadOptions::default() })?;
+    let report = load::load_into(&mut model, &weights, &LoadOptions { remap: VAE_LEGACY_ATTENTION, expected: Some("a diffusers VAE"), ..LoadOptions::default() })?;
     Ok((model, report))
 }
 
@@ -99,6 +103,7 @@ pub fn load_unet(dir: &Path, device: &Device) -> Result<(unet::Unet2DConditionMo
         .map_err(|e| ComponentError::Config { path: dir.join("config.json"), message: e.to_string() })?;
     let weights = diffusers_weight_file(dir, "diffusion_pytorch_model", false)
         .ok_or_else(|| ComponentError::NoWeights { dir: dir.to_path_buf(), stem: "diffusion_pytorch_model".into() })?;
-    let report = load::load_into(&mut model, &weights, &LoadOptions::default())?;
+    let report =
+        load::load_into(&mut model, &weights, &LoadOptions { expected: Some("a diffusers UNet"), ..LoadOptions::default() })?;
     Ok((model, report))
 }

@@ -6,6 +6,8 @@
 //! Pickle files (`.bin`, `.ckpt`, `.pt`, `.pth`) are read by burn-store's PyTorch reader, which parses the
 //! pickle stream as data and never executes code from it.
 
+pub mod identify;
+
 use std::path::{Path, PathBuf};
 
 use burn::store::{
@@ -58,6 +60,8 @@ pub struct LoadOptions<'a> {
     pub ignore_unused: &'a [&'a str],
     /// For pickle checkpoints: the key of the nested state dict ("state_dict"), if any.
     pub top_level_key: Option<&'a str>,
+    /// What the file should hold, for messages ("a diffusers UNet").
+    pub expected: Option<&'a str>,
 }
 
 /// The weight format of a file, from its extension.
@@ -88,6 +92,8 @@ pub fn load_into<M: ModuleSnapshot>(
     }
     let format = WeightFormat::of(path).ok_or_else(|| LoadError::UnknownFormat { path: path.to_path_buf() })?;
     let read_err = |e: &dyn std::fmt::Display| LoadError::Read { path: path.to_path_buf(), message: e.to_string() };
+    // A quick look at the keys first: a truncated file or a file of another kind gets a precise message.
+    let keys = identify::read_keys(path)?;
     let remapper = KeyRemapper::from_patterns(options.remap.to_vec())
         .map_err(|e| LoadError::Remap { path: path.to_path_buf(), message: e.to_string() })?;
     let result = match format {
@@ -115,6 +121,20 @@ pub fn load_into<M: ModuleSnapshot>(
             module.load_from(&mut store).map_err(|e| read_err(&e))?
         }
     };
+    if result.applied.len() < result.missing.len() {
+        // Most of the model is absent from the file: say what the file is instead of listing keys.
+        let found = identify::classify(&keys);
+        let expected = options.expected.unwrap_or("the model this node needs");
+        return Err(LoadError::WrongKind {
+            path: path.to_path_buf(),
+            message: format!(
+                "this file looks like {}, not {expected} ({} of {} expected weights are missing)",
+                found.describe(),
+                result.missing.len(),
+                result.missing.len() + result.applied.len()
+            ),
+        });
+    }
     check(path, result, options.ignore_unused)
 }
 

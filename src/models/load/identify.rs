@@ -1,0 +1,145 @@
+//! What a weight file looks like, from its keys alone: so that a wrong file gets a message that says
+//! what it is ("an SDXL checkpoint", "a LoRA") rather than a list of a thousand missing weights.
+
+use std::io::Read;
+use std::path::Path;
+
+use super::{LoadError, WeightFormat};
+
+/// A recognised kind of weight file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Sd1SingleFile,
+    Sd2SingleFile,
+    SdxlSingleFile,
+    Lora,
+    /// An original AnimateDiff motion module (`mm_sd_v15*.ckpt`, `v3_sd15_mm.ckpt`).
+    MotionModule,
+    /// A diffusers `MotionAdapter`.
+    MotionAdapter,
+    DiffusersUnet,
+    DiffusersVae,
+    ClipTextEncoder,
+    ImageReward,
+    Unknown,
+}
+
+impl FileKind {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            FileKind::Sd1SingleFile => "a Stable Diffusion 1.x single-file checkpoint",
+            FileKind::Sd2SingleFile => "a Stable Diffusion 2.x single-file checkpoint (OpenCLIP text encoder)",
+            FileKind::SdxlSingleFile => "an SDXL checkpoint (two text encoders), which SD 1.5 pipelines cannot use",
+            FileKind::Lora => "a LoRA (low-rank adapter weights), not a full model",
+            FileKind::MotionModule => "an AnimateDiff motion module",
+            FileKind::MotionAdapter => "a diffusers MotionAdapter (AnimateDiff motion modules)",
+            FileKind::DiffusersUnet => "a diffusers UNet",
+            FileKind::DiffusersVae => "a diffusers VAE",
+            FileKind::ClipTextEncoder => "a CLIP text encoder",
+            FileKind::ImageReward => "an ImageReward model",
+            FileKind::Unknown => "no model stepstone knows",
+        }
+    }
+}
+
+/// Classifies a file from its tensor names.
+pub fn classify(keys: &[String]) -> FileKind {
+    let any = |pred: &dyn Fn(&str) -> bool| keys.iter().any(|k| pred(k));
+    if any(&|k| k.contains("lora_down") || k.contains("lora_up") || k.contains(".lora_A.") || k.starts_with("lora_unet_") || k.starts_with("lora_te"))
+    {
+        return FileKind::Lora;
+    }
+    if any(&|k| k.starts_with("conditioner.embedders.")) {
+        return FileKind::SdxlSingleFile;
+    }
+    if any(&|k| k.starts_with("cond_stage_model.model.transformer.resblocks")) {
+        return FileKind::Sd2SingleFile;
+    }
+    if any(&|k| k.starts_with("model.diffusion_model.")) {
+        return FileKind::Sd1SingleFile;
+    }
+    if any(&|k| k.contains("motion_modules.") && k.contains("temporal_transformer")) {
+        return FileKind::MotionModule;
+    }
+    if any(&|k| k.contains("motion_modules.")) {
+        return FileKind::MotionAdapter;
+    }
+    if any(&|k| k.starts_with("blip.") || k.starts_with("mlp.layers.")) {
+        return FileKind::ImageReward;
+    }
+    if any(&|k| k.starts_with("text_model.embeddings.")) {
+        return FileKind::ClipTextEncoder;
+    }
+    if any(&|k| k.starts_with("encoder.conv_in.")) && any(&|k| k.starts_with("decoder.conv_out.")) {
+        return FileKind::DiffusersVae;
+    }
+    if any(&|k| k.starts_with("time_embedding.")) && any(&|k| k.starts_with("down_blocks.")) {
+        return FileKind::DiffusersUnet;
+    }
+    FileKind::Unknown
+}
+
+/// The tensor names in a weight file. Safetensors headers are checked against the file size, so a
+/// truncated download is named as such.
+pub fn read_keys(path: &Path) -> Result<Vec<String>, LoadError> {
+    let read_err = |message: String| LoadError::Read { path: path.to_path_buf(), message };
+    match WeightFormat::of(path) {
+        Some(WeightFormat::Safetensors) => {
+            let mut file = std::fs::File::open(path).map_err(|e| read_err(e.to_string()))?;
+            let size = file.metadata().map_err(|e| read_err(e.to_string()))?.len();
+            let mut len = [0u8; 8];
+            file.read_exact(&mut len).map_err(|_| read_err("not a safetensors file: shorter than its header".into()))?;
+            let header_len = u64::from_le_bytes(len);
+            if header_len > 100_000_000 || 8 + header_len > size {
+                return Err(read_err(format!(
+                    "not a safetensors file, or truncated: header of {header_len} bytes in a file of {size} bytes"
+                )));
+            }
+            let mut header = vec![0u8; header_len as usize];
+            file.read_exact(&mut header).map_err(|e| read_err(e.to_string()))?;
+            let header: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&header).map_err(|e| read_err(format!("unreadable safetensors header: {e}")))?;
+            let data_end = header
+                .values()
+                .filter_map(|v| v.get("data_offsets")?.as_array()?.get(1)?.as_u64())
+                .max()
+                .unwrap_or(0);
+            if 8 + header_len + data_end > size {
+                return Err(read_err(format!(
+                    "truncated: the header describes {} bytes of tensor data, the file holds {}",
+                    data_end,
+                    size - 8 - header_len
+                )));
+            }
+            Ok(header.keys().filter(|k| *k != "__metadata__").cloned().collect())
+        }
+        Some(WeightFormat::Pickle) => {
+            let reader = burn::store::pytorch_reader::PytorchReader::new(path).map_err(|e| read_err(e.to_string()))?;
+            Ok(reader.keys())
+        }
+        None => Err(LoadError::UnknownFormat { path: path.to_path_buf() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn classifies_the_files_artists_have() {
+        assert_eq!(classify(&keys(&["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"])), FileKind::Lora);
+        assert_eq!(classify(&keys(&["conditioner.embedders.1.model.ln_final.weight", "model.diffusion_model.out.0.weight"])), FileKind::SdxlSingleFile);
+        assert_eq!(classify(&keys(&["cond_stage_model.model.transformer.resblocks.0.ln_1.weight", "model.diffusion_model.out.0.weight"])), FileKind::Sd2SingleFile);
+        assert_eq!(classify(&keys(&["cond_stage_model.transformer.text_model.final_layer_norm.weight", "model.diffusion_model.out.0.weight"])), FileKind::Sd1SingleFile);
+        assert_eq!(classify(&keys(&["down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight"])), FileKind::MotionModule);
+        assert_eq!(classify(&keys(&["down_blocks.0.motion_modules.0.proj_in.weight"])), FileKind::MotionAdapter);
+        assert_eq!(classify(&keys(&["encoder.conv_in.weight", "decoder.conv_out.weight"])), FileKind::DiffusersVae);
+        assert_eq!(classify(&keys(&["time_embedding.linear_1.weight", "down_blocks.0.resnets.0.conv1.weight"])), FileKind::DiffusersUnet);
+        assert_eq!(classify(&keys(&["text_model.embeddings.token_embedding.weight"])), FileKind::ClipTextEncoder);
+        assert_eq!(classify(&keys(&["something.else"])), FileKind::Unknown);
+    }
+}
