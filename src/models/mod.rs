@@ -48,42 +48,56 @@ fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, Componen
     })
 }
 
+/// Reads a component folder: `config.json` into `C`, the model built by `init`, weights from the first
+/// `stems` file found (each with its .fp16 variants), loaded with `options`.
+fn load_component<C, M, E>(
+    dir: &Path,
+    device: &Device,
+    stems: &[&str],
+    init: impl FnOnce(&C, &Device) -> Result<M, E>,
+    options: &LoadOptions<'_>,
+) -> Result<(M, LoadReport), ComponentError>
+where
+    C: serde::de::DeserializeOwned,
+    M: burn::store::ModuleSnapshot,
+    E: std::fmt::Display,
+{
+    let config: C = read_config(dir)?;
+    let mut model =
+        init(&config, device).map_err(|e| ComponentError::Config { path: dir.join("config.json"), message: e.to_string() })?;
+    let weights = stems
+        .iter()
+        .find_map(|stem| diffusers_weight_file(dir, stem, false))
+        .ok_or_else(|| ComponentError::NoWeights { dir: dir.to_path_buf(), stem: stems.join("|") })?;
+    let report = load::load_into(&mut model, &weights, options)?;
+    Ok((model, report))
+}
+
+/// Loading options of the CLIP text encoder (transformers key names).
+const CLIP_OPTIONS: LoadOptions<'static> = LoadOptions {
+    remap: &[],
+    ignore_unused: &[r"position_ids$"],
+    top_level_key: None,
+    expected: Some("a CLIP text encoder"),
+};
+
 /// Loads transformers' `CLIPTextModel` from a diffusers `text_encoder/` folder.
 pub fn load_clip_text_encoder(
     dir: &Path,
     device: &Device,
 ) -> Result<(clip::ClipTextModel, LoadReport), ComponentError> {
-    let config: clip::ClipTextConfig = read_config(dir)?;
-    let mut model = config
-        .init(device)
-        .map_err(|e| ComponentError::Config { path: dir.join("config.json"), message: e.to_string() })?;
-    let weights = diffusers_weight_file(dir, "model", false)
-        .or_else(|| diffusers_weight_file(dir, "pytorch_model", false))
-        .ok_or_else(|| ComponentError::NoWeights { dir: dir.to_path_buf(), stem: "model".into() })?;
-    let report = load_clip_weights(&mut model, &weights)?;
-    Ok((model, report))
+    load_component(dir, device, &["model", "pytorch_model"], clip::ClipTextConfig::init, &CLIP_OPTIONS)
 }
 
 /// Loads CLIP text-encoder weights (transformers key names) from one file.
 pub fn load_clip_weights(model: &mut clip::ClipTextModel, path: &Path) -> Result<LoadReport, LoadError> {
-    let options = LoadOptions {
-        ignore_unused: &[r"position_ids$"],
-        expected: Some("a CLIP text encoder"),
-        ..LoadOptions::default()
-    };
-    load::load_into(model, path, &options)
+    load::load_into(model, path, &CLIP_OPTIONS)
 }
 
 /// Loads diffusers' `AutoencoderKL` from a `vae/` folder.
 pub fn load_vae(dir: &Path, device: &Device) -> Result<(vae::AutoencoderKl, LoadReport), ComponentError> {
-    let config: vae::VaeConfig = read_config(dir)?;
-    let mut model = config
-        .init(device)
-        .map_err(|e| ComponentError::Config { path: dir.join("config.json"), message: e.to_string() })?;
-    let weights = diffusers_weight_file(dir, "diffusion_pytorch_model", false)
-        .ok_or_else(|| ComponentError::NoWeights { dir: dir.to_path_buf(), stem: "diffusion_pytorch_model".into() })?;
-    let report = load::load_into(&mut model, &weights, &LoadOptions { remap: VAE_LEGACY_ATTENTION, expected: Some("a diffusers VAE"), ..LoadOptions::default() })?;
-    Ok((model, report))
+    let options = LoadOptions { remap: VAE_LEGACY_ATTENTION, expected: Some("a diffusers VAE"), ..LoadOptions::default() };
+    load_component(dir, device, &["diffusion_pytorch_model"], vae::VaeConfig::init, &options)
 }
 
 /// Older diffusers VAE files name the mid-block attention `query`/`key`/`value`/`proj_attn`; diffusers
@@ -97,13 +111,6 @@ pub const VAE_LEGACY_ATTENTION: &[(&str, &str)] = &[
 
 /// Loads diffusers' `UNet2DConditionModel` from a `unet/` folder.
 pub fn load_unet(dir: &Path, device: &Device) -> Result<(unet::Unet2DConditionModel, LoadReport), ComponentError> {
-    let config: unet::UnetConfig = read_config(dir)?;
-    let mut model = config
-        .init(device)
-        .map_err(|e| ComponentError::Config { path: dir.join("config.json"), message: e.to_string() })?;
-    let weights = diffusers_weight_file(dir, "diffusion_pytorch_model", false)
-        .ok_or_else(|| ComponentError::NoWeights { dir: dir.to_path_buf(), stem: "diffusion_pytorch_model".into() })?;
-    let report =
-        load::load_into(&mut model, &weights, &LoadOptions { expected: Some("a diffusers UNet"), ..LoadOptions::default() })?;
-    Ok((model, report))
+    let options = LoadOptions { expected: Some("a diffusers UNet"), ..LoadOptions::default() };
+    load_component(dir, device, &["diffusion_pytorch_model"], unet::UnetConfig::init, &options)
 }
