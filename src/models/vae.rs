@@ -151,10 +151,24 @@ pub struct VaeDownBlock {
     pub downsamplers: Vec<Downsample2D>,
 }
 
+impl VaeDownBlock {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.resnets.iter().fold(x, |h, r| r.forward(h, None));
+        self.downsamplers.iter().fold(x, |h, d| d.forward(h))
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct VaeUpBlock {
     pub resnets: Vec<ResnetBlock2D>,
     pub upsamplers: Vec<Upsample2D>,
+}
+
+impl VaeUpBlock {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.resnets.iter().fold(x, |h, r| r.forward(h, None));
+        self.upsamplers.iter().fold(x, |h, u| u.forward(h))
+    }
 }
 
 #[derive(Module, Debug)]
@@ -202,15 +216,7 @@ impl AutoencoderKl {
     /// Images in [-1, 1], [N, 3, H, W] -> the posterior over unscaled latents [N, 4, H/8, W/8].
     pub fn encode(&self, x: Tensor<4>) -> DiagonalGaussian {
         let e = &self.encoder;
-        let mut h = e.conv_in.forward(x);
-        for block in &e.down_blocks {
-            for r in &block.resnets {
-                h = r.forward(h, None);
-            }
-            for d in &block.downsamplers {
-                h = d.forward(h);
-            }
-        }
+        let h = e.down_blocks.iter().fold(e.conv_in.forward(x), |h, block| block.forward(h));
         let h = e.mid_block.forward(h);
         let h = e.conv_out.forward(silu(e.conv_norm_out.forward(h)));
         let moments = self.quant_conv.forward(h);
@@ -225,15 +231,7 @@ impl AutoencoderKl {
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
         let d = &self.decoder;
         let h = d.conv_in.forward(self.post_quant_conv.forward(z));
-        let mut h = d.mid_block.forward(h);
-        for block in &d.up_blocks {
-            for r in &block.resnets {
-                h = r.forward(h, None);
-            }
-            for u in &block.upsamplers {
-                h = u.forward(h);
-            }
-        }
+        let h = d.up_blocks.iter().fold(d.mid_block.forward(h), |h, block| block.forward(h));
         d.conv_out.forward(silu(d.conv_norm_out.forward(h)))
     }
 
