@@ -1,12 +1,15 @@
 //! diffusers' `AutoencoderKL` (the SD kl-f8 VAE): encoder to a diagonal Gaussian, decoder back to pixels.
 //! Latents are scaled by `scaling_factor` (0.18215 for SD 1.x) by the caller's convention: `encode` and
 //! `decode` work on unscaled latents, `encode_scaled`/`decode_scaled` include the factor.
+//!
+//! Large latents can be decoded in overlapping tiles ([`TileConfig`], [`AutoencoderKl::decode_tiled`]) so
+//! that the decoder's memory stays bounded by the tile size, as diffusers' `AutoencoderKL.tiled_decode`.
 
 use burn::module::Module;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::activation::silu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use super::blocks::{Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D, conv2d, group_norm};
 
@@ -22,6 +25,8 @@ pub struct VaeConfig {
     pub norm_num_groups: usize,
     pub scaling_factor: f64,
     pub mid_block_add_attention: bool,
+    /// The image size the VAE was configured for; diffusers derives its default tile size from it.
+    pub sample_size: usize,
 }
 
 impl Default for VaeConfig {
@@ -36,6 +41,7 @@ impl Default for VaeConfig {
             norm_num_groups: 32,
             scaling_factor: 0.18215,
             mid_block_add_attention: true,
+            sample_size: 512,
         }
     }
 }
@@ -114,13 +120,151 @@ impl VaeConfig {
             conv_out: conv2d(ch[0], self.out_channels, 3, 1, 1, device),
         };
         let lc = self.latent_channels;
+        let default_tiles = TileConfig::for_config(self).ok();
         Ok(AutoencoderKl {
             encoder,
             decoder,
             quant_conv: conv2d(2 * lc, 2 * lc, 1, 1, 0, device),
             post_quant_conv: conv2d(lc, lc, 1, 1, 0, device),
             scaling_factor: self.scaling_factor,
+            default_tiles,
         })
+    }
+}
+
+/// How [`AutoencoderKl::decode_tiled`] cuts a latent into overlapping tiles: diffusers'
+/// `tile_latent_min_size`, `tile_sample_min_size` and `tile_overlap_factor`.
+///
+/// Tiles of `latent_size` x `latent_size` latent pixels start every [`latent_stride`](Self::latent_stride)
+/// pixels; each decoded tile (`sample_size` pixels for a full tile) is blended linearly over
+/// [`blend_extent`](Self::blend_extent) rows/columns into the tile above and the tile to its left, then
+/// cropped to [`row_limit`](Self::row_limit) rows and columns.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TileConfig {
+    latent_size: usize,
+    sample_size: usize,
+    overlap_factor: f64,
+}
+
+/// Tile settings that cannot tile.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TileConfigError {
+    #[error("tile sizes must be positive (latent {latent}, sample {sample})")]
+    Empty { latent: usize, sample: usize },
+    #[error("the tile overlap factor {0} is outside [0, 1)")]
+    Overlap(f64),
+    #[error("latent tiles of {latent} pixels overlapping by a factor {overlap} leave no stride between tiles")]
+    NoStride { latent: usize, overlap: f64 },
+}
+
+impl TileConfig {
+    /// Tiles of `latent_size` latent pixels that decode to `sample_size` pixels, overlapping by
+    /// `overlap_factor` (diffusers uses 0.25).
+    pub fn new(latent_size: usize, sample_size: usize, overlap_factor: f64) -> Result<Self, TileConfigError> {
+        if latent_size == 0 || sample_size == 0 {
+            return Err(TileConfigError::Empty { latent: latent_size, sample: sample_size });
+        }
+        if !(0.0..1.0).contains(&overlap_factor) {
+            return Err(TileConfigError::Overlap(overlap_factor));
+        }
+        let tiles = TileConfig { latent_size, sample_size, overlap_factor };
+        if tiles.latent_stride() == 0 {
+            return Err(TileConfigError::NoStride { latent: latent_size, overlap: overlap_factor });
+        }
+        Ok(tiles)
+    }
+
+    /// diffusers' defaults for a VAE configuration: tiles of `sample_size` pixels,
+    /// `sample_size / 2^(levels - 1)` latent pixels, overlap factor 0.25 (SD 1.x: 512 and 64).
+    pub fn for_config(config: &VaeConfig) -> Result<Self, TileConfigError> {
+        let levels = config.block_out_channels.len().saturating_sub(1);
+        let latent = u32::try_from(levels)
+            .ok()
+            .and_then(|l| 1usize.checked_shl(l))
+            .map_or(0, |factor| config.sample_size / factor);
+        TileConfig::new(latent, config.sample_size, 0.25)
+    }
+
+    /// Side of a latent tile (`tile_latent_min_size`).
+    pub fn latent_size(&self) -> usize {
+        self.latent_size
+    }
+
+    /// Side of a decoded full tile (`tile_sample_min_size`).
+    pub fn sample_size(&self) -> usize {
+        self.sample_size
+    }
+
+    /// The fraction of a tile shared with its neighbour (`tile_overlap_factor`).
+    pub fn overlap_factor(&self) -> f64 {
+        self.overlap_factor
+    }
+
+    /// Latent pixels between the origins of neighbouring tiles: `floor(latent_size * (1 - overlap))`.
+    pub fn latent_stride(&self) -> usize {
+        (self.latent_size as f64 * (1.0 - self.overlap_factor)) as usize
+    }
+
+    /// Decoded rows (columns) blended with the tile above (to the left): `floor(sample_size * overlap)`.
+    pub fn blend_extent(&self) -> usize {
+        (self.sample_size as f64 * self.overlap_factor) as usize
+    }
+
+    /// Decoded rows and columns each tile keeps after blending: `sample_size - blend_extent`.
+    pub fn row_limit(&self) -> usize {
+        self.sample_size - self.blend_extent()
+    }
+
+    /// Whether a latent of `height` x `width` is larger than one tile (diffusers tiles only then).
+    pub fn needs_tiling(&self, height: usize, width: usize) -> bool {
+        height > self.latent_size || width > self.latent_size
+    }
+}
+
+/// The linear ramps of the tile blend, `(1 - k/e, k/e)` for `k < e`, shaped to broadcast along one
+/// spatial axis; made once per extent and axis and kept on the device.
+struct BlendRamps {
+    device: Device,
+    made: Vec<((usize, usize), (Tensor<4>, Tensor<4>))>,
+}
+
+impl BlendRamps {
+    fn new(device: Device) -> Self {
+        BlendRamps { device, made: Vec::new() }
+    }
+
+    fn get(&mut self, dim: usize, extent: usize) -> (Tensor<4>, Tensor<4>) {
+        if let Some((_, ramps)) = self.made.iter().find(|(key, _)| *key == (dim, extent)) {
+            return ramps.clone();
+        }
+        let shape = if dim == 2 { [1, 1, extent, 1] } else { [1, 1, 1, extent] };
+        let ramp = |f: &dyn Fn(f64) -> f64| -> Tensor<4> {
+            let values: Vec<f32> = (0..extent).map(|k| f(k as f64 / extent as f64) as f32).collect();
+            Tensor::from_data(TensorData::new(values, shape), &self.device)
+        };
+        let ramps = (ramp(&|x| 1.0 - x), ramp(&|x| x));
+        self.made.push(((dim, extent), ramps.clone()));
+        ramps
+    }
+
+    /// `tile` with its first rows (dim 2) or columns (dim 3) mixed linearly with the last ones of
+    /// `previous`: from all `previous` at the edge to all `tile` at `extent`.
+    fn blend(&mut self, previous: &Tensor<4>, tile: Tensor<4>, dim: usize, extent: usize) -> Tensor<4> {
+        let (prev_len, tile_len) = (previous.dims()[dim], tile.dims()[dim]);
+        let extent = extent.min(prev_len).min(tile_len);
+        if extent == 0 {
+            return tile;
+        }
+        let (fade_out, fade_in) = self.get(dim, extent);
+        let from_previous = previous.clone().narrow(dim, prev_len - extent, extent);
+        let shape = from_previous.shape();
+        let from_tile = tile.clone().narrow(dim, 0, extent);
+        let mixed = from_previous * fade_out.expand(shape.clone()) + from_tile * fade_in.expand(shape);
+        if extent == tile_len {
+            mixed
+        } else {
+            Tensor::cat(vec![mixed, tile.narrow(dim, extent, tile_len - extent)], dim)
+        }
     }
 }
 
@@ -210,6 +354,10 @@ pub struct AutoencoderKl {
     pub post_quant_conv: Conv2d,
     #[module(skip)]
     pub scaling_factor: f64,
+    /// diffusers' tile settings for this configuration ([`TileConfig::for_config`]); `None` when the
+    /// configured `sample_size` is too small to give a tile.
+    #[module(skip)]
+    pub default_tiles: Option<TileConfig>,
 }
 
 impl AutoencoderKl {
@@ -242,12 +390,77 @@ impl AutoencoderKl {
 
     /// Scaled latents -> images mapped to [0, 1] (`(x / 2 + 0.5).clamp(0, 1)`).
     pub fn decode_scaled(&self, z: Tensor<4>) -> Tensor<4> {
-        self.decode(z.div_scalar(self.scaling_factor)).mul_scalar(0.5).add_scalar(0.5).clamp(0.0, 1.0)
+        self.decode_scaled_with(z, None)
+    }
+
+    /// [`decode_with`](Self::decode_with) on scaled latents, mapped to [0, 1] like
+    /// [`decode_scaled`](Self::decode_scaled).
+    pub fn decode_scaled_with(&self, z: Tensor<4>, tiles: Option<&TileConfig>) -> Tensor<4> {
+        self.decode_with(z.div_scalar(self.scaling_factor), tiles).mul_scalar(0.5).add_scalar(0.5).clamp(0.0, 1.0)
+    }
+
+    /// Unscaled latents -> images, in tiles when `tiles` is given and the latent is larger than one tile
+    /// (diffusers' `decode` with tiling enabled), in one piece otherwise.
+    pub fn decode_with(&self, z: Tensor<4>, tiles: Option<&TileConfig>) -> Tensor<4> {
+        let [_, _, h, w] = z.dims();
+        match tiles {
+            Some(tiles) if tiles.needs_tiling(h, w) => self.decode_tiled(z, tiles),
+            _ => self.decode(z),
+        }
+    }
+
+    /// Unscaled latents [N, 4, h, w] decoded tile by tile (diffusers' `AutoencoderKL.tiled_decode`): the
+    /// decoder only ever sees one tile, so its memory is bounded by the tile size. Tiles start every
+    /// `tiles.latent_stride()` latent pixels in both directions (edge tiles are smaller); each decoded
+    /// tile is blended linearly into the already blended tile above it and then into the one to its
+    /// left, and cropped to `tiles.row_limit()` pixels. The result differs from [`decode`](Self::decode)
+    /// where the decoder looks beyond a tile (its attention and group norms see the whole image).
+    pub fn decode_tiled(&self, z: Tensor<4>, tiles: &TileConfig) -> Tensor<4> {
+        let [n, c, h, w] = z.dims();
+        if h == 0 || w == 0 {
+            return self.decode(z);
+        }
+        let (size, stride) = (tiles.latent_size(), tiles.latent_stride().max(1));
+        let (extent, limit) = (tiles.blend_extent(), tiles.row_limit());
+        let mut ramps = BlendRamps::new(z.device());
+        let mut above: Vec<Tensor<4>> = Vec::new();
+        let mut rows = Vec::new();
+        for top in (0..h).step_by(stride) {
+            let mut row: Vec<Tensor<4>> = Vec::new();
+            for (j, left) in (0..w).step_by(stride).enumerate() {
+                let latent = z.clone().slice([0..n, 0..c, top..(top + size).min(h), left..(left + size).min(w)]);
+                let mut tile = self.decode(latent);
+                if let Some(prev) = above.get(j) {
+                    tile = ramps.blend(prev, tile, 2, extent);
+                }
+                if let Some(prev) = row.last() {
+                    tile = ramps.blend(prev, tile, 3, extent);
+                }
+                row.push(tile);
+            }
+            let cropped = row
+                .iter()
+                .map(|tile| {
+                    let [tn, tc, th, tw] = tile.dims();
+                    tile.clone().slice([0..tn, 0..tc, 0..limit.min(th), 0..limit.min(tw)])
+                })
+                .collect();
+            rows.push(Tensor::cat(cropped, 3));
+            above = row;
+        }
+        Tensor::cat(rows, 2)
     }
 
     /// Decodes a video latent [B, C, F, h, w] (scaled) to [B, 3, F, 8h, 8w] in [0, 1], `chunk` frames at a
     /// time so that memory stays bounded for long clips.
     pub fn decode_video_scaled(&self, z: Tensor<5>, chunk: usize) -> Tensor<5> {
+        self.decode_video_scaled_with(z, chunk, None)
+    }
+
+    /// [`decode_video_scaled`](Self::decode_video_scaled), each chunk of frames decoded with
+    /// [`decode_scaled_with`](Self::decode_scaled_with): in tiles when `tiles` is given and a frame is
+    /// larger than one tile, so that memory stays bounded for large frames too.
+    pub fn decode_video_scaled_with(&self, z: Tensor<5>, chunk: usize, tiles: Option<&TileConfig>) -> Tensor<5> {
         let [b, c, f, h, w] = z.dims();
         let frames = z.swap_dims(1, 2).reshape([b * f, c, h, w]);
         let chunk = chunk.max(1);
@@ -255,7 +468,7 @@ impl AutoencoderKl {
         let mut start = 0;
         while start < b * f {
             let end = (start + chunk).min(b * f);
-            parts.push(self.decode_scaled(frames.clone().slice([start..end, 0..c, 0..h, 0..w])));
+            parts.push(self.decode_scaled_with(frames.clone().slice([start..end, 0..c, 0..h, 0..w]), tiles));
             start = end;
         }
         let images = Tensor::cat(parts, 0);
