@@ -2,11 +2,14 @@
 //!
 //! Schedulers are CPU-side tables (`f64`, computed the way diffusers computes them in `float32` so that
 //! timesteps and coefficients match bit for bit where it matters); only `step` and `add_noise` touch
-//! tensors. Sampling loops live in pipelines, never here.
+//! tensors. Pipeline logic lives in pipelines; [`sample`] only holds the generic guided DDIM loop, with
+//! the model passed in as a closure.
 
 pub mod ddim;
+pub mod sample;
 
 pub use ddim::{Ddim, DdimConfig, DdimStep};
+pub use sample::{CfgDdim, SampleError, StepProgress, sample_ddim_cfg};
 
 /// How betas are spread over the training timesteps (`beta_schedule` in diffusers configs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
