@@ -26,3 +26,23 @@ fn clip_text_encoder_agrees_on_wgpu_and_flex() {
     eprintln!("wgpu vs flex: max abs error {err:e}");
     assert_close("CLIP on wgpu vs transformers", &on_gpu, fx.values("last_hidden_state"), 1e-4);
 }
+
+#[test]
+fn unet_agrees_on_wgpu_and_flex_and_with_diffusers() {
+    use stepstone::models::load_unet;
+
+    let fx = Fixture::load("unet/unet_io.safetensors");
+    let dir = common::fixtures().join("unet/unet");
+    let timesteps: Vec<f64> = fx.values("timesteps").iter().map(|&t| f64::from(t)).collect();
+    let run = |device: &Device| {
+        let (unet, report) = load_unet(&dir, device).unwrap();
+        assert!(report.unused.is_empty(), "unused: {:?}", report.unused);
+        to_vec(&unet.forward(fx.tensor::<4>("sample", device), &timesteps, fx.tensor::<3>("context", device)))
+    };
+    let on_cpu = run(&common::cpu());
+    let on_gpu = run(&Device::wgpu(DeviceKind::DefaultDevice));
+
+    let err = assert_close("UNet on wgpu vs flex", &on_gpu, &on_cpu, 1e-4);
+    let err_ref = assert_close("UNet on wgpu vs diffusers", &on_gpu, fx.values("eps"), 1e-4);
+    eprintln!("UNet: wgpu vs flex max abs error {err:e}, wgpu vs diffusers {err_ref:e}");
+}
