@@ -102,7 +102,8 @@ pub struct Conv1x1ToLinear;
 
 impl ModuleAdapter for Conv1x1ToLinear {
     fn adapt(&self, tensor: PackTensor, ctx: ModuleContext<'_>) -> PackTensor {
-        let linear_weight = ctx.module_type() == Some("Struct:Linear") && tensor.name.rsplit('.').next() == Some("weight");
+        let linear_weight =
+            ctx.module_type() == Some("Struct:Linear") && tensor.name.rsplit('.').next() == Some("weight");
         match *tensor.shape {
             [out, inp, 1, 1] if linear_weight => {
                 let (name, dtype) = (tensor.name.clone(), tensor.dtype);
@@ -156,7 +157,8 @@ pub fn load_into<M: ModuleSnapshot>(
             }
             // PytorchStore's own apply has no adapter hook (it always uses PyTorchToBurnAdapter alone, so
             // fp16 pickles would load as f16): take its (remapped) tensors and apply them with ours.
-            let tensors: Vec<PackTensor> = store.get_all_tensors().map_err(|e| read_err(&e))?.values().cloned().collect();
+            let tensors: Vec<PackTensor> =
+                store.get_all_tensors().map_err(|e| read_err(&e))?.values().cloned().collect();
             module.apply(tensors, None, Some(Box::new(import_adapter())), true)
         }
     };
