@@ -109,6 +109,55 @@ fn all_three_networks_match_the_reference_in_every_file_format() {
     }
 }
 
+#[test]
+fn older_files_without_text_model_in_the_text_encoder_keys_load_the_same() {
+    // The fixture rewritten as files written before transformers nested the tower under `text_model`.
+    let device = cpu();
+    let bytes = std::fs::read(common::fixtures().join("single_file/sd15_tiny.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let renamed: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.replace(
+                    "cond_stage_model.transformer.text_model.",
+                    "cond_stage_model.transformer.",
+                ),
+                v,
+            )
+        })
+        .collect();
+    assert!(
+        renamed
+            .iter()
+            .any(|(k, _)| k == "cond_stage_model.transformer.final_layer_norm.weight")
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("old.safetensors");
+    safetensors::serialize_to_file(renamed, None, &path).unwrap();
+    let models = load_single_file_with(&path, &tiny_config(), &device).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        models.reports.text_encoder.unused.is_empty(),
+        "{:?}",
+        models.reports.text_encoder.unused
+    );
+    let fx = Fixture::load("single_file/single_file_io.safetensors");
+    let (shape, ids) = fx.get("input_ids");
+    let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let hidden = models.text_encoder.forward(Tensor::<2, Int>::from_data(
+        TensorData::new(ids, shape.clone()),
+        &device,
+    ));
+    let err = assert_close(
+        "text encoder (old key layout)",
+        &to_vec(&hidden),
+        fx.values("last_hidden_state"),
+        1e-4,
+    );
+    eprintln!("old text-encoder key layout: max abs error {err:e}");
+}
+
 /// Our module tree's keys and shapes (PyTorch layout, as the manifests are written).
 fn ours<M: ModuleSnapshot>(module: &M) -> BTreeMap<String, Vec<usize>> {
     module
