@@ -25,11 +25,7 @@ fn tiny_config() -> SingleFileConfig {
 }
 
 fn float_dtypes<M: ModuleSnapshot>(module: &M) -> Vec<(String, DType)> {
-    module
-        .collect(None, None, true)
-        .into_iter()
-        .map(|t| (t.name.clone(), t.dtype))
-        .collect()
+    module.collect(None, None, true).into_iter().map(|t| (t.name.clone(), t.dtype)).collect()
 }
 
 #[test]
@@ -40,20 +36,13 @@ fn all_three_networks_match_the_reference_in_every_file_format() {
     let (ids_shape, ids) = fx.get("input_ids");
     let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let config = tiny_config();
-    for (file, suffix) in [
-        ("sd15_tiny.safetensors", ""),
-        ("sd15_tiny.ckpt", ""),
-        ("sd15_tiny_fp16.ckpt", "_from_f16"),
-    ] {
+    for (file, suffix) in [("sd15_tiny.safetensors", ""), ("sd15_tiny.ckpt", ""), ("sd15_tiny_fp16.ckpt", "_from_f16")]
+    {
         let path = common::fixtures().join("single_file").join(file);
         let models = load_single_file_with(&path, &config, &device).unwrap_or_else(|e| panic!("{e}"));
         let r = &models.reports;
         for (what, report) in [("UNet", &r.unet), ("VAE", &r.vae), ("text encoder", &r.text_encoder)] {
-            assert!(
-                report.unused.is_empty(),
-                "{file}: {what} unused keys {:?}",
-                report.unused
-            );
+            assert!(report.unused.is_empty(), "{file}: {what} unused keys {:?}", report.unused);
             assert!(report.applied > 0, "{file}: {what} loaded nothing");
         }
         // fp16 files are widened to f32 on load, pickles included.
@@ -63,24 +52,13 @@ fn all_three_networks_match_the_reference_in_every_file_format() {
         let not_f32: Vec<_> = dtypes.iter().filter(|(_, d)| *d != DType::F32).take(5).collect();
         assert!(not_f32.is_empty(), "{file}: weights not converted to f32: {not_f32:?}");
 
-        let eps = models.unet.forward(
-            fx.tensor::<4>("sample", &device),
-            &timesteps,
-            fx.tensor::<3>("context", &device),
-        );
-        let e_unet = assert_close(
-            &format!("UNet eps ({file})"),
-            &to_vec(&eps),
-            fx.values(&format!("eps{suffix}")),
-            1e-4,
-        );
+        let eps =
+            models.unet.forward(fx.tensor::<4>("sample", &device), &timesteps, fx.tensor::<3>("context", &device));
+        let e_unet =
+            assert_close(&format!("UNet eps ({file})"), &to_vec(&eps), fx.values(&format!("eps{suffix}")), 1e-4);
         let post = models.vae.encode(fx.tensor::<4>("x", &device));
-        let e_mean = assert_close(
-            &format!("VAE mean ({file})"),
-            &to_vec(&post.mean),
-            fx.values(&format!("mean{suffix}")),
-            1e-4,
-        );
+        let e_mean =
+            assert_close(&format!("VAE mean ({file})"), &to_vec(&post.mean), fx.values(&format!("mean{suffix}")), 1e-4);
         let e_logvar = assert_close(
             &format!("VAE logvar ({file})"),
             &to_vec(&post.logvar),
@@ -118,43 +96,19 @@ fn older_files_without_text_model_in_the_text_encoder_keys_load_the_same() {
     let renamed: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
         .tensors()
         .into_iter()
-        .map(|(k, v)| {
-            (
-                k.replace(
-                    "cond_stage_model.transformer.text_model.",
-                    "cond_stage_model.transformer.",
-                ),
-                v,
-            )
-        })
+        .map(|(k, v)| (k.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."), v))
         .collect();
-    assert!(
-        renamed
-            .iter()
-            .any(|(k, _)| k == "cond_stage_model.transformer.final_layer_norm.weight")
-    );
+    assert!(renamed.iter().any(|(k, _)| k == "cond_stage_model.transformer.final_layer_norm.weight"));
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("old.safetensors");
     safetensors::serialize_to_file(renamed, None, &path).unwrap();
     let models = load_single_file_with(&path, &tiny_config(), &device).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        models.reports.text_encoder.unused.is_empty(),
-        "{:?}",
-        models.reports.text_encoder.unused
-    );
+    assert!(models.reports.text_encoder.unused.is_empty(), "{:?}", models.reports.text_encoder.unused);
     let fx = Fixture::load("single_file/single_file_io.safetensors");
     let (shape, ids) = fx.get("input_ids");
     let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-    let hidden = models.text_encoder.forward(Tensor::<2, Int>::from_data(
-        TensorData::new(ids, shape.clone()),
-        &device,
-    ));
-    let err = assert_close(
-        "text encoder (old key layout)",
-        &to_vec(&hidden),
-        fx.values("last_hidden_state"),
-        1e-4,
-    );
+    let hidden = models.text_encoder.forward(Tensor::<2, Int>::from_data(TensorData::new(ids, shape.clone()), &device));
+    let err = assert_close("text encoder (old key layout)", &to_vec(&hidden), fx.values("last_hidden_state"), 1e-4);
     eprintln!("old text-encoder key layout: max abs error {err:e}");
 }
 
@@ -224,13 +178,7 @@ fn rename_tables_cover_the_sd15_single_file_layout_exactly() {
         .map(|line| {
             let (key, shape) = line.split_once(' ').unwrap();
             let dims = shape.trim_matches(|c| c == '[' || c == ']');
-            (
-                key.to_string(),
-                dims.split(',')
-                    .filter(|d| !d.is_empty())
-                    .map(|d| d.parse().unwrap())
-                    .collect(),
-            )
+            (key.to_string(), dims.split(',').filter(|d| !d.is_empty()).map(|d| d.parse().unwrap()).collect())
         })
         .collect();
     assert_eq!(manifest.len(), 686 + 248 + 196);
@@ -238,39 +186,23 @@ fn rename_tables_cover_the_sd15_single_file_layout_exactly() {
     let config = SingleFileConfig::sd15();
 
     let unet = renamed(&manifest, &unet_renames(&config.unet));
-    assert!(
-        unet.values().all(|(o, _)| o.starts_with("model.diffusion_model.")),
-        "the UNet table renamed other keys"
-    );
+    assert!(unet.values().all(|(o, _)| o.starts_with("model.diffusion_model.")), "the UNet table renamed other keys");
     compare("UNet", &unet, &ours(&config.unet.init(&device).unwrap()));
 
     let vae = renamed(&manifest, &vae_renames(&config.vae));
-    assert!(
-        vae.values().all(|(o, _)| o.starts_with("first_stage_model.")),
-        "the VAE table renamed other keys"
-    );
+    assert!(vae.values().all(|(o, _)| o.starts_with("first_stage_model.")), "the VAE table renamed other keys");
     compare("VAE", &vae, &ours(&config.vae.init(&device).unwrap()));
 
-    let table: Vec<(String, String)> = TEXT_ENCODER_RENAMES
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+    let table: Vec<(String, String)> =
+        TEXT_ENCODER_RENAMES.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
     let text_encoder = renamed(&manifest, &table);
     assert!(
         text_encoder.values().all(|(o, _)| o.starts_with("cond_stage_model.")),
         "the CLIP table renamed other keys"
     );
-    compare(
-        "text encoder",
-        &text_encoder,
-        &ours(&config.text_encoder.init(&device).unwrap()),
-    );
+    compare("text encoder", &text_encoder, &ours(&config.text_encoder.init(&device).unwrap()));
 
-    assert_eq!(
-        unet.len() + vae.len() + text_encoder.len(),
-        manifest.len(),
-        "every key of the file has one owner"
-    );
+    assert_eq!(unet.len() + vae.len() + text_encoder.len(), manifest.len(), "every key of the file has one owner");
 }
 
 #[test]
@@ -286,10 +218,7 @@ fn write_safetensors(path: &Path, names: &[&str]) {
     let views: HashMap<String, safetensors::tensor::TensorView<'_>> = names
         .iter()
         .map(|n| {
-            (
-                n.to_string(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &data).unwrap(),
-            )
+            (n.to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &data).unwrap())
         })
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
@@ -302,14 +231,8 @@ fn files_of_another_kind_are_named() {
     // A diffusers UNet file given as a single file.
     let unet = common::fixtures().join("unet/unet/diffusion_pytorch_model.safetensors");
     let err = load_single_file(&unet, &device).unwrap_err();
-    assert!(
-        matches!(err, SingleFileError::Load(LoadError::WrongKind { .. })),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains(&format!("looks like a diffusers UNet, {not}")),
-        "{err}"
-    );
+    assert!(matches!(err, SingleFileError::Load(LoadError::WrongKind { .. })), "{err}");
+    assert!(err.to_string().contains(&format!("looks like a diffusers UNet, {not}")), "{err}");
     // The same as a pickle.
     let bin = common::fixtures().join("unet/unet/diffusion_pytorch_model.bin");
     let err = load_single_file(&bin, &device).unwrap_err().to_string();
@@ -333,10 +256,7 @@ fn files_of_another_kind_are_named() {
             "looks like an SDXL checkpoint",
         ),
         (
-            vec![
-                "cond_stage_model.model.transformer.resblocks.0.ln_1.weight",
-                "model.diffusion_model.out.2.weight",
-            ],
+            vec!["cond_stage_model.model.transformer.resblocks.0.ln_1.weight", "model.diffusion_model.out.2.weight"],
             "looks like a Stable Diffusion 2.x single-file checkpoint",
         ),
         (
@@ -347,26 +267,17 @@ fn files_of_another_kind_are_named() {
         let path = tmp.path().join(format!("{}.safetensors", expected.replace(' ', "_")));
         write_safetensors(&path, &names);
         let err = load_single_file(&path, &device).unwrap_err().to_string();
-        assert!(
-            err.contains(expected) && err.contains(not) && err.contains(&path.display().to_string()),
-            "{err}"
-        );
+        assert!(err.contains(expected) && err.contains(not) && err.contains(&path.display().to_string()), "{err}");
     }
 
     // An SD 1.x file without its VAE says so.
     let path = tmp.path().join("no_vae.safetensors");
     write_safetensors(
         &path,
-        &[
-            "model.diffusion_model.out.2.weight",
-            "cond_stage_model.transformer.text_model.final_layer_norm.weight",
-        ],
+        &["model.diffusion_model.out.2.weight", "cond_stage_model.transformer.text_model.final_layer_norm.weight"],
     );
     let err = load_single_file(&path, &device).unwrap_err().to_string();
-    assert!(
-        err.contains("no VAE in this checkpoint") && err.contains("first_stage_model."),
-        "{err}"
-    );
+    assert!(err.contains("no VAE in this checkpoint") && err.contains("first_stage_model."), "{err}");
 }
 
 #[test]
@@ -374,19 +285,19 @@ fn a_checkpoint_of_another_layout_is_named() {
     let device = cpu();
     // The tiny checkpoint with SD 1.5's configurations: almost every weight is missing.
     let path = common::fixtures().join("single_file/sd15_tiny.safetensors");
-    let err = load_single_file(&path, &device).unwrap_err().to_string();
-    assert!(
-        err.contains(
-            "looks like a Stable Diffusion 1.x single-file checkpoint, not one whose UNet has the configured layout"
-        ),
-        "{err}"
-    );
+    for file in ["sd15_tiny.safetensors", "sd15_tiny.ckpt"] {
+        let err =
+            load_single_file(&common::fixtures().join("single_file").join(file), &device).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "looks like a Stable Diffusion 1.x single-file checkpoint, not one whose UNet has the configured layout"
+            ),
+            "{err}"
+        );
+    }
     // Same blocks, another cross-attention width: the weights that do not fit are listed, with both shapes.
     let mut config = tiny_config();
     config.unet.cross_attention_dim = 12;
     let err = load_single_file_with(&path, &config, &device).unwrap_err().to_string();
-    assert!(
-        err.contains("do not fit") && err.contains("attn2.to_k.weight: expected shape"),
-        "{err}"
-    );
+    assert!(err.contains("do not fit") && err.contains("attn2.to_k.weight: expected shape"), "{err}");
 }

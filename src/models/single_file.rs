@@ -115,17 +115,9 @@ pub struct SingleFileReports {
 #[derive(Debug, thiserror::Error)]
 pub enum SingleFileError {
     #[error("{path}: {component} configuration: {message}")]
-    Config {
-        path: PathBuf,
-        component: &'static str,
-        message: String,
-    },
+    Config { path: PathBuf, component: &'static str, message: String },
     #[error("{path}: no {component} in this checkpoint (no weights under '{prefix}')")]
-    MissingComponent {
-        path: PathBuf,
-        component: &'static str,
-        prefix: &'static str,
-    },
+    MissingComponent { path: PathBuf, component: &'static str, prefix: &'static str },
     #[error(transparent)]
     Load(#[from] LoadError),
 }
@@ -142,46 +134,27 @@ pub fn load_single_file_with(
     device: &Device,
 ) -> Result<SingleFileModels, SingleFileError> {
     if !path.is_file() {
-        return Err(LoadError::NotFound {
-            path: path.to_path_buf(),
-        }
-        .into());
+        return Err(LoadError::NotFound { path: path.to_path_buf() }.into());
     }
-    let format = WeightFormat::of(path).ok_or_else(|| LoadError::UnknownFormat {
-        path: path.to_path_buf(),
-    })?;
+    let format = WeightFormat::of(path).ok_or_else(|| LoadError::UnknownFormat { path: path.to_path_buf() })?;
     let keys = read_keys(path)?;
     // `torch.save({"state_dict": sd})` files (the usual .ckpt) read as `state_dict.<key>`.
     let nested = format == WeightFormat::Pickle && keys.iter().any(|k| k.starts_with("state_dict."));
     let keys: Vec<String> = keys
         .into_iter()
-        .map(|k| {
-            if nested {
-                k.strip_prefix("state_dict.").map(str::to_string).unwrap_or(k)
-            } else {
-                k
-            }
-        })
+        .map(|k| if nested { k.strip_prefix("state_dict.").map(str::to_string).unwrap_or(k) } else { k })
         .collect();
     let kind = classify(&keys);
     if kind != FileKind::Sd1SingleFile {
         return Err(LoadError::WrongKind {
             path: path.to_path_buf(),
-            message: format!(
-                "this file looks like {}, not {}",
-                kind.describe(),
-                FileKind::Sd1SingleFile.describe()
-            ),
+            message: format!("this file looks like {}, not {}", kind.describe(), FileKind::Sd1SingleFile.describe()),
         }
         .into());
     }
     for (component, prefix) in [("VAE", VAE_PREFIX), ("text encoder", TEXT_ENCODER_PREFIX)] {
         if !keys.iter().any(|k| k.starts_with(prefix)) {
-            return Err(SingleFileError::MissingComponent {
-                path: path.to_path_buf(),
-                component,
-                prefix,
-            });
+            return Err(SingleFileError::MissingComponent { path: path.to_path_buf(), component, prefix });
         }
     }
     let top_level_key = nested.then_some("state_dict");
@@ -211,19 +184,12 @@ pub fn load_single_file_with(
         "one whose VAE has the configured layout",
     )?;
     vae_report.unused.retain(|k| {
-        [VAE_PREFIX, "encoder.", "decoder.", "quant_conv.", "post_quant_conv."]
-            .iter()
-            .any(|p| k.starts_with(p))
+        [VAE_PREFIX, "encoder.", "decoder.", "quant_conv.", "post_quant_conv."].iter().any(|p| k.starts_with(p))
     });
 
-    let mut text_encoder = config
-        .text_encoder
-        .init(device)
-        .map_err(|e| config_err("text encoder", &e))?;
-    let text_renames: Vec<(String, String)> = TEXT_ENCODER_RENAMES
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+    let mut text_encoder = config.text_encoder.init(device).map_err(|e| config_err("text encoder", &e))?;
+    let text_renames: Vec<(String, String)> =
+        TEXT_ENCODER_RENAMES.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
     let mut text_report = load_component(
         &mut text_encoder,
         path,
@@ -232,19 +198,13 @@ pub fn load_single_file_with(
         top_level_key,
         "one whose text encoder has the configured layout",
     )?;
-    text_report
-        .unused
-        .retain(|k| k.starts_with(TEXT_ENCODER_PREFIX) || k.starts_with("text_model."));
+    text_report.unused.retain(|k| k.starts_with(TEXT_ENCODER_PREFIX) || k.starts_with("text_model."));
 
     Ok(SingleFileModels {
         unet,
         vae,
         text_encoder,
-        reports: SingleFileReports {
-            unet: unet_report,
-            vae: vae_report,
-            text_encoder: text_report,
-        },
+        reports: SingleFileReports { unet: unet_report, vae: vae_report, text_encoder: text_report },
     })
 }
 
@@ -259,26 +219,14 @@ fn load_component<M: burn::store::ModuleSnapshot>(
 ) -> Result<LoadReport, LoadError> {
     let remap: Vec<(&str, &str)> = renames.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let other_patterns: Vec<String> = others.iter().map(|p| format!("^{}", regex::escape(p))).collect();
-    let ignore: Vec<&str> = HARMLESS
-        .iter()
-        .copied()
-        .chain(other_patterns.iter().map(String::as_str))
-        .collect();
-    let options = LoadOptions {
-        remap: &remap,
-        ignore_unused: &ignore,
-        top_level_key,
-        expected: Some(expected),
-    };
+    let ignore: Vec<&str> = HARMLESS.iter().copied().chain(other_patterns.iter().map(String::as_str)).collect();
+    let options = LoadOptions { remap: &remap, ignore_unused: &ignore, top_level_key, expected: Some(expected) };
     load_into(module, path, &options)
 }
 
 /// A pattern matching `prefix` + the LDM block name `ldm` (dots literal), and its replacement.
 fn block(prefix: &str, ldm: &str, ours: &str) -> (String, String) {
-    (
-        format!("^{}{}\\.", regex::escape(prefix), regex::escape(ldm)),
-        format!("{ours}."),
-    )
+    (format!("^{}{}\\.", regex::escape(prefix), regex::escape(ldm)), format!("{ours}."))
 }
 
 fn has_attention(block_type: &str) -> bool {
@@ -306,23 +254,14 @@ pub fn unet_renames(config: &UnetConfig) -> Vec<(String, String)> {
         let attn = config.down_block_types.get(level).is_some_and(|t| has_attention(t));
         for j in 0..n {
             let i = 1 + level * (n + 1) + j;
-            blocks.push((
-                format!("input_blocks.{i}.0"),
-                format!("down_blocks.{level}.resnets.{j}"),
-            ));
+            blocks.push((format!("input_blocks.{i}.0"), format!("down_blocks.{level}.resnets.{j}")));
             if attn {
-                blocks.push((
-                    format!("input_blocks.{i}.1"),
-                    format!("down_blocks.{level}.attentions.{j}"),
-                ));
+                blocks.push((format!("input_blocks.{i}.1"), format!("down_blocks.{level}.attentions.{j}")));
             }
         }
         if level + 1 < levels {
             let i = 1 + level * (n + 1) + n;
-            blocks.push((
-                format!("input_blocks.{i}.0.op"),
-                format!("down_blocks.{level}.downsamplers.0.conv"),
-            ));
+            blocks.push((format!("input_blocks.{i}.0.op"), format!("down_blocks.{level}.downsamplers.0.conv")));
         }
     }
     for level in 0..levels {
@@ -331,19 +270,13 @@ pub fn unet_renames(config: &UnetConfig) -> Vec<(String, String)> {
             let i = level * (n + 1) + j;
             blocks.push((format!("output_blocks.{i}.0"), format!("up_blocks.{level}.resnets.{j}")));
             if attn {
-                blocks.push((
-                    format!("output_blocks.{i}.1"),
-                    format!("up_blocks.{level}.attentions.{j}"),
-                ));
+                blocks.push((format!("output_blocks.{i}.1"), format!("up_blocks.{level}.attentions.{j}")));
             }
         }
         if level + 1 < levels {
             let i = level * (n + 1) + n;
             let slot = if attn { 2 } else { 1 };
-            blocks.push((
-                format!("output_blocks.{i}.{slot}.conv"),
-                format!("up_blocks.{level}.upsamplers.0.conv"),
-            ));
+            blocks.push((format!("output_blocks.{i}.{slot}.conv"), format!("up_blocks.{level}.upsamplers.0.conv")));
         }
     }
     let mut table: Vec<(String, String)> = blocks.iter().map(|(ldm, ours)| block(UNET_PREFIX, ldm, ours)).collect();
@@ -366,14 +299,8 @@ pub fn vae_renames(config: &VaeConfig) -> Vec<(String, String)> {
     let p = regex::escape(VAE_PREFIX);
     let levels = config.block_out_channels.len();
     let mut table = vec![
-        (
-            format!(r"^{p}encoder\.down\.(\d+)\.block\.(\d+)\."),
-            "encoder.down_blocks.${1}.resnets.${2}.".to_string(),
-        ),
-        (
-            format!(r"^{p}encoder\.down\.(\d+)\.downsample\."),
-            "encoder.down_blocks.${1}.downsamplers.0.".to_string(),
-        ),
+        (format!(r"^{p}encoder\.down\.(\d+)\.block\.(\d+)\."), "encoder.down_blocks.${1}.resnets.${2}.".to_string()),
+        (format!(r"^{p}encoder\.down\.(\d+)\.downsample\."), "encoder.down_blocks.${1}.downsamplers.0.".to_string()),
     ];
     for level in 0..levels {
         let ours = levels - 1 - level;
@@ -387,37 +314,16 @@ pub fn vae_renames(config: &VaeConfig) -> Vec<(String, String)> {
         ));
     }
     table.extend([
-        (
-            format!(r"^{p}(encoder|decoder)\.mid\.block_1\."),
-            "${1}.mid_block.resnets.0.".to_string(),
-        ),
-        (
-            format!(r"^{p}(encoder|decoder)\.mid\.block_2\."),
-            "${1}.mid_block.resnets.1.".to_string(),
-        ),
-        (
-            format!(r"^{p}(encoder|decoder)\.mid\.attn_1\."),
-            "${1}.mid_block.attentions.0.".to_string(),
-        ),
-        (
-            format!(r"^{p}(encoder|decoder)\.norm_out\."),
-            "${1}.conv_norm_out.".to_string(),
-        ),
+        (format!(r"^{p}(encoder|decoder)\.mid\.block_1\."), "${1}.mid_block.resnets.0.".to_string()),
+        (format!(r"^{p}(encoder|decoder)\.mid\.block_2\."), "${1}.mid_block.resnets.1.".to_string()),
+        (format!(r"^{p}(encoder|decoder)\.mid\.attn_1\."), "${1}.mid_block.attentions.0.".to_string()),
+        (format!(r"^{p}(encoder|decoder)\.norm_out\."), "${1}.conv_norm_out.".to_string()),
         // conv_in, conv_out, quant_conv, post_quant_conv: the same names.
         (format!(r"^{p}"), String::new()),
-        (
-            r"^((?:encoder|decoder)\..*\.resnets\.\d+)\.nin_shortcut\.".to_string(),
-            "${1}.conv_shortcut.".to_string(),
-        ),
+        (r"^((?:encoder|decoder)\..*\.resnets\.\d+)\.nin_shortcut\.".to_string(), "${1}.conv_shortcut.".to_string()),
     ]);
     let attention = r"^((?:encoder|decoder)\.mid_block\.attentions\.\d+)\.";
-    for (ldm, ours) in [
-        ("norm", "group_norm"),
-        ("q", "to_q"),
-        ("k", "to_k"),
-        ("v", "to_v"),
-        ("proj_out", "to_out.0"),
-    ] {
+    for (ldm, ours) in [("norm", "group_norm"), ("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0")] {
         table.push((format!(r"{attention}{ldm}\."), format!("${{1}}.{ours}.")));
     }
     table
@@ -429,10 +335,7 @@ mod tests {
 
     fn apply(table: &[(String, String)], key: &str) -> String {
         table.iter().fold(key.to_string(), |k, (pattern, replacement)| {
-            regex::Regex::new(pattern)
-                .unwrap()
-                .replace_all(&k, replacement.as_str())
-                .into_owned()
+            regex::Regex::new(pattern).unwrap().replace_all(&k, replacement.as_str()).into_owned()
         })
     }
 
@@ -440,68 +343,36 @@ mod tests {
     fn sd15_block_indices() {
         let unet = unet_renames(&UnetConfig::default());
         for (ldm, ours) in [
-            (
-                "input_blocks.1.1.proj_in.weight",
-                "down_blocks.0.attentions.0.proj_in.weight",
-            ),
+            ("input_blocks.1.1.proj_in.weight", "down_blocks.0.attentions.0.proj_in.weight"),
             ("input_blocks.3.0.op.weight", "down_blocks.0.downsamplers.0.conv.weight"),
-            (
-                "input_blocks.11.0.out_layers.3.bias",
-                "down_blocks.3.resnets.1.conv2.bias",
-            ),
-            (
-                "input_blocks.4.0.skip_connection.weight",
-                "down_blocks.1.resnets.0.conv_shortcut.weight",
-            ),
-            (
-                "middle_block.2.emb_layers.1.weight",
-                "mid_block.resnets.1.time_emb_proj.weight",
-            ),
+            ("input_blocks.11.0.out_layers.3.bias", "down_blocks.3.resnets.1.conv2.bias"),
+            ("input_blocks.4.0.skip_connection.weight", "down_blocks.1.resnets.0.conv_shortcut.weight"),
+            ("middle_block.2.emb_layers.1.weight", "mid_block.resnets.1.time_emb_proj.weight"),
             ("output_blocks.2.1.conv.weight", "up_blocks.0.upsamplers.0.conv.weight"),
             ("output_blocks.5.2.conv.bias", "up_blocks.1.upsamplers.0.conv.bias"),
             (
                 "output_blocks.5.1.transformer_blocks.0.attn2.to_k.weight",
                 "up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_k.weight",
             ),
-            (
-                "output_blocks.11.0.in_layers.0.weight",
-                "up_blocks.3.resnets.2.norm1.weight",
-            ),
+            ("output_blocks.11.0.in_layers.0.weight", "up_blocks.3.resnets.2.norm1.weight"),
             ("out.2.weight", "conv_out.weight"),
         ] {
             assert_eq!(apply(&unet, &format!("{UNET_PREFIX}{ldm}")), ours, "{ldm}");
         }
         let vae = vae_renames(&VaeConfig::default());
         for (ldm, ours) in [
-            (
-                "decoder.up.0.block.2.nin_shortcut.weight",
-                "decoder.up_blocks.3.resnets.2.conv_shortcut.weight",
-            ),
-            (
-                "decoder.up.3.upsample.conv.bias",
-                "decoder.up_blocks.0.upsamplers.0.conv.bias",
-            ),
-            (
-                "encoder.down.1.block.0.nin_shortcut.bias",
-                "encoder.down_blocks.1.resnets.0.conv_shortcut.bias",
-            ),
-            (
-                "encoder.mid.attn_1.proj_out.weight",
-                "encoder.mid_block.attentions.0.to_out.0.weight",
-            ),
-            (
-                "decoder.mid.attn_1.norm.bias",
-                "decoder.mid_block.attentions.0.group_norm.bias",
-            ),
+            ("decoder.up.0.block.2.nin_shortcut.weight", "decoder.up_blocks.3.resnets.2.conv_shortcut.weight"),
+            ("decoder.up.3.upsample.conv.bias", "decoder.up_blocks.0.upsamplers.0.conv.bias"),
+            ("encoder.down.1.block.0.nin_shortcut.bias", "encoder.down_blocks.1.resnets.0.conv_shortcut.bias"),
+            ("encoder.mid.attn_1.proj_out.weight", "encoder.mid_block.attentions.0.to_out.0.weight"),
+            ("decoder.mid.attn_1.norm.bias", "decoder.mid_block.attentions.0.group_norm.bias"),
             ("decoder.norm_out.weight", "decoder.conv_norm_out.weight"),
             ("post_quant_conv.weight", "post_quant_conv.weight"),
         ] {
             assert_eq!(apply(&vae, &format!("{VAE_PREFIX}{ldm}")), ours, "{ldm}");
         }
-        let text: Vec<(String, String)> = TEXT_ENCODER_RENAMES
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
+        let text: Vec<(String, String)> =
+            TEXT_ENCODER_RENAMES.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
         for ldm in [
             "cond_stage_model.transformer.text_model.encoder.layers.3.mlp.fc1.weight",
             "cond_stage_model.transformer.encoder.layers.3.mlp.fc1.weight",

@@ -135,7 +135,12 @@ pub fn load_into<M: ModuleSnapshot>(
     let format = WeightFormat::of(path).ok_or_else(|| LoadError::UnknownFormat { path: path.to_path_buf() })?;
     let read_err = |e: &dyn std::fmt::Display| LoadError::Read { path: path.to_path_buf(), message: e.to_string() };
     // A quick look at the keys first: a truncated file or a file of another kind gets a precise message.
-    let keys = identify::read_keys(path)?;
+    let mut keys = identify::read_keys(path)?;
+    if let (WeightFormat::Pickle, Some(top)) = (format, options.top_level_key) {
+        // The reader names nested entries `<top>.<key>`; classify the keys the load will see.
+        let prefix = format!("{top}.");
+        keys = keys.into_iter().map(|k| k.strip_prefix(&prefix).map(str::to_string).unwrap_or(k)).collect();
+    }
     let remapper = KeyRemapper::from_patterns(options.remap.to_vec())
         .map_err(|e| LoadError::Remap { path: path.to_path_buf(), message: e.to_string() })?;
     let result = match format {
