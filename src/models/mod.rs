@@ -6,6 +6,7 @@
 pub mod blocks;
 pub mod clip;
 pub mod load;
+pub mod single_file;
 pub mod unet;
 pub mod vae;
 

@@ -5,16 +5,22 @@
 //! in the report (minus those a caller declares harmless, such as transformers' `position_ids` buffer).
 //! Pickle files (`.bin`, `.ckpt`, `.pt`, `.pth`) are read by burn-store's PyTorch reader, which parses the
 //! pickle stream as data and never executes code from it.
+//!
+//! Every tensor passes the same adapters, whatever the file format ([`import_adapter`]): a 1x1-convolution
+//! weight `[out, in, 1, 1]` entering a `Linear` becomes `[out, in]` (original LDM VAE attention), PyTorch
+//! layouts become burn's (Linear weights transposed, norm `weight`/`bias` as `gamma`/`beta`), and floats
+//! of any width are cast to f32 (fp16 safetensors and fp16 pickles alike).
 
 pub mod identify;
 
 use std::path::{Path, PathBuf};
 
+use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::{
-    ApplyError, ApplyResult, ChainAdapter, FloatCastAdapter, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter,
-    PytorchStore, SafetensorsStore,
+    ApplyError, ApplyResult, ChainAdapter, FloatCastAdapter, KeyRemapper, ModuleAdapter, ModuleContext,
+    ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore, bridge,
 };
-use burn::tensor::DType;
+use burn::tensor::{DType, Shape, TensorData};
 
 /// How many offending keys a message lists.
 const SHOWN: usize = 8;
@@ -81,6 +87,42 @@ impl WeightFormat {
     }
 }
 
+/// The adapters every loaded tensor passes, in order: [`Conv1x1ToLinear`], burn-store's
+/// `PyTorchToBurnAdapter`, a cast of floats to f32.
+pub fn import_adapter() -> ChainAdapter {
+    ChainAdapter::new(Conv1x1ToLinear, ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::to(DType::F32)))
+}
+
+/// A 1x1-convolution weight `[out, in, 1, 1]` loaded into a `Linear` is the same matrix `[out, in]`: the
+/// original LDM VAE stores its attention projections (`q`, `k`, `v`, `proj_out`) as 1x1 convolutions where
+/// diffusers (and we) have linear layers. Any other tensor passes unchanged; a 4-D tensor entering a
+/// `Linear` with other trailing sizes still fails the shape check, naming both shapes.
+#[derive(Clone, Debug, Default)]
+pub struct Conv1x1ToLinear;
+
+impl ModuleAdapter for Conv1x1ToLinear {
+    fn adapt(&self, tensor: PackTensor, ctx: ModuleContext<'_>) -> PackTensor {
+        let linear_weight =
+            ctx.module_type() == Some("Struct:Linear") && tensor.name.rsplit('.').next() == Some("weight");
+        match *tensor.shape {
+            [out, inp, 1, 1] if linear_weight => {
+                let (name, dtype) = (tensor.name.clone(), tensor.dtype);
+                let shape = Shape::from(vec![out, inp]);
+                let target = shape.clone();
+                bridge::map_data(tensor, name, dtype, shape, move |data| {
+                    let (bytes, _, dtype) = data.into_parts();
+                    TensorData::from_bytes(bytes, target.clone(), dtype)
+                })
+            }
+            _ => tensor,
+        }
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
+
 /// Loads `path` into `module` (weights are converted to f32), checking the result.
 pub fn load_into<M: ModuleSnapshot>(
     module: &mut M,
@@ -93,13 +135,18 @@ pub fn load_into<M: ModuleSnapshot>(
     let format = WeightFormat::of(path).ok_or_else(|| LoadError::UnknownFormat { path: path.to_path_buf() })?;
     let read_err = |e: &dyn std::fmt::Display| LoadError::Read { path: path.to_path_buf(), message: e.to_string() };
     // A quick look at the keys first: a truncated file or a file of another kind gets a precise message.
-    let keys = identify::read_keys(path)?;
+    let mut keys = identify::read_keys(path)?;
+    if let (WeightFormat::Pickle, Some(top)) = (format, options.top_level_key) {
+        // The reader names nested entries `<top>.<key>`; classify the keys the load will see.
+        let prefix = format!("{top}.");
+        keys = keys.into_iter().map(|k| k.strip_prefix(&prefix).map(str::to_string).unwrap_or(k)).collect();
+    }
     let remapper = KeyRemapper::from_patterns(options.remap.to_vec())
         .map_err(|e| LoadError::Remap { path: path.to_path_buf(), message: e.to_string() })?;
     let result = match format {
         WeightFormat::Safetensors => {
             let mut store = SafetensorsStore::from_file(path)
-                .with_from_adapter(ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::to(DType::F32)))
+                .with_from_adapter(import_adapter())
                 .remap(remapper)
                 .allow_partial(true)
                 .skip_enum_variants(true)
@@ -109,16 +156,15 @@ pub fn load_into<M: ModuleSnapshot>(
         WeightFormat::Pickle => {
             // Indices stay as the file has them: our module lists keep parameter-free entries (dropout)
             // in place, exactly like the reference's ModuleLists.
-            let mut store = PytorchStore::from_file(path)
-                .remap(remapper)
-                .allow_partial(true)
-                .skip_enum_variants(true)
-                .map_indices_contiguous(false)
-                .validate(false);
+            let mut store = PytorchStore::from_file(path).remap(remapper).map_indices_contiguous(false);
             if let Some(key) = options.top_level_key {
                 store = store.with_top_level_key(key);
             }
-            module.load_from(&mut store).map_err(|e| read_err(&e))?
+            // PytorchStore's own apply has no adapter hook (it always uses PyTorchToBurnAdapter alone, so
+            // fp16 pickles would load as f16): take its (remapped) tensors and apply them with ours.
+            let tensors: Vec<PackTensor> =
+                store.get_all_tensors().map_err(|e| read_err(&e))?.values().cloned().collect();
+            module.apply(tensors, None, Some(Box::new(import_adapter())), true)
         }
     };
     if result.applied.len() < result.missing.len() {
