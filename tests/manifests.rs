@@ -71,3 +71,63 @@ fn unet_sd15_layout() {
     let model = stepstone::models::unet::UnetConfig::default().init(&common::cpu()).unwrap();
     assert_same("unet_sd15", &ours(&model), &reference);
 }
+
+/// A motion-module manifest with the original names mapped by our table and the stored positional tables
+/// (recomputed, never loaded) set aside; returns the renamed keys and the table lengths found.
+fn motion_manifest(name: &str) -> (BTreeMap<String, Vec<u64>>, Vec<u64>) {
+    use stepstone::models::unet::motion::{IGNORED_KEYS, ORIGINAL_RENAME};
+    let rename: Vec<(regex::Regex, &str)> =
+        ORIGINAL_RENAME.iter().map(|(from, to)| (regex::Regex::new(from).unwrap(), *to)).collect();
+    let ignored: Vec<regex::Regex> = IGNORED_KEYS.iter().map(|p| regex::Regex::new(p).unwrap()).collect();
+    let mut keys = BTreeMap::new();
+    let mut positions = Vec::new();
+    for (key, shape) in manifest(name) {
+        let key = rename.iter().fold(key, |k, (r, to)| r.replace_all(&k, *to).into_owned());
+        if ignored.iter().any(|r| r.is_match(&key)) {
+            positions.push(shape[1]);
+        } else {
+            keys.insert(key, shape);
+        }
+    }
+    (keys, positions)
+}
+
+/// `tables`: stored positional tables (the original has one per temporal attention, diffusers one per block).
+fn motion_layout(name: &str, version: stepstone::models::unet::motion::MotionVersion, keys: usize, tables: usize) {
+    use stepstone::models::unet::motion::MotionAdapterConfig;
+    let reference = manifest(name);
+    assert_eq!(reference.len(), keys, "{name}: key count");
+    let (renamed, positions) = motion_manifest(name);
+    let config = version.config();
+    // Each stored table is as long as the version's frame limit.
+    assert_eq!(positions.len(), tables, "{name}: positional tables");
+    assert!(positions.iter().all(|&p| p as usize == config.motion_max_seq_length), "{name}: {positions:?}");
+    let model = config.init(&common::cpu()).unwrap();
+    assert_eq!(model.version, version);
+    assert_same(name, &ours(&model), &renamed);
+    // A lone file's layout is read back from its shapes.
+    let shapes: Vec<(String, Vec<usize>)> =
+        reference.iter().map(|(k, s)| (k.clone(), s.iter().map(|&d| d as usize).collect())).collect();
+    assert_eq!(MotionAdapterConfig::infer(&shapes, 8, 32), Some(config), "{name}: inferred config");
+}
+
+#[test]
+fn animatediff_v1_layout() {
+    motion_layout("mm_sd_v15", stepstone::models::unet::motion::MotionVersion::V1, 560, 40);
+}
+
+#[test]
+fn animatediff_v2_layout() {
+    motion_layout("mm_sd_v15_v2", stepstone::models::unet::motion::MotionVersion::V2, 588, 42);
+}
+
+#[test]
+fn animatediff_v3_layout() {
+    motion_layout("v3_sd15_mm", stepstone::models::unet::motion::MotionVersion::V3, 560, 40);
+}
+
+#[test]
+fn diffusers_motion_adapter_layout() {
+    // diffusers' MotionAdapter defaults (v2): the same tree under diffusers' names, one stored table per block.
+    motion_layout("motion_adapter_v2", stepstone::models::unet::motion::MotionVersion::V2, 567, 21);
+}

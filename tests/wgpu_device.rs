@@ -46,3 +46,25 @@ fn unet_agrees_on_wgpu_and_flex_and_with_diffusers() {
     let err_ref = assert_close("UNet on wgpu vs diffusers", &on_gpu, fx.values("eps"), 1e-4);
     eprintln!("UNet: wgpu vs flex max abs error {err:e}, wgpu vs diffusers {err_ref:e}");
 }
+
+#[test]
+fn video_unet_with_motion_modules_agrees_on_wgpu_and_with_the_original() {
+    use stepstone::models::unet::{Motion, VideoUnet};
+    use stepstone::models::{MotionLoadOptions, load_motion_module, load_unet};
+
+    let fx = Fixture::load("motion/motion_io.safetensors");
+    let timesteps: Vec<f64> = fx.values("timesteps").iter().map(|&t| f64::from(t)).collect();
+    let options = MotionLoadOptions { heads: 2, groups: 4, norms: None };
+    let run = |device: &Device| {
+        let (unet, _) = load_unet(&common::fixtures().join("unet/unet"), device).unwrap();
+        let (motion, _) = load_motion_module(&common::fixtures().join("motion/mm_v2.ckpt"), device, &options).unwrap();
+        let model = VideoUnet::new(unet, Some(motion)).unwrap();
+        let sample = fx.tensor::<5>("sample_f5", device);
+        to_vec(&model.forward(sample, &timesteps, fx.tensor::<3>("context", device), Motion::On).unwrap())
+    };
+    let on_cpu = run(&common::cpu());
+    let on_gpu = run(&Device::wgpu(DeviceKind::DefaultDevice));
+    let err = assert_close("video UNet on wgpu vs flex", &on_gpu, &on_cpu, 1e-4);
+    let err_ref = assert_close("video UNet on wgpu vs original AnimateDiff", &on_gpu, fx.values("eps_v2_original_f5"), 1e-4);
+    eprintln!("video UNet: wgpu vs flex max abs error {err:e}, wgpu vs reference {err_ref:e}");
+}

@@ -22,6 +22,19 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, device: &Device) -> 
     GroupNormConfig::new(groups, channels).with_epsilon(eps).init(device)
 }
 
+/// A GroupNorm over `x` [N, C, H, W]: per image when `across_frames` is `None`; with `Some(f)`, N holds
+/// clips of `f` frames (clip-major) and each group's statistics span all frames of a clip.
+pub fn group_norm_frames(norm: &GroupNorm, x: Tensor<4>, across_frames: Option<usize>) -> Tensor<4> {
+    match across_frames {
+        Some(f) if f > 1 => {
+            let [n, c, h, w] = x.dims();
+            let video = x.reshape([n / f, f, c, h * w]).swap_dims(1, 2);
+            norm.forward(video).swap_dims(1, 2).reshape([n, c, h, w])
+        }
+        _ => norm.forward(x),
+    }
+}
+
 /// diffusers' `ResnetBlock2D` (default "default" time-embedding norm, output scale 1).
 #[derive(Module, Debug)]
 pub struct ResnetBlock2D {
@@ -48,13 +61,21 @@ impl ResnetBlock2D {
 
     /// `x` [N, C, H, W]; `temb` [N, T] (already per sample; frames folded into N).
     pub fn forward(&self, x: Tensor<4>, temb: Option<Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        self.forward_frames(x, temb, None)
+    }
+
+    /// As [`forward`](Self::forward); with `across_frames = Some(f)` the group norms take their statistics
+    /// over all `f` frames of each clip (frames folded into N, clip-major), as the original AnimateDiff v1
+    /// UNet does with its non-inflated GroupNorm.
+    pub fn forward_frames(&self, x: Tensor<4>, temb: Option<Tensor<2>>, across_frames: Option<usize>) -> Tensor<4> {
+        let norm = |n: &GroupNorm, t: Tensor<4>| group_norm_frames(n, t, across_frames);
+        let mut h = self.conv1.forward(silu(norm(&self.norm1, x.clone())));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(silu(temb));
             let [n, c] = t.dims();
             h = h + t.reshape([n, c, 1, 1]);
         }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv2.forward(silu(norm(&self.norm2, h)));
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,

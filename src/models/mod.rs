@@ -1,7 +1,35 @@
 //! The networks behind the nodes, in burn: usable as a library without the app.
 //!
-//! Status: CLIP text encoder and tokenizer, VAE, 2D UNet. Motion modules, single-file checkpoints and
-//! ImageReward are to come.
+//! - [`clip`]: the CLIP text encoder of SD 1.x and its BPE tokenizer ([`load_clip_text_encoder`]).
+//! - [`unet`]: `UNet2DConditionModel` ([`load_unet`]); [`unet::motion`]: AnimateDiff motion modules v1/v2/v3
+//!   ([`load_motion_module`]); [`unet::VideoUnet`] joins them into a video UNet over (B, C, F, H, W), with the
+//!   motion modules bypassable for single images.
+//! - [`vae`]: `AutoencoderKL` (encode, decode, frame-sliced and tiled decode) ([`load_vae`]).
+//! - [`single_file`]: all three networks from one SD 1.5 checkpoint with the original LDM key names.
+//! - [`load`]: checked weight loading (missing keys, shape mismatches, unused keys, files of the wrong kind);
+//!   pickles are parsed as data, never executed.
+//!
+//! Every network runs on any burn device (`Device::flex()` on the CPU, `Device::wgpu(..)` on a GPU). A video
+//! noise prediction from a diffusers folder and a motion-module file:
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use burn::tensor::{Device, Tensor};
+//! use stepstone::models::unet::{Motion, VideoUnet};
+//! use stepstone::models::{MotionLoadOptions, load_motion_module, load_unet};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let device = Device::flex();
+//! let (unet, _) = load_unet(Path::new("stable-diffusion-v1-5/unet"), &device)?;
+//! let (motion, _) = load_motion_module(Path::new("mm_sd_v15_v2.ckpt"), &device, &MotionLoadOptions::default())?;
+//! let model = VideoUnet::new(unet, Some(motion))?;
+//! let latents: Tensor<5> = Tensor::zeros([1, 4, 16, 64, 64], &device); // (B, C, F, H, W)
+//! let text: Tensor<3> = Tensor::zeros([1, 77, 768], &device); // CLIP last hidden state
+//! let eps = model.forward(latents, &[961.0], text, Motion::On)?;
+//! # let _ = eps;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod blocks;
 pub mod clip;
@@ -109,6 +137,72 @@ pub const VAE_LEGACY_ATTENTION: &[(&str, &str)] = &[
     (r"(mid_block\.attentions\.\d+)\.value\.", "$1.to_v."),
     (r"(mid_block\.attentions\.\d+)\.proj_attn\.", "$1.to_out.0."),
 ];
+
+/// How to read a motion-module file that has no `config.json`, and which norm semantics to run.
+#[derive(Clone, Debug)]
+pub struct MotionLoadOptions {
+    /// Attention heads (8 in every released SD 1.5 motion module).
+    pub heads: usize,
+    /// GroupNorm groups (32 in every released SD 1.5 motion module).
+    pub groups: usize,
+    /// `None`: the original AnimateDiff semantics of the detected version.
+    pub norms: Option<unet::motion::VideoNorms>,
+}
+
+impl Default for MotionLoadOptions {
+    fn default() -> Self {
+        MotionLoadOptions { heads: 8, groups: 32, norms: None }
+    }
+}
+
+/// Loads AnimateDiff motion modules: a diffusers `MotionAdapter` folder (`config.json` +
+/// `diffusion_pytorch_model.*`), or one file in the original format (`mm_sd_v15.ckpt`, `mm_sd_v15_v2.ckpt`,
+/// `v3_sd15_mm.ckpt`, or their .safetensors conversions) or in diffusers' naming; fp32 or fp16. The layout
+/// (v1/v2/v3) of a lone file is read from its tensor shapes.
+pub fn load_motion_module(
+    path: &Path,
+    device: &Device,
+    options: &MotionLoadOptions,
+) -> Result<(unet::motion::MotionAdapter, LoadReport), ComponentError> {
+    use unet::motion::{IGNORED_KEYS, MotionAdapterConfig, ORIGINAL_RENAME, VideoNorms};
+    let (config, weights) = if path.is_dir() {
+        let config: MotionAdapterConfig = read_config(path)?;
+        let weights = diffusers_weight_file(path, "diffusion_pytorch_model", false).ok_or_else(|| {
+            ComponentError::NoWeights { dir: path.to_path_buf(), stem: "diffusion_pytorch_model".into() }
+        })?;
+        (config, weights)
+    } else {
+        if !path.is_file() {
+            return Err(LoadError::NotFound { path: path.to_path_buf() }.into());
+        }
+        let shapes = load::identify::read_shapes(path)?;
+        let config = MotionAdapterConfig::infer(&shapes, options.heads, options.groups).ok_or_else(|| {
+            let keys: Vec<String> = shapes.into_iter().map(|(k, _)| k).collect();
+            LoadError::WrongKind {
+                path: path.to_path_buf(),
+                message: format!(
+                    "this file looks like {}, not an AnimateDiff motion module (no motion_modules weights)",
+                    load::identify::classify(&keys).describe()
+                ),
+            }
+        })?;
+        (config, path.to_path_buf())
+    };
+    let mut adapter = config.init(device).map_err(|e| ComponentError::Config {
+        path: if path.is_dir() { path.join("config.json") } else { path.to_path_buf() },
+        message: e.to_string(),
+    })?;
+    let norms = options.norms.unwrap_or_else(|| VideoNorms::original(adapter.version));
+    adapter = adapter.with_norms(norms);
+    let load_options = LoadOptions {
+        remap: ORIGINAL_RENAME,
+        ignore_unused: IGNORED_KEYS,
+        top_level_key: None,
+        expected: Some("an AnimateDiff motion module"),
+    };
+    let report = load::load_into(&mut adapter, &weights, &load_options)?;
+    Ok((adapter, report))
+}
 
 /// Loads diffusers' `UNet2DConditionModel` from a `unet/` folder.
 pub fn load_unet(dir: &Path, device: &Device) -> Result<(unet::Unet2DConditionModel, LoadReport), ComponentError> {

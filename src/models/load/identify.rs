@@ -82,6 +82,12 @@ pub fn classify(keys: &[String]) -> FileKind {
 /// The tensor names in a weight file. Safetensors headers are checked against the file size, so a
 /// truncated download is named as such.
 pub fn read_keys(path: &Path) -> Result<Vec<String>, LoadError> {
+    Ok(read_shapes(path)?.into_iter().map(|(k, _)| k).collect())
+}
+
+/// The tensor names and shapes in a weight file (no tensor data is read), with the checks of
+/// [`read_keys`].
+pub fn read_shapes(path: &Path) -> Result<Vec<(String, Vec<usize>)>, LoadError> {
     let read_err = |message: String| LoadError::Read { path: path.to_path_buf(), message };
     match WeightFormat::of(path) {
         Some(WeightFormat::Safetensors) => {
@@ -111,11 +117,22 @@ pub fn read_keys(path: &Path) -> Result<Vec<String>, LoadError> {
                     size - 8 - header_len
                 )));
             }
-            Ok(header.keys().filter(|k| *k != "__metadata__").cloned().collect())
+            Ok(header
+                .iter()
+                .filter(|(k, _)| *k != "__metadata__")
+                .map(|(k, v)| {
+                    let shape = v
+                        .get("shape")
+                        .and_then(|s| s.as_array())
+                        .map(|dims| dims.iter().filter_map(|d| d.as_u64()).map(|d| d as usize).collect())
+                        .unwrap_or_default();
+                    (k.clone(), shape)
+                })
+                .collect())
         }
         Some(WeightFormat::Pickle) => {
             let reader = burn::store::pytorch_reader::PytorchReader::new(path).map_err(|e| read_err(e.to_string()))?;
-            Ok(reader.keys())
+            Ok(reader.tensors().iter().map(|(k, t)| (k.clone(), t.shape().to_vec())).collect())
         }
         None => Err(LoadError::UnknownFormat { path: path.to_path_buf() }),
     }

@@ -5,6 +5,7 @@
 //! `conv_norm_out`, `conv_out`), so weights load by walking the same keys.
 
 pub mod attention;
+pub mod motion;
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -13,7 +14,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use self::attention::Transformer2DModel;
-use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm};
+use self::motion::{FrameNorm, MotionAdapter, MotionError, MotionModules};
+use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm, group_norm_frames};
 
 /// `attention_head_dim` / `num_attention_heads` in diffusers configs: one number or one per block.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -285,16 +287,32 @@ impl Unet2DConditionModel {
     /// Noise prediction for `sample` [N, C, H, W] at `timesteps` (one per sample), conditioned on
     /// `context` [N, S, cross_attention_dim].
     pub fn forward(&self, sample: Tensor<4>, timesteps: &[f64], context: Tensor<3>) -> Tensor<4> {
-        let device = sample.device();
-        let temb = self.time_embed(timesteps, &device);
+        let temb = self.time_embed(timesteps, &sample.device());
+        self.forward_inner(sample, temb, context, None)
+    }
+
+    /// The UNet walk. With `video`, N holds clips of `video.frames` frames (clip-major): motion modules run
+    /// after each resnet/attention pair of the down and up levels and after the mid block's attention.
+    fn forward_inner(&self, sample: Tensor<4>, temb: Tensor<2>, context: Tensor<3>, video: Option<&Frames<'_>>) -> Tensor<4> {
+        let across = video.and_then(|v| v.spatial_across());
+        let motion = |h: Tensor<4>, level: Option<&MotionModules>, j: usize| match (video, level) {
+            (Some(v), Some(level)) => match level.motion_modules.get(j) {
+                Some(module) => module.forward(h, v.frames, v.adapter.norms.temporal),
+                None => h,
+            },
+            _ => h,
+        };
+        let adapter = video.map(|v| v.adapter);
         let mut h = self.conv_in.forward(sample);
         let mut skips = vec![h.clone()];
-        for block in &self.down_blocks {
+        for (i, block) in self.down_blocks.iter().enumerate() {
+            let level = adapter.and_then(|a| a.down_blocks.get(i));
             for (j, resnet) in block.resnets.iter().enumerate() {
-                h = resnet.forward(h, Some(temb.clone()));
+                h = resnet.forward_frames(h, Some(temb.clone()), across);
                 if let Some(attn) = block.attentions.get(j) {
                     h = attn.forward(h, context.clone());
                 }
+                h = motion(h, level, j);
                 skips.push(h.clone());
             }
             for down in &block.downsamplers {
@@ -303,25 +321,134 @@ impl Unet2DConditionModel {
             }
         }
         let mid = &self.mid_block;
-        h = mid.resnets[0].forward(h, Some(temb.clone()));
-        for (attn, resnet) in mid.attentions.iter().zip(mid.resnets.iter().skip(1)) {
+        let level = adapter.and_then(|a| a.mid_block.as_ref());
+        h = mid.resnets[0].forward_frames(h, Some(temb.clone()), across);
+        for (j, (attn, resnet)) in mid.attentions.iter().zip(mid.resnets.iter().skip(1)).enumerate() {
             h = attn.forward(h, context.clone());
-            h = resnet.forward(h, Some(temb.clone()));
+            h = motion(h, level, j);
+            h = resnet.forward_frames(h, Some(temb.clone()), across);
         }
-        for block in &self.up_blocks {
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            let level = adapter.and_then(|a| a.up_blocks.get(i));
             for (j, resnet) in block.resnets.iter().enumerate() {
                 if let Some(skip) = skips.pop() {
                     h = Tensor::cat(vec![h, skip], 1);
                 }
-                h = resnet.forward(h, Some(temb.clone()));
+                h = resnet.forward_frames(h, Some(temb.clone()), across);
                 if let Some(attn) = block.attentions.get(j) {
                     h = attn.forward(h, context.clone());
                 }
+                h = motion(h, level, j);
             }
             for up in &block.upsamplers {
                 h = up.forward(h);
             }
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        let h = group_norm_frames(&self.conv_norm_out, h, across);
+        self.conv_out.forward(silu(h))
+    }
+
+    /// Output channels of each down level (what motion modules must match).
+    pub fn level_channels(&self) -> Vec<usize> {
+        self.down_blocks.iter().filter_map(|b| b.resnets.first().map(|r| r.conv1.weight.dims()[0])).collect()
+    }
+}
+
+/// Clips of `frames` frames with their motion modules, for the UNet walk.
+struct Frames<'a> {
+    frames: usize,
+    adapter: &'a MotionAdapter,
+}
+
+impl Frames<'_> {
+    fn spatial_across(&self) -> Option<usize> {
+        match self.adapter.norms.spatial {
+            FrameNorm::AcrossFrames => Some(self.frames),
+            FrameNorm::PerFrame => None,
+        }
+    }
+}
+
+/// Whether a video forward runs the motion modules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Motion {
+    /// The video UNet: motion modules attend across the frames of each clip.
+    On,
+    /// Plain SD: every frame is an independent image (I4VGen's candidate images).
+    Bypass,
+}
+
+/// SD UNet + AnimateDiff motion modules: a video UNet over (B, C, F, H, W).
+#[derive(Module, Debug)]
+pub struct VideoUnet {
+    pub unet: Unet2DConditionModel,
+    pub motion: Option<MotionAdapter>,
+}
+
+impl VideoUnet {
+    /// Pairs a UNet with motion modules, checking that they fit (channels and module counts per level).
+    pub fn new(unet: Unet2DConditionModel, motion: Option<MotionAdapter>) -> Result<VideoUnet, MotionError> {
+        if let Some(adapter) = &motion {
+            let unet_channels = unet.level_channels();
+            let motion_channels: Vec<usize> = adapter
+                .down_blocks
+                .iter()
+                .filter_map(|l| l.motion_modules.first().map(|m| m.proj_in.weight.dims()[0]))
+                .collect();
+            if unet_channels != motion_channels {
+                return Err(MotionError::Mismatch(format!(
+                    "UNet levels have {unet_channels:?} channels, the motion module {motion_channels:?}"
+                )));
+            }
+            let counts = |levels: &[MotionModules]| levels.iter().map(|l| l.motion_modules.len()).collect::<Vec<_>>();
+            let expected_down: Vec<usize> = unet.down_blocks.iter().map(|b| b.resnets.len()).collect();
+            let expected_up: Vec<usize> = unet.up_blocks.iter().map(|b| b.resnets.len()).collect();
+            if counts(&adapter.down_blocks) != expected_down || counts(&adapter.up_blocks) != expected_up {
+                return Err(MotionError::Mismatch(format!(
+                    "modules per level: down {:?} up {:?}, the UNet has {expected_down:?} and {expected_up:?} resnets",
+                    counts(&adapter.down_blocks),
+                    counts(&adapter.up_blocks)
+                )));
+            }
+        }
+        Ok(VideoUnet { unet, motion })
+    }
+
+    /// The largest clip length the motion modules accept (`None` without motion modules).
+    pub fn max_frames(&self) -> Option<usize> {
+        self.motion.as_ref().map(|m| m.max_seq_length)
+    }
+
+    /// Noise prediction for `sample` [B, C, F, H, W] at `timesteps` (one per clip), conditioned on `context`
+    /// [B, S, D] (shared by the frames of a clip). Without motion modules, or with [`Motion::Bypass`], every
+    /// frame goes through the 2-D UNet on its own.
+    pub fn forward(
+        &self,
+        sample: Tensor<5>,
+        timesteps: &[f64],
+        context: Tensor<3>,
+        motion: Motion,
+    ) -> Result<Tensor<5>, MotionError> {
+        let [b, c, f, h, w] = sample.dims();
+        if timesteps.len() != b {
+            return Err(MotionError::Mismatch(format!("{} timesteps for a batch of {b} clips", timesteps.len())));
+        }
+        let adapter = match (motion, &self.motion) {
+            (Motion::On, Some(adapter)) => {
+                adapter.check_frames(f)?;
+                Some(adapter)
+            }
+            _ => None,
+        };
+        let device = sample.device();
+        let frames_t: Vec<f64> = timesteps.iter().flat_map(|&t| std::iter::repeat_n(t, f)).collect();
+        let temb = self.unet.time_embed(&frames_t, &device);
+        let [_, s, d] = context.dims();
+        let context = context.unsqueeze_dim::<4>(1).repeat_dim(1, f).reshape([b * f, s, d]);
+        let x = sample.permute([0, 2, 1, 3, 4]).reshape([b * f, c, h, w]);
+        let video = adapter.map(|adapter| Frames { frames: f, adapter });
+        let out = self.unet.forward_inner(x, temb, context, video.as_ref());
+        let [_, oc, _, _] = out.dims();
+        Ok(out.reshape([b, f, oc, h, w]).permute([0, 2, 1, 3, 4]))
     }
 }
