@@ -13,8 +13,8 @@ use common::{Fixture, assert_close, cpu, to_vec};
 use image::RgbImage;
 use stepstone::models::LoadError;
 use stepstone::models::image_reward::{
-    self, BertTokenizer, IGNORED_KEYS, ImageRewardConfig, ImageRewardError, argmax, checkpoint_key,
-    load_image_reward, load_image_reward_dir, preprocess,
+    self, BertTokenizer, IGNORED_KEYS, ImageRewardConfig, ImageRewardError, argmax, checkpoint_key, load_image_reward,
+    load_image_reward_dir, preprocess,
 };
 
 fn dir() -> PathBuf {
@@ -31,7 +31,12 @@ fn png(path: &Path) -> RgbImage {
 }
 
 fn images() -> Vec<RgbImage> {
-    json("io.json")["images"].as_array().unwrap().iter().map(|n| png(&dir().join("images").join(n.as_str().unwrap()))).collect()
+    json("io.json")["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| png(&dir().join("images").join(n.as_str().unwrap())))
+        .collect()
 }
 
 /// Largest per-channel difference between two images of equal size, and how many bytes differ.
@@ -80,7 +85,12 @@ fn bicubic_resize_matches_pillow_exactly() {
         let want = png(&dir().join("resize").join(case["file"].as_str().unwrap()));
         let got = preprocess::resize_bicubic(&src, w, h);
         let (max, count) = image_diff(&got, &want);
-        assert!(max == 0, "{}x{} -> {w}x{h}: {count} bytes differ from Pillow, max difference {max}", src.width(), src.height());
+        assert!(
+            max == 0,
+            "{}x{} -> {w}x{h}: {count} bytes differ from Pillow, max difference {max}",
+            src.width(),
+            src.height()
+        );
     }
 }
 
@@ -93,12 +103,18 @@ fn preprocessing_matches_the_package() {
         let want = if crop_path.is_file() { png(&crop_path) } else { img.clone() };
         let got = preprocess::resize_and_crop(img, 224);
         let (max, count) = image_diff(&got, &want);
-        assert!(max == 0, "image {i} ({}x{}): resize + crop differs in {count} bytes, max {max}", img.width(), img.height());
+        assert!(
+            max == 0,
+            "image {i} ({}x{}): resize + crop differs in {count} bytes, max {max}",
+            img.width(),
+            img.height()
+        );
     }
     let pixels = preprocess::preprocess(&imgs, 224, &cpu());
     assert_eq!(pixels.dims(), [imgs.len(), 3, 224, 224]);
     let [n, _, _, _] = pixels.dims();
-    let rows: Vec<Tensor<4>> = (0..224).step_by(112).map(|r| pixels.clone().slice([0..n, 0..3, r..r + 1, 0..224])).collect();
+    let rows: Vec<Tensor<4>> =
+        (0..224).step_by(112).map(|r| pixels.clone().slice([0..n, 0..3, r..r + 1, 0..224])).collect();
     let rows = Tensor::cat(rows, 2);
     let err = assert_close("pixel rows", &to_vec(&rows), fx.values("pixel_rows"), 1e-6);
     let means = pixels.mean_dim(3).mean_dim(2).reshape([n, 3]);
@@ -138,7 +154,12 @@ fn scores_match(reward: &image_reward::ImageReward, file: &str) {
         let encoding = reward.tokenizer.encode(prompt).unwrap();
         assert_eq!(encoding.ids, want_ids, "ids of {prompt:?}");
         let cls = reward.model.cls_states(&encoding, embeds.clone());
-        let err = assert_close(&format!("[CLS] states, prompt {p} ({file})"), &to_vec(&cls), fx.values(&format!("prompt{p}.cls")), 1e-4);
+        let err = assert_close(
+            &format!("[CLS] states, prompt {p} ({file})"),
+            &to_vec(&cls),
+            fx.values(&format!("prompt{p}.cls")),
+            1e-4,
+        );
         worst = worst.max(err);
         let want: Vec<f32> = serde_json::from_value(case["scores"].clone()).unwrap();
         let got = reward.score(prompt, &imgs).unwrap();
@@ -248,4 +269,14 @@ fn large_config_has_the_released_layout() {
         extra.iter().take(10).collect::<Vec<_>>(),
         shapes
     );
+}
+
+#[test]
+fn empty_inputs_are_refused_or_empty() {
+    let (reward, _) = load_image_reward_dir(&dir(), &cpu()).unwrap();
+    assert!(reward.score("a cat", &[]).unwrap().is_empty());
+    let err = reward.score("a cat", &[images()[0].clone(), RgbImage::new(0, 5)]).unwrap_err();
+    assert!(err.to_string().contains("image 1 is empty"), "{err}");
+    let err = reward.score_pixels("a cat", Tensor::zeros([1, 3, 32, 32], &cpu())).unwrap_err();
+    assert!(err.to_string().contains("[N, 3, 224, 224]"), "{err}");
 }

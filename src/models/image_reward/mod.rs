@@ -120,7 +120,11 @@ impl ImageRewardConfig {
         }
         let t = &self.text;
         if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
-            return Err(ImageRewardConfigError::Heads { what: "text", width: t.hidden_size, heads: t.num_attention_heads });
+            return Err(ImageRewardConfigError::Heads {
+                what: "text",
+                width: t.hidden_size,
+                heads: t.num_attention_heads,
+            });
         }
         if t.hidden_act != "gelu" {
             return Err(ImageRewardConfigError::Activation(t.hidden_act.clone()));
@@ -281,6 +285,9 @@ impl ImageReward {
         if images.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some((i, im)) = images.iter().enumerate().find(|(_, im)| im.width() == 0 || im.height() == 0) {
+            return Err(ImageRewardError::Input(format!("image {i} is empty ({}x{})", im.width(), im.height())));
+        }
         let size = self.config.vision.image_size as u32;
         let pixels = preprocess::preprocess(images, size, &self.device);
         self.score_pixels(prompt, pixels)
@@ -316,10 +323,14 @@ impl ImageReward {
 
 /// Index of the largest value (the first of equals); `None` for an empty slice.
 pub fn argmax(values: &[f32]) -> Option<usize> {
-    values.iter().enumerate().fold(None, |best: Option<(usize, f32)>, (i, &v)| match best {
-        Some((_, b)) if b >= v => best,
-        _ => Some((i, v)),
-    }).map(|(i, _)| i)
+    values
+        .iter()
+        .enumerate()
+        .fold(None, |best: Option<(usize, f32)>, (i, &v)| match best {
+            Some((_, b)) if b >= v => best,
+            _ => Some((i, v)),
+        })
+        .map(|(i, _)| i)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ImageRewardError> {
@@ -357,10 +368,9 @@ pub fn load_image_reward(
 ) -> Result<(ImageReward, LoadReport), ImageRewardError> {
     let config = read_config(config_dir)?;
     let mut tokenizer = BertTokenizer::from_file(&config_dir.join("vocab.txt"))?;
-    let mut model = config.init(device).map_err(|e| ImageRewardError::Config {
-        path: config_dir.join("med_config.json"),
-        message: e.to_string(),
-    })?;
+    let mut model = config
+        .init(device)
+        .map_err(|e| ImageRewardError::Config { path: config_dir.join("med_config.json"), message: e.to_string() })?;
     if tokenizer.vocab_size != config.text.vocab_size {
         return Err(ImageRewardError::Config {
             path: config_dir.join("vocab.txt"),

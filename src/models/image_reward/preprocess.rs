@@ -62,10 +62,10 @@ fn taps(in_size: usize, out_size: usize) -> Taps {
             *w = bicubic(((x + xmin) as f64 - center + 0.5) * ss);
             total += *w;
         }
-        for x in 0..xmax {
-            let w = if total != 0.0 { k[x] / total } else { k[x] };
+        for (slot, &w) in weights[xx * ksize..xx * ksize + xmax].iter_mut().zip(&k) {
+            let w = if total != 0.0 { w / total } else { w };
             let fixed = w * f64::from(1u32 << PRECISION_BITS);
-            weights[xx * ksize + x] = if w < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
+            *slot = if w < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
         }
         bounds.push((xmin, xmax));
     }
@@ -141,7 +141,8 @@ pub fn center_crop(img: &RgbImage, size: u32) -> RgbImage {
 /// ImageReward's `ToTensor` sees. An image already of the resized size is not resampled (torchvision skips it).
 pub fn resize_and_crop(img: &RgbImage, size: u32) -> RgbImage {
     let (w, h) = resized_size(img.width(), img.height(), size);
-    let crop = |im: &RgbImage| if im.width() == size && im.height() == size { im.clone() } else { center_crop(im, size) };
+    let crop =
+        |im: &RgbImage| if im.width() == size && im.height() == size { im.clone() } else { center_crop(im, size) };
     if (w, h) == (img.width(), img.height()) { crop(img) } else { crop(&resize_bicubic(img, w, h)) }
 }
 
@@ -174,8 +175,8 @@ pub fn frame_to_image(frame: &Tensor<3>) -> RgbImage {
         return img;
     }
     for (i, px) in img.pixels_mut().enumerate() {
-        for ch in 0..3 {
-            px.0[ch] = (values[ch * h * w + i].clamp(0.0, 1.0) * 255.0).round() as u8;
+        for (ch, v) in px.0.iter_mut().enumerate() {
+            *v = (values[ch * h * w + i].clamp(0.0, 1.0) * 255.0).round() as u8;
         }
     }
     img

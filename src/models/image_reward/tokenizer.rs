@@ -57,7 +57,10 @@ pub struct BertTokenizer {
 
 impl std::fmt::Debug for BertTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BertTokenizer").field("vocab_size", &self.vocab_size).field("max_length", &self.max_length).finish()
+        f.debug_struct("BertTokenizer")
+            .field("vocab_size", &self.vocab_size)
+            .field("max_length", &self.max_length)
+            .finish()
     }
 }
 

@@ -27,7 +27,15 @@ pub struct VisionConfig {
 impl Default for VisionConfig {
     /// BLIP's ViT-L/16 at 224 px (`create_vit('large', 224)`).
     fn default() -> Self {
-        VisionConfig { image_size: 224, patch_size: 16, width: 1024, depth: 24, heads: 16, mlp_ratio: 4, layer_norm_eps: 1e-6 }
+        VisionConfig {
+            image_size: 224,
+            patch_size: 16,
+            width: 1024,
+            depth: 24,
+            heads: 16,
+            mlp_ratio: 4,
+            layer_norm_eps: 1e-6,
+        }
     }
 }
 
