@@ -33,6 +33,7 @@
 
 pub mod blocks;
 pub mod clip;
+pub mod image_reward;
 pub mod load;
 pub mod single_file;
 pub mod unet;
