@@ -5,6 +5,7 @@
 //! - [`runtime`]: the lazy, cached, cancellable evaluation engine and its background worker;
 //! - [`nodes`]: evaluators of the built-in node kinds;
 //! - [`models`], [`schedulers`]: the networks in burn and the DDIM scheduler (a library of their own);
+//! - [`pipelines`]: the I4VGen stages and plain text-to-video over them, with one noise source;
 //! - [`video`]: clips and writing them out;
 //! - [`cli`]: the command-line front end.
 
@@ -13,6 +14,7 @@ pub mod graph;
 pub mod models;
 pub mod nodes;
 pub mod paths;
+pub mod pipelines;
 pub mod runtime;
 pub mod schedulers;
 pub mod video;

@@ -6,6 +6,8 @@
 //!   motion modules bypassable for single images.
 //! - [`vae`]: `AutoencoderKL` (encode, decode, frame-sliced and tiled decode) ([`load_vae`]).
 //! - [`single_file`]: all three networks from one SD 1.5 checkpoint with the original LDM key names.
+//! - [`image_reward`]: ImageReward (BLIP ViT-L/16 + BERT with cross-attention + MLP head), its Pillow-exact
+//!   preprocessing and WordPiece tokenizer: scores images against a prompt.
 //! - [`load`]: checked weight loading (missing keys, shape mismatches, unused keys, files of the wrong kind);
 //!   pickles are parsed as data, never executed.
 //!
