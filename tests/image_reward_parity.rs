@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use burn::tensor::{Tensor, TensorData};
-use common::{Fixture, assert_close, cpu, to_vec};
+use common::{Fixture, assert_close, assert_same, cpu, manifest, to_vec};
 use image::RgbImage;
 use stepstone::models::LoadError;
 use stepstone::models::image_reward::{
@@ -227,18 +227,6 @@ fn mismatched_weights_name_file_keys_and_shapes() {
     assert!(err.to_string().contains("med_config.json"), "{err}");
 }
 
-fn manifest(name: &str) -> BTreeMap<String, Vec<u64>> {
-    let path = common::fixtures().join("manifests").join(format!("{name}.txt"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .map(|line| {
-            let (key, shape) = line.split_once(' ').unwrap();
-            let dims = shape.trim_matches(|c| c == '[' || c == ']');
-            let dims = if dims.is_empty() { vec![] } else { dims.split(',').map(|d| d.parse().unwrap()).collect() };
-            (key.to_string(), dims)
-        })
-        .collect()
-}
 
 #[test]
 fn large_config_has_the_released_layout() {
@@ -254,21 +242,7 @@ fn large_config_has_the_released_layout() {
         .into_iter()
         .map(|t| (checkpoint_key(&t.name), t.shape.iter().map(|&d| d as u64).collect()))
         .collect();
-    let missing: Vec<_> = reference.keys().filter(|k| !ours.contains_key(*k)).collect();
-    let extra: Vec<_> = ours.keys().filter(|k| !reference.contains_key(*k)).collect();
-    let shapes: Vec<_> = reference
-        .iter()
-        .filter_map(|(k, v)| ours.get(k).filter(|o| *o != v).map(|o| format!("{k}: ours {o:?}, reference {v:?}")))
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty() && shapes.is_empty(),
-        "{} keys missing from our tree {:?}; {} keys ours only {:?}; shape differences {:?}",
-        missing.len(),
-        missing.iter().take(10).collect::<Vec<_>>(),
-        extra.len(),
-        extra.iter().take(10).collect::<Vec<_>>(),
-        shapes
-    );
+    assert_same("image_reward", &ours, &reference);
 }
 
 #[test]

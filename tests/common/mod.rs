@@ -1,9 +1,10 @@
 //! Helpers shared by the parity tests: fixture loading and tensor comparison.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use burn::tensor::{Device, Tensor, TensorData};
 
 pub fn fixtures() -> PathBuf {
@@ -61,4 +62,46 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) -> f32 {
     let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(err.is_finite() && err <= tol, "{what}: max abs error {err:e} > {tol:e}");
     err
+}
+
+// Key manifests (tools/fixtures): key -> shape lists of the real full-size layouts.
+
+pub fn manifest(name: &str) -> BTreeMap<String, Vec<u64>> {
+    let path = fixtures().join("manifests").join(format!("{name}.txt"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|line| {
+            let (key, shape) = line.split_once(' ').unwrap();
+            let dims = shape.trim_matches(|c| c == '[' || c == ']');
+            let dims = if dims.is_empty() { vec![] } else { dims.split(',').map(|d| d.parse().unwrap()).collect() };
+            (key.to_string(), dims)
+        })
+        .collect()
+}
+
+pub fn ours<M: ModuleSnapshot>(module: &M) -> BTreeMap<String, Vec<u64>> {
+    module
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
+        .into_iter()
+        .map(|t| (t.name.clone(), t.shape.iter().map(|&d| d as u64).collect()))
+        .collect()
+}
+
+/// Compares key sets and shapes, listing every difference.
+pub fn assert_same(name: &str, ours: &BTreeMap<String, Vec<u64>>, reference: &BTreeMap<String, Vec<u64>>) {
+    let missing: Vec<_> = reference.keys().filter(|k| !ours.contains_key(*k)).collect();
+    let extra: Vec<_> = ours.keys().filter(|k| !reference.contains_key(*k)).collect();
+    let shapes: Vec<_> = reference
+        .iter()
+        .filter_map(|(k, v)| ours.get(k).filter(|o| *o != v).map(|o| format!("{k}: ours {o:?}, reference {v:?}")))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && shapes.is_empty(),
+        "{name}: {} keys missing from our tree {:?}; {} keys ours only {:?}; shape differences {:?}",
+        missing.len(),
+        missing.iter().take(10).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(10).collect::<Vec<_>>(),
+        shapes
+    );
 }
