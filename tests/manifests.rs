@@ -35,14 +35,13 @@ fn unet_sd15_layout() {
 /// A motion-module manifest with the original names mapped by our table and the stored positional tables
 /// (recomputed, never loaded) set aside; returns the renamed keys and the table lengths found.
 fn motion_manifest(name: &str) -> (BTreeMap<String, Vec<u64>>, Vec<u64>) {
-    use stepstone::models::unet::motion::{IGNORED_KEYS, ORIGINAL_RENAME};
-    let rename: Vec<(regex::Regex, &str)> =
-        ORIGINAL_RENAME.iter().map(|(from, to)| (regex::Regex::new(from).unwrap(), *to)).collect();
+    use stepstone::models::unet::motion::{IGNORED_KEYS, OriginalNames};
+    let rename = OriginalNames::new();
     let ignored: Vec<regex::Regex> = IGNORED_KEYS.iter().map(|p| regex::Regex::new(p).unwrap()).collect();
     let mut keys = BTreeMap::new();
     let mut positions = Vec::new();
     for (key, shape) in manifest(name) {
-        let key = rename.iter().fold(key, |k, (r, to)| r.replace_all(&k, *to).into_owned());
+        let key = rename.to_ours(&key);
         if ignored.iter().any(|r| r.is_match(&key)) {
             positions.push(shape[1]);
         } else {

@@ -13,7 +13,7 @@ use burn::tensor::Tensor;
 use crate::models::image_reward::{ImageReward, argmax};
 use crate::models::unet::{Motion, VideoUnet};
 use crate::models::vae::AutoencoderKl;
-use crate::schedulers::{CfgDdim, Ddim, SampleError, sample_ddim_cfg};
+use crate::schedulers::{CfgDdim, Ddim, SampleError, guide, sample_ddim_cfg};
 
 use super::PipelineError;
 
@@ -58,9 +58,7 @@ impl Guided<'_> {
     pub fn eps(&self, x: Tensor<5>, t: usize, motion: Motion) -> Result<Tensor<5>, PipelineError> {
         let b = x.dims()[0];
         let both = self.predict_pair(Tensor::cat(vec![x.clone(), x], 0), t, motion)?;
-        let uncond = both.clone().narrow(0, 0, b);
-        let cond = both.narrow(0, b, b);
-        Ok(uncond.clone() + (cond - uncond).mul_scalar(self.guidance_scale))
+        Ok(guide(both, b, self.guidance_scale))
     }
 
     /// Deterministic DDIM (eta 0) with guidance from `x` over `timesteps`.
@@ -176,7 +174,7 @@ pub fn ni_vsds_iterations(steps: usize, p: f64) -> usize {
 /// Stage 3, NI-VSDS (noise-invariant video score distillation sampling): over the first
 /// [`ni_vsds_iterations`] timesteps, with one fixed `noise` eps: x_t = add_noise(z, eps, t),
 /// z <- z - s_i (1 - abar_t) (eps_hat(x_t) - eps). `step_sizes[i]` is s_i; the last entry repeats when the
-/// list is shorter. Returns the animated latents.
+/// list is shorter (an empty list means 1 throughout). Returns the animated latents.
 pub fn ni_vsds(
     model: &Guided<'_>,
     scheduler: &Ddim,
@@ -212,7 +210,9 @@ pub fn regenerate(
     observer: Observer<'_>,
 ) -> Result<Tensor<5>, PipelineError> {
     let timesteps = scheduler.timesteps_for_strength(strength);
-    let Some(&first) = timesteps.first() else { return Ok(latents) };
+    let Some(&first) = timesteps.first() else {
+        return Ok(latents);
+    };
     let x = scheduler.add_noise(latents, noise, first)?;
     model.sample(scheduler, x, timesteps, Motion::On, "regeneration", observer)
 }

@@ -9,7 +9,7 @@ pub mod ddim;
 pub mod sample;
 
 pub use ddim::{Ddim, DdimConfig, DdimStep};
-pub use sample::{CfgDdim, SampleError, StepProgress, sample_ddim_cfg};
+pub use sample::{CfgDdim, SampleError, StepProgress, guide, sample_ddim_cfg};
 
 /// How betas are spread over the training timesteps (`beta_schedule` in diffusers configs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

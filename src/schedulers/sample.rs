@@ -76,9 +76,7 @@ pub fn sample_ddim_cfg<const D: usize>(
         if found != 2 * batch {
             return Err(SampleError::ModelBatch { found, expected: 2 * batch });
         }
-        let eps_uncond = eps.clone().narrow(0, 0, batch);
-        let eps_cond = eps.narrow(0, batch, batch);
-        let guided = eps_uncond.clone() + (eps_cond - eps_uncond).mul_scalar(settings.guidance_scale);
+        let guided = guide(eps, batch, settings.guidance_scale);
         let step_noise = if settings.eta > 0.0 {
             Some(noise(i).ok_or(SampleError::MissingNoise { eta: settings.eta, step: i })?)
         } else {
@@ -93,4 +91,12 @@ pub fn sample_ddim_cfg<const D: usize>(
         }
     }
     Ok(x)
+}
+
+/// Classifier-free guidance over a [uncond; cond] prediction of `2 * batch` samples:
+/// eps_u + g (eps_c - eps_u), `batch` samples.
+pub fn guide<const D: usize>(both: Tensor<D>, batch: usize, guidance_scale: f64) -> Tensor<D> {
+    let eps_uncond = both.clone().narrow(0, 0, batch);
+    let eps_cond = both.narrow(0, batch, batch);
+    eps_uncond.clone() + (eps_cond - eps_uncond).mul_scalar(guidance_scale)
 }

@@ -14,7 +14,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use self::attention::Transformer2DModel;
-use self::motion::{FrameNorm, MotionAdapter, MotionError, MotionModules};
+use self::motion::{MotionAdapter, MotionError, MotionModules};
 use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm, group_norm_frames};
 
 /// `attention_head_dim` / `num_attention_heads` in diffusers configs: one number or one per block.
@@ -147,7 +147,9 @@ impl UnetConfig {
     pub fn init(&self, device: &Device) -> Result<Unet2DConditionModel, UnetConfigError> {
         let ch = &self.block_out_channels;
         let n = ch.len();
-        for (what, found) in [("down_block_types", self.down_block_types.len()), ("up_block_types", self.up_block_types.len())] {
+        for (what, found) in
+            [("down_block_types", self.down_block_types.len()), ("up_block_types", self.up_block_types.len())]
+        {
             if found != n {
                 return Err(UnetConfigError::Lengths { what, found, expected: n });
             }
@@ -187,7 +189,14 @@ impl UnetConfig {
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
             for j in 0..self.layers_per_block {
-                resnets.push(ResnetBlock2D::new(if j == 0 { input } else { output }, output, Some(temb), g, eps, device));
+                resnets.push(ResnetBlock2D::new(
+                    if j == 0 { input } else { output },
+                    output,
+                    Some(temb),
+                    g,
+                    eps,
+                    device,
+                ));
                 if cross {
                     attentions.push(transformer(output, heads[i])?);
                 }
@@ -253,11 +262,16 @@ impl UnetConfig {
 
 /// diffusers' `get_timestep_embedding`: sinusoidal features of `timesteps` (computed in f32 like the
 /// reference), [N] -> [N, dim].
-pub fn timestep_embedding(timesteps: &[f64], dim: usize, flip_sin_to_cos: bool, shift: f64, device: &Device) -> Tensor<2> {
+pub fn timestep_embedding(
+    timesteps: &[f64],
+    dim: usize,
+    flip_sin_to_cos: bool,
+    shift: f64,
+    device: &Device,
+) -> Tensor<2> {
     let half = dim / 2;
-    let freqs: Vec<f32> = (0..half)
-        .map(|i| (-(10000f32.ln()) * i as f32 / (half as f32 - shift as f32)).exp())
-        .collect();
+    let freqs: Vec<f32> =
+        (0..half).map(|i| (-(10000f32.ln()) * i as f32 / (half as f32 - shift as f32)).exp()).collect();
     let mut data = Vec::with_capacity(timesteps.len() * dim);
     for &t in timesteps {
         let args: Vec<f32> = freqs.iter().map(|f| t as f32 * f).collect();
@@ -293,7 +307,13 @@ impl Unet2DConditionModel {
 
     /// The UNet walk. With `video`, N holds clips of `video.frames` frames (clip-major): motion modules run
     /// after each resnet/attention pair of the down and up levels and after the mid block's attention.
-    fn forward_inner(&self, sample: Tensor<4>, temb: Tensor<2>, context: Tensor<3>, video: Option<&Frames<'_>>) -> Tensor<4> {
+    fn forward_inner(
+        &self,
+        sample: Tensor<4>,
+        temb: Tensor<2>,
+        context: Tensor<3>,
+        video: Option<&Frames<'_>>,
+    ) -> Tensor<4> {
         let across = video.and_then(|v| v.spatial_across());
         let motion = |h: Tensor<4>, level: Option<&MotionModules>, j: usize| match (video, level) {
             (Some(v), Some(level)) => match level.motion_modules.get(j) {
@@ -362,10 +382,7 @@ struct Frames<'a> {
 
 impl Frames<'_> {
     fn spatial_across(&self) -> Option<usize> {
-        match self.adapter.norms.spatial {
-            FrameNorm::AcrossFrames => Some(self.frames),
-            FrameNorm::PerFrame => None,
-        }
+        self.adapter.norms.spatial.frames(self.frames)
     }
 }
 

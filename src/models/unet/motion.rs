@@ -27,7 +27,8 @@ pub enum FrameNorm {
 }
 
 impl FrameNorm {
-    fn frames(self, frames: usize) -> Option<usize> {
+    /// The `across_frames` argument of the group norms for clips of `frames` frames.
+    pub fn frames(self, frames: usize) -> Option<usize> {
         match self {
             FrameNorm::PerFrame => None,
             FrameNorm::AcrossFrames => Some(frames),
@@ -146,9 +147,7 @@ pub enum MotionError {
     Groups { channels: usize, groups: usize },
     #[error("motion modules with an input convolution (conv_in_channels = {0}) are not supported")]
     ConvIn(usize),
-    #[error(
-        "{frames} frames is more than the motion module's {max} positions ({version}); use at most {max} frames"
-    )]
+    #[error("{frames} frames is more than the motion module's {max} positions ({version}); use at most {max} frames")]
     TooManyFrames { frames: usize, max: usize, version: &'static str },
     #[error("the motion module does not fit this UNet: {0}")]
     Mismatch(String),
@@ -251,7 +250,9 @@ pub struct MotionModules {
 impl MotionModules {
     fn new(count: usize, channels: usize, heads: usize, groups: usize, device: &Device) -> Self {
         MotionModules {
-            motion_modules: (0..count).map(|_| TransformerTemporalModel::new(channels, heads, groups, device)).collect(),
+            motion_modules: (0..count)
+                .map(|_| TransformerTemporalModel::new(channels, heads, groups, device))
+                .collect(),
         }
     }
 }
@@ -333,6 +334,28 @@ pub const ORIGINAL_RENAME: &[(&str, &str)] = &[
     (r"\.ff_norm\.", ".norm3."),
 ];
 
+/// [`ORIGINAL_RENAME`], compiled: the names our module tree gives to the keys of an original file.
+pub struct OriginalNames(Vec<(regex::Regex, &'static str)>);
+
+impl OriginalNames {
+    pub fn new() -> Self {
+        OriginalNames(
+            ORIGINAL_RENAME.iter().filter_map(|(from, to)| regex::Regex::new(from).ok().map(|r| (r, *to))).collect(),
+        )
+    }
+
+    /// `key` with every rewrite of the table applied (keys already in our names pass unchanged).
+    pub fn to_ours(&self, key: &str) -> String {
+        self.0.iter().fold(key.to_string(), |k, (r, to)| r.replace_all(&k, *to).into_owned())
+    }
+}
+
+impl Default for OriginalNames {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Stored tables both formats carry and we recompute: the original's `pos_encoder.pe` and diffusers'
 /// persistent `pos_embed.pe` buffer.
 pub const IGNORED_KEYS: &[&str] = &[r"\.pos_encoder\.pe$", r"\.pos_embed\.pe$"];
@@ -344,18 +367,20 @@ impl MotionAdapterConfig {
     /// positional table. Heads and norm groups leave no trace in the shapes; they are given.
     /// `None` when the file holds no motion modules.
     pub fn infer(shapes: &[(String, Vec<usize>)], heads: usize, groups: usize) -> Option<MotionAdapterConfig> {
-        let rename: Vec<(regex::Regex, &str)> =
-            ORIGINAL_RENAME.iter().filter_map(|(from, to)| regex::Regex::new(from).ok().map(|r| (r, *to))).collect();
-        let proj = regex::Regex::new(r"^(down_blocks\.(\d+)|mid_block)\.motion_modules\.(\d+)\.proj_in\.weight$").ok()?;
+        let rename = OriginalNames::new();
+        let proj =
+            regex::Regex::new(r"^(down_blocks\.(\d+)|mid_block)\.motion_modules\.(\d+)\.proj_in\.weight$").ok()?;
         let mut levels: Vec<(usize, usize)> = Vec::new(); // (channels, modules) per down level
         let mut mid = 0;
         let mut positions = None;
         for (key, shape) in shapes {
-            let key = rename.iter().fold(key.clone(), |k, (r, to)| r.replace_all(&k, *to).into_owned());
+            let key = rename.to_ours(key);
             if (key.ends_with(".pos_encoder.pe") || key.ends_with(".pos_embed.pe")) && shape.len() == 3 {
                 positions = Some(shape[1]);
             }
-            let Some(caps) = proj.captures(&key) else { continue };
+            let Some(caps) = proj.captures(&key) else {
+                continue;
+            };
             let module: usize = caps.get(3)?.as_str().parse().ok()?;
             match caps.get(2) {
                 Some(level) => {
