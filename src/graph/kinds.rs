@@ -76,11 +76,8 @@ const SEED: ParamSpec = ParamSpec::new(
     ParamType::Seed { default: 42 },
     "Random seed: the same seed and settings give the same result",
 );
-const STEPS: ParamSpec = ParamSpec::new(
-    "steps",
-    ParamType::Int { default: 25, min: 1, max: 1000 },
-    "Number of DDIM sampling steps",
-);
+const STEPS: ParamSpec =
+    ParamSpec::new("steps", ParamType::Int { default: 25, min: 1, max: 1000 }, "Number of DDIM sampling steps");
 const CFG: ParamSpec = ParamSpec::new(
     "cfg",
     ParamType::Float { default: 7.5, min: 0.0, max: 30.0 },
@@ -101,33 +98,22 @@ const BETA_END: ParamSpec = ParamSpec::new(
     ParamType::Float { default: 0.012, min: 0.0, max: 0.5 },
     "Last beta of the noise schedule",
 );
-const WIDTH: ParamSpec = ParamSpec::new(
-    "width",
-    ParamType::Int { default: 512, min: 64, max: 2048 },
-    "Width in pixels (a multiple of 8)",
-);
-const HEIGHT: ParamSpec = ParamSpec::new(
-    "height",
-    ParamType::Int { default: 512, min: 64, max: 2048 },
-    "Height in pixels (a multiple of 8)",
-);
+const WIDTH: ParamSpec =
+    ParamSpec::new("width", ParamType::Int { default: 512, min: 64, max: 2048 }, "Width in pixels (a multiple of 8)");
+const HEIGHT: ParamSpec =
+    ParamSpec::new("height", ParamType::Int { default: 512, min: 64, max: 2048 }, "Height in pixels (a multiple of 8)");
 const FRAMES: ParamSpec = ParamSpec::new(
     "frames",
     ParamType::Int { default: 16, min: 1, max: 64 },
     "Number of video frames (at most the motion module's positional limit: 24 for v1, 32 for v2/v3)",
 );
-const FPS: ParamSpec = ParamSpec::new(
-    "fps",
-    ParamType::Float { default: 8.0, min: 0.1, max: 120.0 },
-    "Playback frame rate",
-);
+const FPS: ParamSpec =
+    ParamSpec::new("fps", ParamType::Float { default: 8.0, min: 0.1, max: 120.0 }, "Playback frame rate");
 
 // ---- shared port declarations ------------------------------------------------------------------
 
-const IN_CHECKPOINT: PortSpec =
-    PortSpec::required("model", PortType::Checkpoint, "Stable Diffusion 1.5 model");
-const IN_MOTION: PortSpec =
-    PortSpec::required("motion", PortType::MotionModule, "AnimateDiff motion modules");
+const IN_CHECKPOINT: PortSpec = PortSpec::required("model", PortType::Checkpoint, "Stable Diffusion 1.5 model");
+const IN_MOTION: PortSpec = PortSpec::required("motion", PortType::MotionModule, "AnimateDiff motion modules");
 const IN_PROMPT: PortSpec = PortSpec::required("prompt", PortType::Prompt, "Positive and negative prompt");
 const OUT_VIDEO: PortSpec = PortSpec::output("video", PortType::Video, "The clip: frames and latents");
 
@@ -142,11 +128,7 @@ pub const PROMPT: KindSpec = KindSpec {
     inputs: &[],
     outputs: &[PortSpec::output("prompt", PortType::Prompt, "The prompt pair")],
     params: &[
-        ParamSpec::new(
-            "positive",
-            ParamType::Text { default: "", multiline: true },
-            "What the clip should show",
-        ),
+        ParamSpec::new("positive", ParamType::Text { default: "", multiline: true }, "What the clip should show"),
         ParamSpec::new(
             "negative",
             ParamType::Text { default: "", multiline: true },
@@ -160,7 +142,7 @@ pub const LOAD_CHECKPOINT: KindSpec = KindSpec {
     id: "load_checkpoint",
     title: "Load SD 1.5 Checkpoint",
     category: "Models",
-    version: 1,
+    version: 2,
     description: "Loads a Stable Diffusion 1.5 model (single file or diffusers folder)",
     inputs: &[],
     outputs: &[PortSpec::output("model", PortType::Checkpoint, "UNet, VAE, text encoder, tokenizer")],
@@ -176,7 +158,7 @@ pub const LOAD_MOTION_MODULE: KindSpec = KindSpec {
     id: "load_motion_module",
     title: "Load Motion Module",
     category: "Models",
-    version: 1,
+    version: 2,
     description: "Loads AnimateDiff motion modules (v1, v2 or v3)",
     inputs: &[],
     outputs: &[PortSpec::output("motion", PortType::MotionModule, "Motion modules")],
@@ -199,14 +181,14 @@ pub const LOAD_REWARD_MODEL: KindSpec = KindSpec {
     id: "load_reward_model",
     title: "Load Reward Model",
     category: "Models",
-    version: 1,
+    version: 2,
     description: "Loads an ImageReward model used to rank candidate images",
     inputs: &[],
     outputs: &[PortSpec::output("reward", PortType::RewardModel, "ImageReward")],
     params: &[ParamSpec::new(
         "path",
         ParamType::Path { default: "", role: PathRole::Model },
-        "ImageReward.pt or its safetensors conversion, relative to the models directory",
+        "ImageReward folder (ImageReward.pt or .safetensors with med_config.json and vocab.txt), or the weights file in it, relative to the models directory",
     )],
     is_output: false,
 };
@@ -231,7 +213,7 @@ pub const T2I_CANDIDATES: KindSpec = KindSpec {
     id: "t2i_candidates",
     title: "T2I Candidates",
     category: "I4VGen",
-    version: 1,
+    version: 2,
     description: "Generates N candidate anchor images from the prompt with SD 1.5 (motion modules bypassed)",
     inputs: &[IN_CHECKPOINT, IN_PROMPT],
     outputs: &[PortSpec::output("candidates", PortType::Candidates, "Candidate images and latents")],
@@ -257,7 +239,7 @@ pub const CANDIDATE_SELECTOR: KindSpec = KindSpec {
     id: "candidate_selector",
     title: "Candidate Selector",
     category: "I4VGen",
-    version: 1,
+    version: 2,
     description: "Scores the candidates with ImageReward and picks the best, or the one you choose",
     inputs: &[
         PortSpec::required("candidates", PortType::Candidates, "Candidates to choose from"),
@@ -267,7 +249,10 @@ pub const CANDIDATE_SELECTOR: KindSpec = KindSpec {
             "Reward model (required when mode is \"reward\"; scores are shown when connected)",
         ),
     ],
-    outputs: &[PortSpec::output("anchor", PortType::Image, "The selected candidate")],
+    outputs: &[
+        PortSpec::output("anchor", PortType::Image, "The selected candidate"),
+        PortSpec::output("ranking", PortType::Ranking, "Every candidate with its score, and which one is selected"),
+    ],
     params: &[
         ParamSpec::new(
             "mode",
@@ -287,14 +272,9 @@ pub const NI_VSDS: KindSpec = KindSpec {
     id: "ni_vsds",
     title: "NI-VSDS Animator",
     category: "I4VGen",
-    version: 1,
+    version: 2,
     description: "Animates a static video of the anchor with noise-invariant video score distillation",
-    inputs: &[
-        IN_CHECKPOINT,
-        IN_MOTION,
-        IN_PROMPT,
-        PortSpec::required("anchor", PortType::Image, "The anchor image"),
-    ],
+    inputs: &[IN_CHECKPOINT, IN_MOTION, IN_PROMPT, PortSpec::required("anchor", PortType::Image, "The anchor image")],
     outputs: &[OUT_VIDEO],
     params: &[
         FRAMES,
@@ -322,7 +302,7 @@ pub const REGENERATOR: KindSpec = KindSpec {
     id: "regenerator",
     title: "Regenerator",
     category: "I4VGen",
-    version: 1,
+    version: 2,
     description: "Noises the animated video and denoises it again with the video model for detail",
     inputs: &[IN_CHECKPOINT, IN_MOTION, IN_PROMPT, PortSpec::required("video", PortType::Video, "Video to regenerate")],
     outputs: &[OUT_VIDEO],
@@ -346,7 +326,7 @@ pub const TEXT_TO_VIDEO: KindSpec = KindSpec {
     id: "text_to_video",
     title: "Text to Video",
     category: "Sampling",
-    version: 1,
+    version: 2,
     description: "Plain AnimateDiff text-to-video sampling from noise (the baseline I4VGen improves on)",
     inputs: &[IN_CHECKPOINT, IN_MOTION, IN_PROMPT],
     outputs: &[OUT_VIDEO],

@@ -18,6 +18,8 @@ pub enum PortType {
     Candidates,
     /// One still image (an anchor).
     Image,
+    /// Every candidate with its reward score, and which one is selected (by reward or by hand).
+    Ranking,
     /// A video clip: frames and, where a model made it, its latents.
     Video,
     /// An integer; used by test-only node kinds.
@@ -34,6 +36,7 @@ impl PortType {
             PortType::RewardModel => "reward model",
             PortType::Candidates => "candidates",
             PortType::Image => "image",
+            PortType::Ranking => "ranking",
             PortType::Video => "video",
             PortType::Int => "integer",
         }

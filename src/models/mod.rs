@@ -6,6 +6,8 @@
 //!   motion modules bypassable for single images.
 //! - [`vae`]: `AutoencoderKL` (encode, decode, frame-sliced and tiled decode) ([`load_vae`]).
 //! - [`single_file`]: all three networks from one SD 1.5 checkpoint with the original LDM key names.
+//! - [`stable_diffusion`]: a whole SD 1.x model (diffusers folder or single file) with its tokenizer, the
+//!   parts checked against each other, and prompt encoding for guidance.
 //! - [`image_reward`]: ImageReward (BLIP ViT-L/16 + BERT with cross-attention + MLP head), its Pillow-exact
 //!   preprocessing and WordPiece tokenizer: scores images against a prompt.
 //! - [`load`]: checked weight loading (missing keys, shape mismatches, unused keys, files of the wrong kind);
@@ -38,6 +40,7 @@ pub mod clip;
 pub mod image_reward;
 pub mod load;
 pub mod single_file;
+pub mod stable_diffusion;
 pub mod unet;
 pub mod vae;
 

@@ -1,19 +1,15 @@
 //! Source nodes: prompt, model loaders, load image.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{PromptValue, StillImage, model_path};
+use super::model_path;
+use super::values::{CheckpointValue, Loaded, MotionValue, PromptValue, RewardValue, StillImage};
+use crate::models::image_reward::{load_image_reward, load_image_reward_dir};
+use crate::models::stable_diffusion::load_stable_diffusion;
+use crate::models::{LoadReport, MotionLoadOptions, load_motion_module};
+use crate::runtime::cache::fingerprint;
 use crate::runtime::{EvalContext, NodeError, NodeOutputs};
-
-/// A located model file. The model stack will replace this with loaded weights; until then the loaders
-/// check that the file exists and pass its location on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ModelFile {
-    pub path: PathBuf,
-    /// What the file should hold ("sd15", "motion module", "image reward").
-    pub role: &'static str,
-}
 
 pub(super) fn prompt(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
     let value = PromptValue {
@@ -23,25 +19,83 @@ pub(super) fn prompt(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError
     Ok(NodeOutputs::new().with("prompt", value))
 }
 
-fn locate(ctx: &mut EvalContext<'_>, role: &'static str, port: &str) -> Result<NodeOutputs, NodeError> {
-    let path = model_path(ctx, "path")?;
-    let key = format!("{role}:{}", path.display());
-    let model = ctx.models.get_or_load(&key, || Ok(ModelFile { path: path.clone(), role }))?;
-    let mut out = NodeOutputs::new();
-    out.values.insert(port.to_string(), model);
-    Ok(out)
+/// The model-cache key of a model file or folder: what it is, where, and its fingerprint (so a replaced file
+/// is loaded again), plus any loading options.
+fn model_key(role: &str, path: &Path, options: &str) -> String {
+    let print = blake3::hash(&fingerprint(path));
+    format!("{role}:{}:{}:{options}", path.display(), &print.to_hex()[..16])
+}
+
+/// Loads (or finds loaded) the model under `key`; a failure names the file.
+fn load_cached<T: Send + Sync + 'static>(
+    ctx: &mut EvalContext<'_>,
+    key: String,
+    path: &Path,
+    load: impl FnOnce() -> Result<(T, Vec<LoadReport>), String>,
+) -> Result<Loaded<T>, NodeError> {
+    let mut unused = Vec::new();
+    let model = ctx.models.get_or_load(&key, || {
+        let (model, reports) = load().map_err(|message| NodeError::File { path: path.to_path_buf(), message })?;
+        unused = reports.into_iter().flat_map(|r| r.unused).collect();
+        Ok(model)
+    })?;
+    if !unused.is_empty() {
+        let shown: Vec<&str> = unused.iter().take(5).map(String::as_str).collect();
+        ctx.note(format!("{} weights in the file were not used (first: {})", unused.len(), shown.join(", ")));
+    }
+    Ok(Loaded { model, key })
 }
 
 pub(super) fn load_checkpoint(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
-    locate(ctx, "sd15", "model")
+    let path = model_path(ctx, "path")?;
+    let device = ctx.device.clone();
+    let value: CheckpointValue = load_cached(ctx, model_key("sd", &path, ""), &path, || {
+        let (model, reports) = load_stable_diffusion(&path, &device).map_err(|e| e.to_string())?;
+        Ok((model, reports.into_iter().map(|(_, r)| r).collect()))
+    })?;
+    Ok(NodeOutputs::new().with("model", value))
 }
 
-pub(super) fn load_motion_module(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
-    locate(ctx, "motion module", "motion")
+pub(super) fn load_motion_module_node(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
+    let path = model_path(ctx, "path")?;
+    let wanted = ctx.param_str("version")?.to_string();
+    let device = ctx.device.clone();
+    let value: MotionValue = load_cached(ctx, model_key("motion", &path, ""), &path, || {
+        let (adapter, report) =
+            load_motion_module(&path, &device, &MotionLoadOptions::default()).map_err(|e| e.to_string())?;
+        Ok((adapter, vec![report]))
+    })?;
+    let found = value.model.version;
+    if wanted != "auto" && !found.name().starts_with(&format!("{wanted} ")) {
+        return Err(NodeError::Param {
+            name: "version".to_string(),
+            message: format!(
+                "{wanted} was chosen, but {} holds a {} motion module (read from its weights); choose {} or auto",
+                path.display(),
+                found.name(),
+                found.name().split(' ').next().unwrap_or("auto")
+            ),
+        });
+    }
+    ctx.note(format!("AnimateDiff {} motion module, at most {} frames", found.name(), value.model.max_seq_length));
+    Ok(NodeOutputs::new().with("motion", value))
 }
 
 pub(super) fn load_reward_model(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
-    locate(ctx, "image reward", "reward")
+    let path = model_path(ctx, "path")?;
+    let device = ctx.device.clone();
+    let value: RewardValue = load_cached(ctx, model_key("image reward", &path, ""), &path, || {
+        let (model, report) = if path.is_dir() {
+            load_image_reward_dir(&path, &device)
+        } else {
+            // A weights file next to its med_config.json and vocab.txt (the ImageReward folder layout).
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+            load_image_reward(&path, &dir, &device)
+        }
+        .map_err(|e| e.to_string())?;
+        Ok((model, vec![report]))
+    })?;
+    Ok(NodeOutputs::new().with("reward", value))
 }
 
 pub(super) fn load_image(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
@@ -57,7 +111,7 @@ pub(super) fn load_image(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeE
         .decode()
         .map_err(|e| NodeError::File { path: path.clone(), message: format!("not a readable image: {e}") })?
         .to_rgb8();
-    let still = StillImage { image: Arc::new(image), source: path.display().to_string() };
+    let still = StillImage { image: Arc::new(image), source: path.display().to_string(), latent: None };
     ctx.preview("image", still.clone());
     Ok(NodeOutputs::new().with("image", still))
 }

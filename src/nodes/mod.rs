@@ -1,60 +1,44 @@
-//! Evaluators of the built-in node kinds.
+//! Evaluators of the built-in node kinds, over the pipeline stages of [`crate::pipelines`].
 //!
-//! Status: prompt, model loaders (file checks only), load image, video preview and export (PNG frame
-//! sequence) evaluate. The generation kinds (T2I candidates, candidate selector, NI-VSDS, regenerator,
-//! text to video) need the model stack and the pipeline; until those land they fail with a clear
-//! "cannot run yet" message.
+//! - [`inputs`]: prompt, the model loaders (SD 1.5 checkpoint, motion module, ImageReward; loaded once into
+//!   the engine's model cache, on the engine's device), load image;
+//! - [`candidates`], [`selector`]: I4VGen stages 1 and 2;
+//! - [`animate`]: NI-VSDS, regeneration and plain text-to-video (stages 3 and 4, and the baseline);
+//! - [`outputs`]: video preview and export.
+//!
+//! The values on each port type are in [`values`].
 
+mod animate;
+mod candidates;
 mod inputs;
 mod outputs;
+mod selector;
+mod stage;
+pub mod values;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-
-use image::RgbImage;
 
 use crate::graph::kinds;
-use crate::runtime::{EvalContext, Evaluators, NodeError, NodeOutputs};
+use crate::runtime::{EvalContext, Evaluators, NodeError};
 
-pub use inputs::ModelFile;
-
-/// The value on a prompt port.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PromptValue {
-    pub positive: String,
-    pub negative: String,
-}
-
-/// The value on an image port.
-#[derive(Clone, Debug)]
-pub struct StillImage {
-    pub image: Arc<RgbImage>,
-    /// Where it came from (a file path, or "candidate 3"), for messages.
-    pub source: String,
-}
+pub use values::{Candidates, Loaded, PromptValue, Ranking, SelectedBy, StillImage};
 
 /// Evaluators for every built-in kind.
 pub fn builtin_evaluators() -> Evaluators {
     let mut e = Evaluators::new();
     e.register(kinds::PROMPT.id, inputs::prompt);
     e.register(kinds::LOAD_CHECKPOINT.id, inputs::load_checkpoint);
-    e.register(kinds::LOAD_MOTION_MODULE.id, inputs::load_motion_module);
+    e.register(kinds::LOAD_MOTION_MODULE.id, inputs::load_motion_module_node);
     e.register(kinds::LOAD_REWARD_MODEL.id, inputs::load_reward_model);
     e.register(kinds::LOAD_IMAGE.id, inputs::load_image);
-    for kind in [kinds::T2I_CANDIDATES, kinds::CANDIDATE_SELECTOR, kinds::NI_VSDS, kinds::REGENERATOR, kinds::TEXT_TO_VIDEO]
-    {
-        e.register(kind.id, not_yet);
-    }
+    e.register(kinds::T2I_CANDIDATES.id, candidates::evaluate);
+    e.register(kinds::CANDIDATE_SELECTOR.id, selector::evaluate);
+    e.register(kinds::NI_VSDS.id, animate::ni_vsds);
+    e.register(kinds::REGENERATOR.id, animate::regenerator);
+    e.register(kinds::TEXT_TO_VIDEO.id, animate::text_to_video);
     e.register(kinds::VIDEO_PREVIEW.id, outputs::video_preview);
     e.register(kinds::EXPORT.id, outputs::export);
     e
-}
-
-fn not_yet(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
-    Err(NodeError::NotImplemented {
-        kind: ctx.kind.id.to_string(),
-        what: "the diffusion model stack and the I4VGen pipeline are not built yet".to_string(),
-    })
 }
 
 /// Resolves a model path parameter against the models directory.
@@ -67,10 +51,7 @@ fn model_path(ctx: &EvalContext<'_>, param: &str) -> Result<PathBuf, NodeError> 
     if !path.exists() {
         return Err(NodeError::File {
             path: path.clone(),
-            message: format!(
-                "model file '{value}' not found in the models directory '{}'",
-                ctx.models_dir.display()
-            ),
+            message: format!("model file '{value}' not found in the models directory '{}'", ctx.models_dir.display()),
         });
     }
     Ok(path)

@@ -28,10 +28,7 @@ pub(super) fn export(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError
 
 /// Today's date as YYYY-MM-DD (UTC), computed without a calendar dependency.
 fn date_stamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let days = (secs / 86_400) as i64;
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days + 719_468;

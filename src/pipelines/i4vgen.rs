@@ -8,8 +8,10 @@
 use std::cell::RefCell;
 use std::ops::ControlFlow;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor, TensorData};
+use image::RgbImage;
 
+use crate::models::image_reward::preprocess::frame_to_image;
 use crate::models::image_reward::{ImageReward, argmax};
 use crate::models::unet::{Motion, VideoUnet};
 use crate::models::vae::AutoencoderKl;
@@ -135,6 +137,32 @@ pub fn frames_of(images: &Tensor<5>) -> Vec<Tensor<3>> {
             images.clone().slice([clip..clip + 1, 0..c, frame..frame + 1, 0..h, 0..w]).reshape([c, h, w])
         })
         .collect()
+}
+
+/// Decoded frames [B, 3, F, H, W] in [0, 1] as 8-bit images, clip by clip and frame by frame (rounded as
+/// diffusers' `numpy_to_pil` rounds).
+pub fn images_of(frames: &Tensor<5>) -> Vec<RgbImage> {
+    frames_of(frames).iter().map(frame_to_image).collect()
+}
+
+/// An image as a one-frame clip of scaled latents [1, C, 1, H/8, W/8] (the VAE posterior's mean, so the same
+/// image always gives the same latent): the anchor when the artist brings their own picture.
+pub fn encode_image(vae: &AutoencoderKl, image: &RgbImage, device: &Device) -> Result<Tensor<5>, PipelineError> {
+    let (width, height) = image.dimensions();
+    if width % 8 != 0 || height % 8 != 0 || width == 0 || height == 0 {
+        return Err(PipelineError::ImageSize { width, height });
+    }
+    let (w, h) = (width as usize, height as usize);
+    let mut planar = vec![0.0f32; 3 * h * w];
+    for (i, px) in image.pixels().enumerate() {
+        for (ch, &v) in px.0.iter().enumerate() {
+            planar[ch * h * w + i] = f32::from(v) / 127.5 - 1.0;
+        }
+    }
+    let x = Tensor::<4>::from_data(TensorData::new(planar, [1, 3, h, w]), device);
+    let z = vae.encode_scaled(x);
+    let [_, c, lh, lw] = z.dims();
+    Ok(z.reshape([1, c, 1, lh, lw]))
 }
 
 /// Stage 2 scoring: ImageReward scores of every candidate image against the prompt (images rounded to 8 bits

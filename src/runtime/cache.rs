@@ -115,12 +115,7 @@ fn fingerprint_into(path: &Path, rel: &Path, out: &mut Vec<u8>, depth: usize) {
         }
         return;
     }
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
     out.extend_from_slice(rel.to_string_lossy().as_bytes());
     out.push(0);
     out.extend_from_slice(&meta.len().to_le_bytes());
@@ -233,9 +228,9 @@ impl ModelCache {
         F: FnOnce() -> Result<T, NodeError>,
     {
         if let Some(found) = self.lock().get(key).cloned() {
-            return found.downcast::<T>().map_err(|_| {
-                NodeError::Failed(format!("model cache entry '{key}' holds another type of model"))
-            });
+            return found
+                .downcast::<T>()
+                .map_err(|_| NodeError::Failed(format!("model cache entry '{key}' holds another type of model")));
         }
         // Loading happens outside the lock: it can take long, and the worker is the only loader anyway.
         let model = Arc::new(load()?);

@@ -5,6 +5,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::tensor::Device;
+
 use super::cache::{CacheKey, ModelCache, PathContext, ResultCache, node_key, normalise_params};
 use super::events::{Event, RunId, RunOutcome};
 use super::{EvalContext, Evaluators, NodeError, NodeOutputs, NodeReport};
@@ -82,6 +84,7 @@ pub struct Engine {
     cache: ResultCache,
     models: ModelCache,
     models_dir: PathBuf,
+    device: Device,
 }
 
 impl Engine {
@@ -92,7 +95,21 @@ impl Engine {
             cache: ResultCache::new(DEFAULT_CACHE_ENTRIES),
             models: ModelCache::new(),
             models_dir,
+            device: Device::flex(),
         }
+    }
+
+    /// The engine evaluating on `device` (the CPU by default). Loaded models live on it, so changing the
+    /// device drops them.
+    pub fn with_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self.models.clear();
+        self
+    }
+
+    /// The device the models run on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn registry(&self) -> &KindRegistry {
@@ -161,10 +178,8 @@ impl Engine {
         let paths = PathContext { models_dir: &self.models_dir };
         for id in &order {
             let node = &graph.nodes[id];
-            let inputs: BTreeMap<String, (NodeId, String)> = graph
-                .links_into(id)
-                .map(|l| (l.to.port.clone(), (l.from.node.clone(), l.from.port.clone())))
-                .collect();
+            let inputs: BTreeMap<String, (NodeId, String)> =
+                graph.links_into(id).map(|l| (l.to.port.clone(), (l.from.node.clone(), l.from.port.clone()))).collect();
             let mut blocked = None;
             if let Some(err) = report.for_node(id).find(|m| m.severity == crate::graph::Severity::Error) {
                 blocked = Some(err.text.clone());
@@ -367,6 +382,7 @@ impl Engine {
             key,
             models_dir: &self.models_dir,
             models: &self.models,
+            device: &self.device,
             inputs,
             report: &mut report,
             cancelled,

@@ -15,11 +15,18 @@ pub enum Command {
     /// burst of edits costs one check).
     GraphChanged,
     /// Evaluate the given nodes of the current graph (all output nodes when empty).
-    Run { run_id: RunId, targets: Vec<NodeId> },
+    Run {
+        run_id: RunId,
+        targets: Vec<NodeId>,
+    },
     /// Which nodes would run for these targets.
-    QueryStale { targets: Vec<NodeId> },
+    QueryStale {
+        targets: Vec<NodeId>,
+    },
     /// Drop cached node results; with `models`, also loaded models.
-    ClearCache { models: bool },
+    ClearCache {
+        models: bool,
+    },
     /// Stop the current run at the next step (the flag is set by the handle; this only wakes an idle worker).
     Cancel,
     Shutdown,
@@ -42,26 +49,73 @@ pub enum RunOutcome {
 #[derive(Clone)]
 pub enum Event {
     /// The current graph was checked: validation findings and what a run of all outputs would do.
-    GraphChecked { report: Report, plan: Option<Plan> },
+    GraphChecked {
+        report: Report,
+        plan: Option<Plan>,
+    },
     /// Answer to `QueryStale`.
-    Stale { targets: Vec<NodeId>, plan: Result<Plan, String> },
-    RunStarted { run_id: RunId, plan: Plan },
-    NodeStarted { run_id: RunId, node: NodeId },
+    Stale {
+        targets: Vec<NodeId>,
+        plan: Result<Plan, String>,
+    },
+    RunStarted {
+        run_id: RunId,
+        plan: Plan,
+    },
+    NodeStarted {
+        run_id: RunId,
+        node: NodeId,
+    },
     /// `step` of `total` units of the node's work are done (a diffusion step is the unit).
-    Progress { run_id: RunId, node: NodeId, step: u64, total: u64 },
+    Progress {
+        run_id: RunId,
+        node: NodeId,
+        step: u64,
+        total: u64,
+    },
     /// An intermediate result to show.
-    Preview { run_id: RunId, node: NodeId, label: String, value: Value },
+    Preview {
+        run_id: RunId,
+        node: NodeId,
+        label: String,
+        value: Value,
+    },
     /// A message about the node (shown on it).
-    NodeNote { run_id: RunId, node: NodeId, text: String },
+    NodeNote {
+        run_id: RunId,
+        node: NodeId,
+        text: String,
+    },
     /// The node has its outputs, computed now or (`cached`) taken from the cache.
-    NodeFinished { run_id: RunId, node: NodeId, cached: bool, elapsed: Duration, outputs: NodeOutputs },
-    NodeFailed { run_id: RunId, node: NodeId, message: String },
+    NodeFinished {
+        run_id: RunId,
+        node: NodeId,
+        cached: bool,
+        elapsed: Duration,
+        outputs: NodeOutputs,
+    },
+    NodeFailed {
+        run_id: RunId,
+        node: NodeId,
+        message: String,
+    },
     /// Not run because a node it depends on failed or has errors.
-    NodeSkipped { run_id: RunId, node: NodeId, reason: String },
-    RunFinished { run_id: RunId, outcome: RunOutcome },
-    CacheCleared { models: bool },
+    NodeSkipped {
+        run_id: RunId,
+        node: NodeId,
+        reason: String,
+    },
+    RunFinished {
+        run_id: RunId,
+        outcome: RunOutcome,
+    },
+    CacheCleared {
+        models: bool,
+    },
     /// The graph slot was empty when a check was asked for, or the worker hit an internal problem.
-    WorkerMessage { text: String },
+    WorkerMessage {
+        text: String,
+    },
 }
 
 impl Event {

@@ -124,6 +124,8 @@ pub struct EvalContext<'a> {
     pub key: CacheKey,
     pub models_dir: &'a Path,
     pub models: &'a ModelCache,
+    /// The device models are loaded on and tensors computed on.
+    pub device: &'a burn::tensor::Device,
     pub(crate) inputs: BTreeMap<String, Value>,
     pub(crate) report: &'a mut dyn FnMut(NodeReport),
     pub(crate) cancelled: &'a dyn Fn() -> bool,
@@ -194,6 +196,9 @@ impl EvalContext<'_> {
     }
     pub fn param_bool(&self, name: &str) -> Result<bool, NodeError> {
         self.params.bool(name).ok_or_else(|| self.param_error(name))
+    }
+    pub fn param_f64_list(&self, name: &str) -> Result<Vec<f64>, NodeError> {
+        self.params.f64_list(name).ok_or_else(|| self.param_error(name))
     }
 
     fn param_error(&self, name: &str) -> NodeError {

@@ -11,6 +11,9 @@ pub struct Video {
     pub fps: f64,
     pub prompt: String,
     pub seed: u64,
+    /// The scaled latents [1, C, F, h, w] the frames were decoded from, where a model made the clip (what a
+    /// regenerator continues from).
+    pub latents: Option<crate::pipelines::Latents>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +89,15 @@ mod tests {
 
     fn clip(n: usize) -> Video {
         let frames = (0..n).map(|i| RgbImage::from_pixel(4, 2, image::Rgb([i as u8 * 40, 7, 200]))).collect();
-        Video { frames, fps: 8.0, prompt: "a cat".into(), seed: 1 }
+        Video { frames, fps: 8.0, prompt: "a cat".into(), seed: 1, latents: None }
     }
 
     #[test]
     fn template_fills_placeholders_safely() {
-        assert_eq!(fill_template("out/{prompt}-{seed}-{n}", "A cat, on/the moon!", 7, "d", 3), "out/A_cat_on_the_moon-7-0003");
+        assert_eq!(
+            fill_template("out/{prompt}-{seed}-{n}", "A cat, on/the moon!", 7, "d", 3),
+            "out/A_cat_on_the_moon-7-0003"
+        );
         assert_eq!(fill_template("{prompt}", "", 0, "", 0), "untitled");
         assert_eq!(fill_template("{date}", "x", 0, "2026-11-21", 0), "2026-11-21");
     }

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tokenizers::models::bpe::BPE;
+use tokenizers::models::bpe::{BPE, Merges, Vocab};
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::{Model, NormalizedString, Normalizer};
 
@@ -77,18 +77,56 @@ fn byte_chars() -> [char; 256] {
 impl ClipTokenizer {
     /// Reads `vocab.json` and `merges.txt` (a diffusers `tokenizer/` folder).
     pub fn from_files(vocab: &Path, merges: &Path) -> Result<Self, TokenizerError> {
-        for p in [vocab, merges] {
-            if !p.is_file() {
-                return Err(TokenizerError::Read { path: p.to_path_buf(), message: "not found".into() });
-            }
-        }
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| TokenizerError::Read {
+                path: p.to_path_buf(),
+                message: if p.exists() { e.to_string() } else { "not found".to_string() },
+            })
+        };
+        Self::from_strings(&read(vocab)?, &read(merges)?, vocab, merges)
+    }
+
+    /// The SD 1.x tokenizer bundled with stepstone (assets/clip-tokenizer: the vocabulary of
+    /// `openai/clip-vit-large-patch14`), for single-file checkpoints, which carry no tokenizer.
+    pub fn sd15() -> Result<Self, TokenizerError> {
+        Self::from_strings(
+            include_str!("../../../assets/clip-tokenizer/vocab.json"),
+            include_str!("../../../assets/clip-tokenizer/merges.txt"),
+            Path::new("<bundled>/clip-tokenizer/vocab.json"),
+            Path::new("<bundled>/clip-tokenizer/merges.txt"),
+        )
+    }
+
+    /// Builds the tokenizer from the contents of `vocab.json` and `merges.txt`; the paths are for messages.
+    pub fn from_strings(
+        vocab_json: &str,
+        merges_txt: &str,
+        vocab: &Path,
+        merges: &Path,
+    ) -> Result<Self, TokenizerError> {
         let invalid = |message: String| TokenizerError::Invalid {
             vocab: vocab.to_path_buf(),
             merges: merges.to_path_buf(),
             message,
         };
-        let (v, m) = BPE::read_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
-            .map_err(|e| invalid(e.to_string()))?;
+        let entries: std::collections::HashMap<String, u32> =
+            serde_json::from_str(vocab_json).map_err(|e| invalid(format!("vocab.json: {e}")))?;
+        let v: Vocab = entries.into_iter().collect();
+        let mut m: Merges = Vec::new();
+        for (line_no, line) in merges_txt.lines().enumerate() {
+            if line.starts_with("#version") || line.is_empty() {
+                continue;
+            }
+            match line.split(' ').collect::<Vec<_>>().as_slice() {
+                [a, b] => m.push((a.to_string(), b.to_string())),
+                _ => {
+                    return Err(invalid(format!(
+                        "merges.txt line {}: expected two tokens, found '{line}'",
+                        line_no + 1
+                    )));
+                }
+            }
+        }
         let bpe = BPE::builder()
             .vocab_and_merges(v, m)
             .end_of_word_suffix("</w>".to_string())
@@ -111,6 +149,11 @@ impl ClipTokenizer {
             pad: eos,
             max_length: MAX_LENGTH,
         })
+    }
+
+    /// The number of tokens in the vocabulary (ids are below this).
+    pub fn vocab_size(&self) -> usize {
+        self.bpe.get_vocab_size()
     }
 
     /// Reads a diffusers `tokenizer/` folder.

@@ -372,6 +372,14 @@ impl Unet2DConditionModel {
     pub fn level_channels(&self) -> Vec<usize> {
         self.down_blocks.iter().filter_map(|b| b.resnets.first().map(|r| r.conv1.weight.dims()[0])).collect()
     }
+
+    /// The width of the text states the cross-attentions read (768 for SD 1.x), if the UNet has any.
+    pub fn cross_attention_dim(&self) -> Option<usize> {
+        let mid = self.mid_block.attentions.iter();
+        let down = self.down_blocks.iter().flat_map(|b| b.attentions.iter());
+        let first = mid.chain(down).flat_map(|a| a.transformer_blocks.first()).next()?;
+        Some(first.attn2.to_k.weight.dims()[0])
+    }
 }
 
 /// Clips of `frames` frames with their motion modules, for the UNet walk.

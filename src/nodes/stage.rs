@@ -1,0 +1,132 @@
+//! What the generation nodes share: reading sampler parameters, encoding the prompt, the video UNet,
+//! progress and cancellation, decoding, turning pipeline errors into node errors.
+
+use std::ops::ControlFlow;
+
+use burn::tensor::Tensor;
+
+use super::values::{CheckpointValue, MotionValue, PromptValue};
+use crate::models::unet::VideoUnet;
+use crate::models::unet::motion::MotionError;
+use crate::pipelines::PipelineError;
+use crate::pipelines::i4vgen::{self, StageProgress, TextConditioning};
+use crate::runtime::{EvalContext, NodeError};
+use crate::schedulers::{BetaSchedule, Ddim, DdimConfig};
+use crate::video::Video;
+
+/// A pipeline error as a node error: cancellation stays cancellation, the rest keeps its message.
+pub(super) fn failed(e: PipelineError) -> NodeError {
+    match e {
+        PipelineError::Cancelled { .. } => NodeError::Cancelled,
+        other => NodeError::Failed(other.to_string()),
+    }
+}
+
+/// The DDIM scheduler of the node's `steps`, `beta_schedule`, `beta_start` and `beta_end` (the other
+/// settings are the official AnimateDiff inference config's).
+pub(super) fn scheduler(ctx: &EvalContext<'_>) -> Result<Ddim, NodeError> {
+    let beta_schedule = match ctx.param_str("beta_schedule")? {
+        "linear" => BetaSchedule::Linear,
+        "scaled_linear" => BetaSchedule::ScaledLinear,
+        other => {
+            return Err(NodeError::Param {
+                name: "beta_schedule".into(),
+                message: format!("'{other}' is not a schedule this node knows (linear, scaled_linear)"),
+            });
+        }
+    };
+    let config = DdimConfig {
+        beta_start: ctx.param_f64("beta_start")?,
+        beta_end: ctx.param_f64("beta_end")?,
+        beta_schedule,
+        ..DdimConfig::animatediff()
+    };
+    let param = |name: &str, e: &dyn std::fmt::Display| NodeError::Param { name: name.into(), message: e.to_string() };
+    let mut ddim = Ddim::new(config).map_err(|e| param("beta_start", &e))?;
+    let steps = ctx.param_u64("steps")? as usize;
+    ddim.set_timesteps(steps).map_err(|e| param("steps", &e))?;
+    Ok(ddim)
+}
+
+/// A size parameter (`width`, `height`) in pixels, checked to be a multiple of 8.
+pub(super) fn pixels(ctx: &EvalContext<'_>, name: &str) -> Result<usize, NodeError> {
+    let value = ctx.param_u64(name)? as usize;
+    if value % 8 != 0 {
+        let down = value / 8 * 8;
+        return Err(NodeError::Param {
+            name: name.to_string(),
+            message: format!(
+                "{value} is not a multiple of 8 (the VAE works on 8x8 pixel blocks): use {down} or {}",
+                down + 8
+            ),
+        });
+    }
+    Ok(value)
+}
+
+/// The prompt encoded with the checkpoint's tokenizer and text encoder; truncation is reported on the node.
+pub(super) fn encode(
+    ctx: &mut EvalContext<'_>,
+    checkpoint: &CheckpointValue,
+    prompt: &PromptValue,
+) -> Result<TextConditioning, NodeError> {
+    let encoded = checkpoint
+        .model
+        .encode_prompt(&prompt.positive, &prompt.negative, ctx.device)
+        .map_err(|e| NodeError::Failed(format!("cannot tokenize the prompt: {e}")))?;
+    for (what, dropped) in [("prompt", encoded.truncated), ("negative prompt", encoded.truncated_negative)] {
+        if dropped > 0 {
+            let room = checkpoint.model.tokenizer.max_length - 2;
+            ctx.note(format!(
+                "the {what} is {} CLIP tokens, {dropped} more than the {room} that fit: the end was cut off",
+                room + dropped
+            ));
+        }
+    }
+    Ok(TextConditioning { cond: encoded.cond, uncond: encoded.uncond })
+}
+
+/// The checkpoint's UNet with the motion modules (or none: single images).
+pub(super) fn video_unet(checkpoint: &CheckpointValue, motion: Option<&MotionValue>) -> Result<VideoUnet, NodeError> {
+    VideoUnet::new(checkpoint.model.unet.clone(), motion.map(|m| m.model.as_ref().clone()))
+        .map_err(|e: MotionError| NodeError::Failed(e.to_string()))
+}
+
+/// The `frames` parameter, checked against the motion module's positional limit before any work is done.
+pub(super) fn frames(ctx: &EvalContext<'_>, unet: &VideoUnet) -> Result<usize, NodeError> {
+    let frames = ctx.param_u64("frames")? as usize;
+    if let Some(motion) = &unet.motion {
+        motion.check_frames(frames).map_err(|e| NodeError::Param { name: "frames".into(), message: e.to_string() })?;
+    }
+    Ok(frames)
+}
+
+/// Runs a stage with per-step progress on the node; a cancelled run stops the stage within one step.
+pub(super) fn with_progress<T>(
+    ctx: &mut EvalContext<'_>,
+    stage: impl FnOnce(&mut dyn FnMut(StageProgress) -> ControlFlow<()>) -> Result<T, PipelineError>,
+) -> Result<T, NodeError> {
+    let mut observer = |p: StageProgress| match ctx.progress(p.done as u64, p.total as u64) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(_) => ControlFlow::Break(()),
+    };
+    stage(&mut observer).map_err(failed)
+}
+
+/// Decodes video latents [1, C, F, h, w] into a clip (frames as 8-bit images) that keeps the latents.
+pub(super) fn clip_of(
+    checkpoint: &CheckpointValue,
+    latents: &Tensor<5>,
+    prompt: &PromptValue,
+    seed: u64,
+) -> Result<Video, NodeError> {
+    let stored = crate::pipelines::Latents::from_tensor(latents).map_err(failed)?;
+    if !stored.is_finite() {
+        return Err(NodeError::Failed(
+            "the latents are no longer finite numbers (NaN or infinity): lower the step sizes or the guidance"
+                .to_string(),
+        ));
+    }
+    let frames = i4vgen::images_of(&i4vgen::decode(&checkpoint.model.vae, latents.clone()));
+    Ok(Video { frames, fps: 8.0, prompt: prompt.positive.clone(), seed, latents: Some(stored) })
+}
