@@ -31,14 +31,16 @@ fn fake_models(dir: &Path) -> PathBuf {
     let m = dir.join("models");
     std::fs::create_dir_all(m.join("stable-diffusion-v1-5")).unwrap();
     std::fs::write(m.join("mm_sd_v15_v2.ckpt"), b"").unwrap();
-    std::fs::write(m.join("ImageReward.pt"), b"").unwrap();
+    std::fs::create_dir_all(m.join("ImageReward")).unwrap();
+    std::fs::write(m.join("ImageReward").join("ImageReward.pt"), b"").unwrap();
     m
 }
 
 #[test]
 fn malformed_json_reports_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "bad.json", "{\n  \"format\": \"stepstone-graph\",\n  \"version\": 1,\n  \"nodes\": [}\n}\n");
+    let p =
+        write(dir.path(), "bad.json", "{\n  \"format\": \"stepstone-graph\",\n  \"version\": 1,\n  \"nodes\": [}\n}\n");
     for cmd in ["run", "validate"] {
         let o = stepstone(&[cmd, p.to_str().unwrap()], dir.path());
         assert!(!o.status.success(), "{cmd} must fail");
@@ -100,7 +102,13 @@ fn validate_accepts_the_shipped_presets_when_the_models_are_there() {
     let dir = tempfile::tempdir().unwrap();
     let models = fake_models(dir.path());
     let o = stepstone(
-        &["validate", &repo("graphs/i4vgen_animatediff.json"), &repo("graphs/vanilla_animatediff.json"), "--models", models.to_str().unwrap()],
+        &[
+            "validate",
+            &repo("graphs/i4vgen_animatediff.json"),
+            &repo("graphs/vanilla_animatediff.json"),
+            "--models",
+            models.to_str().unwrap(),
+        ],
         dir.path(),
     );
     assert!(o.status.success(), "{}", stderr(&o));
@@ -130,8 +138,8 @@ fn set_overrides_are_checked() {
 
 #[test]
 fn a_node_that_fails_makes_run_exit_non_zero_with_its_message() {
-    // With every model file present, the run starts; the generation nodes cannot run in this build and
-    // must say so, and the run must fail, not pretend.
+    // With every model path present, the run starts; the (empty) model folder cannot load and must say why,
+    // the nodes that need it are skipped, and the run fails, naming the node.
     let dir = tempfile::tempdir().unwrap();
     let models = fake_models(dir.path());
     let o = stepstone(
@@ -140,7 +148,12 @@ fn a_node_that_fails_makes_run_exit_non_zero_with_its_message() {
     );
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert!(err.contains("node 'candidates' failed"), "{err}");
+    assert!(err.contains("node 'checkpoint' failed"), "{err}");
+    assert!(
+        err.contains("not a Stable Diffusion diffusers folder: missing unet/, vae/, text_encoder/, tokenizer/"),
+        "{err}"
+    );
+    assert!(err.contains("skipped: node 'candidates': upstream node 'checkpoint' did not finish"), "{err}");
     assert!(err.contains("node(s) failed"), "{err}");
 }
 
@@ -197,7 +210,16 @@ fn nodes_lists_every_kind_with_its_parameters() {
     let o = stepstone(&["nodes"], dir.path());
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
-    for kind in ["prompt", "t2i_candidates", "candidate_selector", "ni_vsds", "regenerator", "video_preview", "export", "load_image"] {
+    for kind in [
+        "prompt",
+        "t2i_candidates",
+        "candidate_selector",
+        "ni_vsds",
+        "regenerator",
+        "video_preview",
+        "export",
+        "load_image",
+    ] {
         assert!(out.contains(&format!("{kind} (")), "{kind} missing:\n{out}");
     }
     assert!(out.contains("p_ni_vsds"), "{out}");

@@ -55,6 +55,26 @@ pub struct RunArgs {
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Where the models run: the CPU (burn's flex back-end), or a GPU through wgpu (Vulkan, Metal, DX12;
+    /// without a GPU, wgpu falls back to a slow software rasteriser).
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+}
+
+/// The compute device of a headless run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    Cpu,
+    Wgpu,
+}
+
+impl DeviceChoice {
+    pub fn device(self) -> burn::tensor::Device {
+        match self {
+            DeviceChoice::Cpu => burn::tensor::Device::flex(),
+            DeviceChoice::Wgpu => burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        }
+    }
 }
 
 /// Entry point of the binary.
@@ -137,18 +157,17 @@ fn validate_presets(presets: &[PathBuf], models: Option<PathBuf>) -> anyhow::Res
 
 /// Applies one `NODE.PARAM=VALUE` override, checking the node, the parameter and the value.
 pub fn apply_override(graph: &mut Graph, registry: &KindRegistry, text: &str) -> anyhow::Result<()> {
-    let (target, value) = text
-        .split_once('=')
-        .ok_or_else(|| anyhow::anyhow!("--set {text}: expected NODE.PARAM=VALUE"))?;
-    let target = PortRef::parse(target.trim())
-        .ok_or_else(|| anyhow::anyhow!("--set {text}: expected NODE.PARAM=VALUE"))?;
+    let (target, value) =
+        text.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {text}: expected NODE.PARAM=VALUE"))?;
+    let target =
+        PortRef::parse(target.trim()).ok_or_else(|| anyhow::anyhow!("--set {text}: expected NODE.PARAM=VALUE"))?;
     let node = graph.nodes.get(&target.node).ok_or_else(|| {
         let ids: Vec<&str> = graph.nodes.keys().map(String::as_str).collect();
         anyhow::anyhow!("--set {text}: no node '{}' in the graph (nodes: {})", target.node, ids.join(", "))
     })?;
-    let kind = registry.get(&node.kind).ok_or_else(|| {
-        anyhow::anyhow!("--set {text}: node '{}' has unknown kind '{}'", target.node, node.kind)
-    })?;
+    let kind = registry
+        .get(&node.kind)
+        .ok_or_else(|| anyhow::anyhow!("--set {text}: node '{}' has unknown kind '{}'", target.node, node.kind))?;
     let spec = kind.param(&target.port).ok_or_else(|| {
         let names: Vec<&str> = kind.params.iter().map(|p| p.name).collect();
         anyhow::anyhow!(

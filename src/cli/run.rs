@@ -61,15 +61,16 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
 
-    let mut worker = Worker::spawn(move || engine, None).context("cannot start the worker thread")?;
+    let device = args.device;
+    let mut worker =
+        Worker::spawn(move || engine.with_device(device.device()), None).context("cannot start the worker thread")?;
     worker.set_graph(graph).map_err(anyhow::Error::msg)?;
     let run_id = worker.run(args.targets.clone()).map_err(anyhow::Error::msg)?;
 
-    let bar = ProgressBar::with_draw_target(Some(0), if args.quiet {
-        ProgressDrawTarget::hidden()
-    } else {
-        ProgressDrawTarget::stderr()
-    });
+    let bar = ProgressBar::with_draw_target(
+        Some(0),
+        if args.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
+    );
     bar.set_style(
         ProgressStyle::with_template("{prefix:>14} [{bar:32}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())

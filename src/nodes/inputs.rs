@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::model_path;
 use super::values::{CheckpointValue, Loaded, MotionValue, PromptValue, RewardValue, StillImage};
 use crate::models::image_reward::{load_image_reward, load_image_reward_dir};
+use crate::models::load::identify::{classify, read_shapes};
 use crate::models::stable_diffusion::load_stable_diffusion;
 use crate::models::{LoadReport, MotionLoadOptions, load_motion_module};
 use crate::runtime::cache::fingerprint;
@@ -88,6 +89,15 @@ pub(super) fn load_reward_model(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs
         let (model, report) = if path.is_dir() {
             load_image_reward_dir(&path, &device)
         } else {
+            // Say what a wrong file is before looking for the configuration files beside it.
+            let shapes = read_shapes(&path).map_err(|e| e.to_string())?;
+            if !shapes.iter().any(|(key, _)| key.starts_with("blip.")) {
+                let keys: Vec<String> = shapes.into_iter().map(|(key, _)| key).collect();
+                return Err(format!(
+                    "this file looks like {}, not an ImageReward model (it has no blip.* weights)",
+                    classify(&keys).describe()
+                ));
+            }
             // A weights file next to its med_config.json and vocab.txt (the ImageReward folder layout).
             let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
             load_image_reward(&path, &dir, &device)

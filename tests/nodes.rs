@@ -1,0 +1,310 @@
+//! The built-in nodes on the bundled demo models (assets/demo-models: tiny random networks in the real
+//! formats), through the engine: what each artist's edit re-runs, what the selector shows, and bad input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use stepstone::graph::{Graph, KindRegistry, Node, PortRef, load_preset};
+use stepstone::nodes::{Candidates, Ranking, SelectedBy, StillImage};
+use stepstone::runtime::{Engine, Event, NodeStatus, RunOutcome};
+use stepstone::video::Video;
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn engine() -> Engine {
+    stepstone::builtin_engine(repo("assets/demo-models"))
+}
+
+/// The demo preset made cheaper for tests: 4 candidates and frames, 4 DDIM steps.
+fn demo() -> Graph {
+    let mut g = load_preset(&repo("graphs/i4vgen_demo.json")).unwrap();
+    for (node, param, value) in [
+        ("candidates", "count", json!(4)),
+        ("animator", "frames", json!(4)),
+        ("candidates", "steps", json!(4)),
+        ("animator", "steps", json!(4)),
+        ("regenerator", "steps", json!(4)),
+        ("regenerator", "strength", json!(0.75)),
+    ] {
+        set(&mut g, node, param, value);
+    }
+    g
+}
+
+fn set(g: &mut Graph, node: &str, param: &str, value: serde_json::Value) {
+    g.set_param(&KindRegistry::builtin(), node, param, value).unwrap_or_else(|e| panic!("{node}.{param}: {e}"));
+}
+
+/// What one run did.
+#[derive(Default)]
+struct Ran {
+    outcome: Option<RunOutcome>,
+    /// Nodes evaluated (not taken from the cache), in order.
+    evaluated: Vec<String>,
+    outputs: BTreeMap<String, stepstone::runtime::NodeOutputs>,
+    notes: Vec<(String, String)>,
+    failures: BTreeMap<String, String>,
+    skipped: BTreeMap<String, String>,
+}
+
+impl Ran {
+    fn output<T: 'static>(&self, node: &str, port: &str) -> &T {
+        self.outputs
+            .get(node)
+            .and_then(|o| o.get::<T>(port))
+            .unwrap_or_else(|| panic!("no output {node}.{port}; failures: {:?}", self.failures))
+    }
+    fn notes_of(&self, node: &str) -> Vec<&str> {
+        self.notes.iter().filter(|(n, _)| n == node).map(|(_, t)| t.as_str()).collect()
+    }
+    fn completed(&self) -> bool {
+        self.outcome == Some(RunOutcome::Completed)
+    }
+}
+
+fn run(engine: &mut Engine, graph: &Graph, targets: &[&str]) -> Ran {
+    let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+    let mut ran = Ran::default();
+    let outcome = engine.run(
+        graph,
+        &targets,
+        1,
+        &mut |event| match event {
+            Event::NodeFinished { node, cached, outputs, .. } => {
+                if !cached {
+                    ran.evaluated.push(node.clone());
+                }
+                ran.outputs.insert(node, outputs);
+            }
+            Event::NodeNote { node, text, .. } => ran.notes.push((node, text)),
+            Event::NodeFailed { node, message, .. } => {
+                ran.failures.insert(node, message);
+            }
+            Event::NodeSkipped { node, reason, .. } => {
+                ran.skipped.insert(node, reason);
+            }
+            _ => {}
+        },
+        &|| false,
+    );
+    ran.outcome = Some(outcome);
+    ran
+}
+
+fn sorted(v: &[String]) -> Vec<&str> {
+    let mut v: Vec<&str> = v.iter().map(String::as_str).collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn artist_edits_rerun_only_what_they_touch() {
+    let mut engine = engine();
+    let mut g = demo();
+    let first = run(&mut engine, &g, &["preview"]);
+    assert!(first.completed(), "{:?}", first.failures);
+    assert_eq!(
+        sorted(&first.evaluated),
+        ["animator", "candidates", "checkpoint", "motion", "preview", "prompt", "regenerator", "reward", "selector"]
+    );
+    let loads = engine.models().load_count();
+    assert_eq!(loads, 4, "three models and one set of scores");
+
+    // What the selector shows: every candidate, its score, the selected one (the best by reward).
+    let candidates = first.output::<Candidates>("candidates", "candidates");
+    assert_eq!(candidates.images.len(), 4);
+    assert_eq!(candidates.latents.shape, [4, 4, 1, 8, 8]);
+    let ranking = first.output::<Ranking>("selector", "ranking");
+    let scores = ranking.scores.clone().expect("scores with a reward model connected");
+    assert_eq!(scores.len(), 4);
+    assert!(scores.iter().any(|s| *s != scores[0]), "the candidates must score differently: {scores:?}");
+    assert_eq!((ranking.by, Some(ranking.selected)), (SelectedBy::Reward, ranking.best()));
+    let best = ranking.selected;
+    let anchor = first.output::<StillImage>("selector", "anchor");
+    assert_eq!(anchor.latent, candidates.latents.clip(best), "the anchor carries the selected candidate's latent");
+    assert_eq!(*anchor.image, *candidates.images[best]);
+    let clip = first.output::<Video>("regenerator", "video");
+    assert_eq!(clip.frames.len(), 4);
+    assert_eq!(clip.frames[0].dimensions(), (64, 64));
+    assert_eq!(clip.latents.as_ref().map(|l| l.shape), Some([1, 4, 4, 8, 8]));
+    let animated = first.output::<Video>("animator", "video");
+    assert_ne!(animated.latents, clip.latents, "regeneration changes the clip");
+
+    // Nothing changed: nothing runs.
+    let again = run(&mut engine, &g, &["preview"]);
+    assert!(again.completed() && again.evaluated.is_empty(), "{:?}", again.evaluated);
+
+    // 1. Regeneration strength: only the regenerator and what follows.
+    set(&mut g, "regenerator", "strength", json!(0.5));
+    let r = run(&mut engine, &g, &["preview"]);
+    assert!(r.completed(), "{:?}", r.failures);
+    assert_eq!(sorted(&r.evaluated), ["preview", "regenerator"]);
+
+    // 2. Another candidate by hand: NI-VSDS onward, never the candidates, and no re-scoring.
+    let other = (best + 1) % 4;
+    set(&mut g, "selector", "mode", json!("manual"));
+    set(&mut g, "selector", "index", json!(other));
+    let r = run(&mut engine, &g, &["preview"]);
+    assert!(r.completed(), "{:?}", r.failures);
+    assert_eq!(sorted(&r.evaluated), ["animator", "preview", "regenerator", "selector"]);
+    assert_eq!(engine.models().load_count(), loads, "no model loaded and no candidate scored again");
+    let picked = r.output::<Ranking>("selector", "ranking");
+    assert_eq!((picked.by, picked.selected, picked.scores.as_ref()), (SelectedBy::Hand, other, Some(&scores)));
+    let note = r.notes_of("selector").join(" | ");
+    assert!(note.contains(&format!("candidate {other} picked by hand")), "{note}");
+    assert!(note.contains(&format!("ImageReward prefers candidate {best}")), "{note}");
+
+    // 3. The prompt: everything that depends on the text (not the model loaders).
+    set(&mut g, "prompt", "positive", json!("a lighthouse in a storm"));
+    let r = run(&mut engine, &g, &["preview"]);
+    assert!(r.completed(), "{:?}", r.failures);
+    assert_eq!(sorted(&r.evaluated), ["animator", "candidates", "preview", "prompt", "regenerator", "selector"]);
+    assert_eq!(engine.models().load_count(), loads + 1, "the new candidates are scored once");
+}
+
+#[test]
+fn runs_are_reproducible_and_the_seed_matters() {
+    let g = demo();
+    let a = run(&mut engine(), &g, &["candidates"]);
+    let b = run(&mut engine(), &g, &["candidates"]);
+    let (a, b) =
+        (a.output::<Candidates>("candidates", "candidates"), b.output::<Candidates>("candidates", "candidates"));
+    assert_eq!(a.latents, b.latents, "same seed, same candidates");
+    let mut g2 = g.clone();
+    set(&mut g2, "candidates", "seed", json!(7));
+    let c = run(&mut engine(), &g2, &["candidates"]);
+    assert_ne!(a.latents, c.output::<Candidates>("candidates", "candidates").latents, "another seed, other candidates");
+}
+
+#[test]
+fn bad_sizes_frames_and_indices_are_named_and_lose_nothing() {
+    let mut engine = engine();
+    let mut g = demo();
+    let base = run(&mut engine, &g, &["selector"]);
+    assert!(base.completed(), "{:?}", base.failures);
+
+    // Frames beyond the motion module's positions (32 for v2): refused before any step, candidates kept.
+    set(&mut g, "animator", "frames", json!(40));
+    let r = run(&mut engine, &g, &["animator"]);
+    let msg = &r.failures["animator"];
+    assert!(msg.contains("frames") && msg.contains("40 frames") && msg.contains("32"), "{msg}");
+    assert_eq!(r.evaluated, ["motion"], "only the motion module (not needed before) was loaded");
+    set(&mut g, "animator", "frames", json!(4));
+    let r = run(&mut engine, &g, &["animator"]);
+    assert_eq!(sorted(&r.evaluated), ["animator"], "the candidates and scores survived the failure");
+
+    // A manual index past the candidates.
+    set(&mut g, "selector", "mode", json!("manual"));
+    set(&mut g, "selector", "index", json!(9));
+    let r = run(&mut engine, &g, &["selector"]);
+    let msg = &r.failures["selector"];
+    assert!(
+        msg.contains("index") && msg.contains("candidate 9 was picked, but there are only 4 candidates (0 to 3)"),
+        "{msg}"
+    );
+
+    // Width not divisible by 8: validation blocks the node before it runs, naming the parameter.
+    set(&mut g, "candidates", "width", json!(100));
+    let r = run(&mut engine, &g, &["candidates"]);
+    let msg = &r.skipped["candidates"];
+    assert!(msg.contains("'width'") && msg.contains("100 is not a multiple of 8"), "{msg}");
+    assert!(r.outcome != Some(RunOutcome::Completed));
+
+    // Zero candidates: refused by validation, naming the parameter.
+    let mut g0 = demo();
+    let registry = KindRegistry::builtin();
+    assert!(g0.set_param(&registry, "candidates", "count", json!(0)).is_err(), "the editor refuses 0");
+    g0.nodes.get_mut("candidates").unwrap().params.insert("count".into(), json!(0));
+    let plan = engine.plan(&g0, &["candidates".to_string()]).unwrap();
+    match plan.status("candidates") {
+        Some(NodeStatus::Blocked { reason }) => assert!(reason.contains("count"), "{reason}"),
+        other => panic!("count 0 must block the node, got {other:?}"),
+    }
+
+    // Reward mode without a reward model.
+    let mut g1 = demo();
+    assert!(g1.disconnect(&PortRef::new("selector", "reward")));
+    let r = run(&mut engine, &g1, &["selector"]);
+    assert!(r.skipped["selector"].contains("needs a reward model"), "{:?}", r.skipped);
+}
+
+#[test]
+fn empty_and_overlong_prompts() {
+    let mut engine = engine();
+    let mut g = demo();
+    set(&mut g, "prompt", "positive", json!(""));
+    let r = run(&mut engine, &g, &["candidates"]);
+    assert!(r.completed(), "an empty prompt is allowed, as in diffusers: {:?}", r.failures);
+    assert!(r.notes_of("candidates").is_empty(), "{:?}", r.notes);
+
+    let long = "a very detailed painting of a quiet harbour town at dusk, ".repeat(8);
+    set(&mut g, "prompt", "positive", json!(long));
+    let r = run(&mut engine, &g, &["candidates"]);
+    assert!(r.completed(), "{:?}", r.failures);
+    let notes = r.notes_of("candidates").join(" | ");
+    assert!(notes.contains("the prompt is") && notes.contains("that fit: the end was cut off"), "{notes}");
+}
+
+#[test]
+fn wrong_model_files_say_what_they_are() {
+    let mut engine = engine();
+    let mut g = demo();
+    // A UNet where ImageReward belongs.
+    set(&mut g, "reward", "path", json!("sd15-tiny/unet/diffusion_pytorch_model.safetensors"));
+    let r = run(&mut engine, &g, &["selector"]);
+    let msg = &r.failures["reward"];
+    assert!(msg.contains("diffusion_pytorch_model.safetensors") && msg.contains("not an ImageReward model"), "{msg}");
+    assert!(r.skipped.contains_key("selector"), "{:?}", r.skipped);
+
+    // The motion module's version is checked when one is chosen.
+    let mut g = demo();
+    set(&mut g, "motion", "version", json!("v3"));
+    let r = run(&mut engine, &g, &["motion"]);
+    let msg = &r.failures["motion"];
+    assert!(msg.contains("version") && msg.contains("v3 was chosen") && msg.contains("v2"), "{msg}");
+
+    // A folder that is not a Stable Diffusion model.
+    let mut g = demo();
+    set(&mut g, "checkpoint", "path", json!("ImageReward-tiny"));
+    let r = run(&mut engine, &g, &["checkpoint"]);
+    assert!(r.failures["checkpoint"].contains("missing unet/"), "{:?}", r.failures);
+}
+
+#[test]
+fn anchor_from_an_image_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("anchor.png");
+    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 128])).save(&good).unwrap();
+    let odd = dir.path().join("odd.png");
+    image::RgbImage::from_pixel(64, 60, image::Rgb([9, 9, 9])).save(&odd).unwrap();
+    let text = dir.path().join("notes.png");
+    std::fs::write(&text, "not an image").unwrap();
+
+    let mut g = demo();
+    let registry = KindRegistry::builtin();
+    g.insert_node("image", Node::new("load_image").with_param("path", good.to_str().unwrap()));
+    g.disconnect(&PortRef::new("animator", "anchor"));
+    g.connect(&registry, PortRef::new("image", "image"), PortRef::new("animator", "anchor")).unwrap();
+    let mut engine = engine();
+    let r = run(&mut engine, &g, &["animator"]);
+    assert!(r.completed(), "{:?}", r.failures);
+    assert!(!r.evaluated.contains(&"candidates".to_string()), "the candidates are not needed: {:?}", r.evaluated);
+    let video = r.output::<Video>("animator", "video");
+    assert_eq!((video.frames.len(), video.frames[0].dimensions()), (4, (64, 64)));
+
+    set(&mut g, "image", "path", json!(odd.to_str().unwrap()));
+    let r = run(&mut engine, &g, &["animator"]);
+    let msg = &r.failures["animator"];
+    assert!(msg.contains("64x60") && msg.contains("multiples of 8"), "{msg}");
+
+    set(&mut g, "image", "path", json!(text.to_str().unwrap()));
+    let r = run(&mut engine, &g, &["animator"]);
+    assert!(
+        r.failures["image"].contains("notes.png") && r.failures["image"].contains("not a readable image"),
+        "{:?}",
+        r.failures
+    );
+}
