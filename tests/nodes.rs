@@ -308,3 +308,50 @@ fn anchor_from_an_image_file() {
         r.failures
     );
 }
+
+#[test]
+fn progress_per_step_and_cancellation_within_a_stage() {
+    let mut engine = engine();
+    let g = demo();
+    let stop = std::cell::Cell::new(false);
+    let mut steps: Vec<(u64, u64)> = Vec::new();
+    let outcome = engine.run(
+        &g,
+        &["animator".to_string()],
+        1,
+        &mut |event| {
+            if let Event::Progress { node, step, total, .. } = event
+                && node == "candidates"
+            {
+                steps.push((step, total));
+                if step == 2 {
+                    stop.set(true);
+                }
+            }
+        },
+        &|| stop.get(),
+    );
+    assert_eq!(outcome, RunOutcome::Cancelled);
+    assert_eq!(steps, [(1, 4), (2, 4)], "one progress event per DDIM step, and no step after the cancel");
+    let plan = engine.plan(&g, &["animator".to_string()]).unwrap();
+    assert_eq!(plan.status("candidates"), Some(&NodeStatus::Stale), "a cancelled node leaves no result");
+    assert_eq!(plan.status("checkpoint"), Some(&NodeStatus::Cached), "the loaded model survives the cancel");
+
+    // Running again finishes, with the per-iteration progress of NI-VSDS: floor(4 * 0.6) + 1 = 3 iterations.
+    let mut animator_steps = Vec::new();
+    let outcome = engine.run(
+        &g,
+        &["animator".to_string()],
+        2,
+        &mut |event| {
+            if let Event::Progress { node, step, total, .. } = event
+                && node == "animator"
+            {
+                animator_steps.push((step, total));
+            }
+        },
+        &|| false,
+    );
+    assert_eq!(outcome, RunOutcome::Completed);
+    assert_eq!(animator_steps, [(1, 3), (2, 3), (3, 3)]);
+}
