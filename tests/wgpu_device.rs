@@ -65,6 +65,45 @@ fn video_unet_with_motion_modules_agrees_on_wgpu_and_with_the_original() {
     let on_cpu = run(&common::cpu());
     let on_gpu = run(&Device::wgpu(DeviceKind::DefaultDevice));
     let err = assert_close("video UNet on wgpu vs flex", &on_gpu, &on_cpu, 1e-4);
-    let err_ref = assert_close("video UNet on wgpu vs original AnimateDiff", &on_gpu, fx.values("eps_v2_original_f5"), 1e-4);
+    let err_ref =
+        assert_close("video UNet on wgpu vs original AnimateDiff", &on_gpu, fx.values("eps_v2_original_f5"), 1e-4);
     eprintln!("video UNet: wgpu vs flex max abs error {err:e}, wgpu vs reference {err_ref:e}");
+}
+
+#[test]
+fn demo_nodes_agree_on_wgpu_and_flex() {
+    use serde_json::json;
+    use stepstone::graph::{KindRegistry, load_preset};
+    use stepstone::nodes::{Candidates, Ranking};
+    use stepstone::runtime::{Event, RunOutcome};
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut graph = load_preset(&root.join("graphs/i4vgen_demo.json")).unwrap();
+    for (param, value) in [("count", json!(2)), ("steps", json!(3))] {
+        graph.set_param(&KindRegistry::builtin(), "candidates", param, value).unwrap();
+    }
+    let run = |device: Device| {
+        let mut engine = stepstone::builtin_engine(root.join("assets/demo-models")).with_device(device);
+        let mut outputs = std::collections::BTreeMap::new();
+        let outcome = engine.run(
+            &graph,
+            &["selector".to_string()],
+            1,
+            &mut |e| {
+                if let Event::NodeFinished { node, outputs: o, .. } = e {
+                    outputs.insert(node, o);
+                }
+            },
+            &|| false,
+        );
+        assert_eq!(outcome, RunOutcome::Completed);
+        let latents = outputs["candidates"].get::<Candidates>("candidates").unwrap().latents.data.as_ref().clone();
+        let scores = outputs["selector"].get::<Ranking>("ranking").unwrap().scores.clone().unwrap();
+        (latents, scores)
+    };
+    let (cpu_latents, cpu_scores) = run(common::cpu());
+    let (gpu_latents, gpu_scores) = run(Device::wgpu(DeviceKind::DefaultDevice));
+    let err = assert_close("demo candidates on wgpu vs flex", &gpu_latents, &cpu_latents, 1e-3);
+    let err_scores = assert_close("demo ImageReward scores on wgpu vs flex", &gpu_scores, &cpu_scores, 1e-3);
+    eprintln!("demo nodes: candidate latents max abs error {err:e}, scores {err_scores:e}");
 }
