@@ -355,3 +355,32 @@ fn progress_per_step_and_cancellation_within_a_stage() {
     assert_eq!(outcome, RunOutcome::Completed);
     assert_eq!(animator_steps, [(1, 3), (2, 3), (3, 3)]);
 }
+
+#[test]
+fn text_to_video_baseline_runs_on_the_same_models() {
+    let mut g = demo();
+    let registry = KindRegistry::builtin();
+    g.insert_node(
+        "t2v",
+        Node::new("text_to_video")
+            .with_param("frames", 4)
+            .with_param("width", 64)
+            .with_param("height", 64)
+            .with_param("steps", 3),
+    );
+    for (from, to) in
+        [("checkpoint.model", "t2v.model"), ("motion.motion", "t2v.motion"), ("prompt.prompt", "t2v.prompt")]
+    {
+        g.connect(&registry, PortRef::parse(from).unwrap(), PortRef::parse(to).unwrap()).unwrap();
+    }
+    let mut engine = engine();
+    let r = run(&mut engine, &g, &["t2v"]);
+    assert!(r.completed(), "{:?}", r.failures);
+    let video = r.output::<Video>("t2v", "video");
+    assert_eq!((video.frames.len(), video.frames[0].dimensions()), (4, (64, 64)));
+    let latents = video.latents.as_ref().unwrap();
+    assert_eq!(latents.shape, [1, 4, 4, 8, 8]);
+    set(&mut g, "t2v", "frames", json!(33));
+    let r = run(&mut engine, &g, &["t2v"]);
+    assert!(r.failures["t2v"].contains("33 frames"), "{:?}", r.failures);
+}
