@@ -105,3 +105,20 @@ pub fn assert_same(name: &str, ours: &BTreeMap<String, Vec<u64>>, reference: &BT
         shapes
     );
 }
+
+/// Checks a CLIP tokenizer against transformers' ids in a fixture (`{"cases": [{"prompt", "ids",
+/// "untruncated_len"}]}`): every case's ids, the truncation it reports, and that a long prompt is truncated.
+pub fn assert_clip_ids(tok: &stepstone::models::clip::ClipTokenizer, fixture: &serde_json::Value, min_cases: usize) {
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= min_cases, "{} cases, expected at least {min_cases}", cases.len());
+    for case in cases {
+        let prompt = case["prompt"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let got = tok.encode(prompt).unwrap();
+        assert_eq!(got.ids, want, "ids of {prompt:?}");
+        let full = case["untruncated_len"].as_u64().unwrap() as usize;
+        assert_eq!(got.truncated, full.saturating_sub(75), "truncation reported for {prompt:?}");
+    }
+    let long = cases.iter().find(|c| c["untruncated_len"].as_u64().unwrap() > 75).expect("a prompt over 77 tokens");
+    assert!(tok.encode(long["prompt"].as_str().unwrap()).unwrap().truncated > 0);
+}
