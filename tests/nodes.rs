@@ -136,6 +136,10 @@ fn artist_edits_rerun_only_what_they_touch() {
     // Nothing changed: nothing runs.
     let again = run(&mut engine, &g, &["preview"]);
     assert!(again.completed() && again.evaluated.is_empty(), "{:?}", again.evaluated);
+    // The manual index does not matter in reward mode: moving it re-runs nothing.
+    set(&mut g, "selector", "index", json!(3));
+    let r = run(&mut engine, &g, &["preview"]);
+    assert!(r.completed() && r.evaluated.is_empty(), "{:?}", r.evaluated);
 
     // 1. Regeneration strength: only the regenerator and what follows.
     set(&mut g, "regenerator", "strength", json!(0.5));

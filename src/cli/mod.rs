@@ -192,7 +192,14 @@ fn print_nodes(registry: &KindRegistry) {
             println!("  out {:<12} {:<14} {}", p.name, p.ty.name(), p.description);
         }
         for p in kind.params {
-            println!("  param {:<14} = {:<12} {}; {}", p.name, p.default_value(), p.type_description(), p.description);
+            let when = p.only_when.map(|(param, value)| format!(" (used when {param} = {value})")).unwrap_or_default();
+            println!(
+                "  param {:<14} = {:<12} {}; {}{when}",
+                p.name,
+                p.default_value(),
+                p.type_description(),
+                p.description
+            );
         }
         println!();
     }

@@ -263,7 +263,8 @@ pub const CANDIDATE_SELECTOR: KindSpec = KindSpec {
             "index",
             ParamType::Int { default: 0, min: 0, max: 63 },
             "Candidate to take in manual mode (0 is the first)",
-        ),
+        )
+        .only_when("mode", "manual"),
     ],
     is_output: false,
 };

@@ -19,16 +19,41 @@ pub enum PathRole {
 /// The type of a parameter, with its default and its allowed range.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ParamType {
-    Int { default: i64, min: i64, max: i64 },
-    Float { default: f64, min: f64, max: f64 },
-    Bool { default: bool },
-    Text { default: &'static str, multiline: bool },
-    Choice { default: &'static str, options: &'static [&'static str] },
-    Path { default: &'static str, role: PathRole },
+    Int {
+        default: i64,
+        min: i64,
+        max: i64,
+    },
+    Float {
+        default: f64,
+        min: f64,
+        max: f64,
+    },
+    Bool {
+        default: bool,
+    },
+    Text {
+        default: &'static str,
+        multiline: bool,
+    },
+    Choice {
+        default: &'static str,
+        options: &'static [&'static str],
+    },
+    Path {
+        default: &'static str,
+        role: PathRole,
+    },
     /// A non-empty list of numbers, each within [min, max].
-    FloatList { default: &'static [f64], min: f64, max: f64 },
+    FloatList {
+        default: &'static [f64],
+        min: f64,
+        max: f64,
+    },
     /// A random seed: an integer in 0..=2^53 (exactly representable in JSON numbers everywhere).
-    Seed { default: u64 },
+    Seed {
+        default: u64,
+    },
 }
 
 /// The largest seed: JSON readers in other languages parse numbers as doubles.
@@ -41,11 +66,20 @@ pub struct ParamSpec {
     pub ty: ParamType,
     /// One line, shown as a tooltip.
     pub description: &'static str,
+    /// `(parameter, value)`: this parameter matters only while that choice parameter has that value. Otherwise
+    /// it is left out of the node's cache key (editing it re-runs nothing) and the editor can grey it out.
+    pub only_when: Option<(&'static str, &'static str)>,
 }
 
 impl ParamSpec {
     pub const fn new(name: &'static str, ty: ParamType, description: &'static str) -> Self {
-        ParamSpec { name, ty, description }
+        ParamSpec { name, ty, description, only_when: None }
+    }
+
+    /// Declares that the parameter matters only while choice parameter `param` is `value`.
+    pub const fn only_when(mut self, param: &'static str, value: &'static str) -> Self {
+        self.only_when = Some((param, value));
+        self
     }
 
     /// The default value as JSON.
@@ -54,9 +88,9 @@ impl ParamSpec {
             ParamType::Int { default, .. } => Value::from(default),
             ParamType::Float { default, .. } => Value::from(default),
             ParamType::Bool { default } => Value::from(default),
-            ParamType::Text { default, .. }
-            | ParamType::Choice { default, .. }
-            | ParamType::Path { default, .. } => Value::from(default),
+            ParamType::Text { default, .. } | ParamType::Choice { default, .. } | ParamType::Path { default, .. } => {
+                Value::from(default)
+            }
             ParamType::FloatList { default, .. } => Value::from(default.to_vec()),
             ParamType::Seed { default } => Value::from(default),
         }
@@ -155,16 +189,12 @@ impl ParamSpec {
                 "false" | "0" | "no" | "off" => Value::Bool(false),
                 _ => return Err(format!("\"{text}\" is not {}", self.type_description())),
             },
-            ParamType::Text { .. } | ParamType::Choice { .. } | ParamType::Path { .. } => {
-                Value::from(text)
-            }
+            ParamType::Text { .. } | ParamType::Choice { .. } | ParamType::Path { .. } => Value::from(text),
             ParamType::FloatList { .. } => {
                 let trimmed = text.trim().trim_start_matches('[').trim_end_matches(']');
                 let mut items = Vec::new();
                 for part in trimmed.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                    let v = part
-                        .parse::<f64>()
-                        .map_err(|_| format!("\"{part}\" in \"{text}\" is not a number"))?;
+                    let v = part.parse::<f64>().map_err(|_| format!("\"{part}\" in \"{text}\" is not a number"))?;
                     items.push(Value::from(v));
                 }
                 Value::Array(items)
@@ -192,20 +222,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const CFG: ParamSpec =
-        ParamSpec::new("cfg", ParamType::Float { default: 7.5, min: 0.0, max: 30.0 }, "guidance");
-    const STEPS: ParamSpec =
-        ParamSpec::new("steps", ParamType::Int { default: 25, min: 1, max: 1000 }, "steps");
-    const MODE: ParamSpec = ParamSpec::new(
-        "mode",
-        ParamType::Choice { default: "reward", options: &["reward", "manual"] },
-        "mode",
-    );
-    const SIZES: ParamSpec = ParamSpec::new(
-        "step_sizes",
-        ParamType::FloatList { default: &[10.0, 1.0], min: 0.0, max: 1000.0 },
-        "sizes",
-    );
+    const CFG: ParamSpec = ParamSpec::new("cfg", ParamType::Float { default: 7.5, min: 0.0, max: 30.0 }, "guidance");
+    const STEPS: ParamSpec = ParamSpec::new("steps", ParamType::Int { default: 25, min: 1, max: 1000 }, "steps");
+    const MODE: ParamSpec =
+        ParamSpec::new("mode", ParamType::Choice { default: "reward", options: &["reward", "manual"] }, "mode");
+    const SIZES: ParamSpec =
+        ParamSpec::new("step_sizes", ParamType::FloatList { default: &[10.0, 1.0], min: 0.0, max: 1000.0 }, "sizes");
 
     #[test]
     fn check_accepts_in_range_and_rejects_out_of_range() {

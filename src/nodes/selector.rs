@@ -31,7 +31,6 @@ pub(super) fn evaluate(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeErr
     let candidates = ctx.input::<Candidates>("candidates")?.clone();
     let reward = ctx.optional_input::<RewardValue>("reward")?.cloned();
     let mode = ctx.param_str("mode")?.to_string();
-    let index = ctx.param_u64("index")? as usize;
     let count = candidates.images.len();
     if count == 0 {
         return Err(NodeError::Failed(PipelineError::NoCandidates.to_string()));
@@ -53,6 +52,7 @@ pub(super) fn evaluate(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeErr
             (i4vgen::select(scores, None).map_err(failed)?, SelectedBy::Reward)
         }
         "manual" => {
+            let index = ctx.param_u64("index")? as usize;
             if index >= count {
                 let message = PipelineError::IndexOutOfRange { index, count }.to_string();
                 return Err(NodeError::Param { name: "index".into(), message });

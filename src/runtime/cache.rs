@@ -123,8 +123,16 @@ fn fingerprint_into(path: &Path, rel: &Path, out: &mut Vec<u8>, depth: usize) {
 }
 
 /// Normalises parameter values for hashing and evaluation: numbers of float parameters become floats, so
-/// `7` and `7.0` give the same key.
+/// `7` and `7.0` give the same key; a parameter that does not matter in the node's current mode
+/// ([`ParamSpec::only_when`](crate::graph::ParamSpec::only_when)) is dropped, so editing it re-runs nothing.
 pub fn normalise_params(kind: &KindSpec, params: &mut ResolvedParams) {
+    for spec in kind.params {
+        if let Some((param, value)) = spec.only_when
+            && params.str(param) != Some(value)
+        {
+            params.values.remove(spec.name);
+        }
+    }
     for spec in kind.params {
         let Some(v) = params.values.get_mut(spec.name) else { continue };
         match spec.ty {
