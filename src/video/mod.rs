@@ -1,5 +1,7 @@
 //! Video clips as frames, and writing them out.
 
+pub mod meta;
+
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
