@@ -1,6 +1,7 @@
 //! Video clips as frames, and writing them out.
 
 pub mod meta;
+pub mod palette;
 
 use std::path::{Path, PathBuf};
 
