@@ -77,6 +77,23 @@ impl DeviceChoice {
     }
 }
 
+/// A graph from a preset file, or from a clip stepstone exported (the preset is embedded in MP4/WebM tags, GIF
+/// comments, PNG text chunks, or the first frame of a PNG frame folder).
+pub fn load_graph(path: &std::path::Path) -> anyhow::Result<Graph> {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let is_clip = matches!(ext.as_str(), "mp4" | "m4v" | "webm" | "gif" | "png" | "apng")
+        || (path.is_dir() && path.join("frame_0000.png").is_file());
+    if !is_clip {
+        return Ok(load_preset(path)?);
+    }
+    match crate::video::encode::embedded_graph(path)? {
+        Some(text) => Ok(crate::graph::parse_preset(&text, &format!("{} (embedded graph)", path.display()))?),
+        None => {
+            anyhow::bail!("{}: this clip carries no stepstone graph (it was not exported by stepstone)", path.display())
+        }
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let _ = tracing_subscriber::fmt()
@@ -131,9 +148,9 @@ fn validate_presets(presets: &[PathBuf], models: Option<PathBuf>) -> anyhow::Res
     let options = crate::graph::ValidateOptions { models_dir, input_dir: None };
     let mut failed = 0;
     for path in presets {
-        match load_preset(path) {
+        match load_graph(path) {
             Err(e) => {
-                eprintln!("{e}");
+                eprintln!("{e:#}");
                 failed += 1;
             }
             Ok(graph) => {

@@ -7,13 +7,13 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{RunArgs, apply_override, describe_models_dir};
-use crate::graph::{KindRegistry, load_preset, validate};
+use crate::graph::{KindRegistry, validate};
 use crate::paths::models_dir;
 use crate::runtime::{Event, NodeStatus, RunOutcome, Worker};
 
 pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
     let registry = KindRegistry::builtin();
-    let mut graph = load_preset(&args.preset)?;
+    let mut graph = super::load_graph(&args.preset)?;
     for text in &args.set {
         apply_override(&mut graph, &registry, text)?;
     }

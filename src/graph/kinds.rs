@@ -351,17 +351,58 @@ pub const EXPORT: KindSpec = KindSpec {
     id: "export",
     title: "Export",
     category: "Outputs",
-    version: 1,
-    description: "Writes the clip to disk",
+    version: 2,
+    description: "Writes the clip to disk (MP4, WebM, GIF, animated PNG or PNG frames), with the graph inside",
     inputs: &[PortSpec::required("video", PortType::Video, "Clip to write")],
     outputs: &[],
     params: &[
         ParamSpec::new(
             "path",
-            ParamType::Path { default: "out/{prompt}-{seed}", role: PathRole::Output },
-            "Output path; {prompt}, {seed}, {date} and {n} are filled in",
+            ParamType::Path { default: "out/{prompt}-{seed}.mp4", role: PathRole::Output },
+            "Output file; the extension picks the format (.mp4, .webm, .gif, .png/.apng; none: a folder of PNG \
+             frames); {prompt}, {seed}, {date} and {n} are filled in",
         ),
         FPS,
+        ParamSpec::new(
+            "crf",
+            ParamType::Int { default: 18, min: 0, max: 63 },
+            "MP4/WebM quality: lower is better, 0 is lossless (H.264 uses 0-51, VP9 0-63)",
+        ),
+        ParamSpec::new(
+            "preset",
+            ParamType::Choice {
+                default: "medium",
+                options: &[
+                    "ultrafast",
+                    "superfast",
+                    "veryfast",
+                    "faster",
+                    "fast",
+                    "medium",
+                    "slow",
+                    "slower",
+                    "veryslow",
+                ],
+            },
+            "MP4 (x264) speed preset: slower makes smaller files at the same quality",
+        ),
+        ParamSpec::new("pingpong", ParamType::Bool { default: false }, "Play forward, then backward"),
+        ParamSpec::new(
+            "repeat",
+            ParamType::Int { default: 1, min: 1, max: 100 },
+            "How many times the frames are written into the file (a longer clip; not the GIF loop flag)",
+        ),
+        ParamSpec::new(
+            "loop",
+            ParamType::Choice { default: "forever", options: &["forever", "count", "once"] },
+            "GIF/animated PNG: how viewers loop the file",
+        ),
+        ParamSpec::new(
+            "loop_count",
+            ParamType::Int { default: 1, min: 1, max: 65535 },
+            "GIF/animated PNG: extra plays after the first",
+        )
+        .only_when("loop", "count"),
         ParamSpec::new("overwrite", ParamType::Bool { default: false }, "Replace an existing output"),
     ],
     is_output: true,

@@ -1,9 +1,12 @@
 //! Output nodes: video preview and export.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
+use crate::graph::to_preset_string;
 use crate::runtime::{EvalContext, NodeError, NodeOutputs};
-use crate::video::{Video, fill_template, write_png_sequence};
+use crate::video::encode::{self, EncodeOptions, Format, GifLoop};
+use crate::video::{Video, fill_template};
 
 pub(super) fn video_preview(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
     let video = ctx.input::<Video>("video")?.clone();
@@ -12,17 +15,49 @@ pub(super) fn video_preview(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, No
     Ok(NodeOutputs::new())
 }
 
-/// Writes a PNG frame sequence (video formats arrive with the export work).
+/// Writes the clip in the format the path's extension names, with the graph preset embedded.
 pub(super) fn export(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
-    let video = ctx.input::<Video>("video")?;
-    let template = ctx.param_str("path")?;
-    let overwrite = ctx.param_bool("overwrite")?;
+    let video = ctx.input::<Video>("video")?.clone();
+    let template = ctx.param_str("path")?.to_string();
+    let gif_loop = match ctx.param_str("loop")? {
+        "once" => GifLoop::Once,
+        "count" => GifLoop::Times(ctx.param_u64("loop_count")?.min(u64::from(u16::MAX)) as u16),
+        _ => GifLoop::Forever,
+    };
+    let options = EncodeOptions {
+        fps: ctx.param_f64("fps")?,
+        crf: ctx.param_u64("crf")? as u32,
+        preset: ctx.param_str("preset")?.to_string(),
+        pingpong: ctx.param_bool("pingpong")?,
+        repeat: ctx.param_u64("repeat")? as u32,
+        gif_loop,
+        overwrite: ctx.param_bool("overwrite")?,
+        graph: Some(to_preset_string(ctx.graph)),
+        encoder: None,
+    };
     let date = date_stamp();
-    let dir = PathBuf::from(fill_template(template, &video.prompt, video.seed, &date, 0));
-    let total = video.frames.len() as u64;
-    write_png_sequence(video, &dir, overwrite).map_err(|e| NodeError::Failed(e.to_string()))?;
-    ctx.progress(total, total)?;
-    ctx.note(format!("wrote {total} frames to {}", dir.display()));
+    let path = PathBuf::from(fill_template(&template, &video.prompt, video.seed, &date, 0));
+    let mut cancelled = false;
+    let result = {
+        let mut progress = |done: usize, total: usize| match ctx.progress(done as u64, total as u64) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => {
+                cancelled = true;
+                ControlFlow::Break(())
+            }
+        };
+        encode::export(&video, &path, &options, &mut progress)
+    };
+    let format = match result {
+        Ok(format) => format,
+        Err(_) if cancelled => return Err(NodeError::Cancelled),
+        Err(e) => return Err(NodeError::Failed(e.to_string())),
+    };
+    let (w, h) = video.frames.first().map(|f| f.dimensions()).unwrap_or((0, 0));
+    if format == Format::Mp4 && (w % 2 == 1 || h % 2 == 1) {
+        ctx.note(format!("{w}x{h} padded to even sides for H.264 (yuv420p)"));
+    }
+    ctx.note(format!("wrote {} ({}, {} frames)", path.display(), format.name(), video.frames.len()));
     Ok(NodeOutputs::new())
 }
 

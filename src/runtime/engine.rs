@@ -377,6 +377,7 @@ impl Engine {
         };
         let mut ctx = EvalContext {
             node: &p.id,
+            graph,
             kind,
             params: &params,
             key,

@@ -119,6 +119,8 @@ impl Evaluators {
 /// What a node's evaluation can see and do.
 pub struct EvalContext<'a> {
     pub node: &'a str,
+    /// The graph being run (an export embeds it in the file).
+    pub graph: &'a crate::graph::Graph,
     pub kind: &'a KindSpec,
     pub params: &'a ResolvedParams,
     pub key: CacheKey,

@@ -1,8 +1,11 @@
-//! Video clips as frames, and writing them out.
+//! Video clips as frames, and writing them out: [`encode`] (MP4, WebM, GIF, animated PNG through FFmpeg, PNG
+//! frame sequences), with the graph preset embedded ([`meta`]) and GIF palettes ([`palette`]).
 
+pub mod encode;
 pub mod meta;
 pub mod palette;
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
@@ -27,6 +30,21 @@ pub enum ExportError {
     Exists { path: PathBuf },
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
+    #[error(
+        "{path}: unknown clip format '.{extension}' (use .mp4, .webm, .gif, .png/.apng, or no extension for a folder of PNG frames)"
+    )]
+    UnknownFormat { path: PathBuf, extension: String },
+    #[error(
+        "the system FFmpeg has no '{codec}' encoder, which {format} needs: install an FFmpeg with it (Debian/Ubuntu: \
+         libavcodec from the distribution, or libavcodec-extra), or export another format"
+    )]
+    MissingCodec { codec: String, format: &'static str },
+    #[error("{path}: {message}")]
+    Ffmpeg { path: PathBuf, message: String },
+    #[error("{0}")]
+    Settings(String),
+    #[error("the export was cancelled")]
+    Cancelled,
 }
 
 /// Fills `{prompt}`, `{seed}`, `{date}` and `{n}` in an output path template. The prompt is shortened and
@@ -52,6 +70,18 @@ pub fn fill_template(template: &str, prompt: &str, seed: u64, date: &str, n: u32
 /// Writes the frames as `frame_0000.png`, ... into the folder `dir`. The frames go to a temporary folder
 /// beside it that is renamed into place at the end, so a failed export leaves nothing half-written.
 pub fn write_png_sequence(video: &Video, dir: &Path, overwrite: bool) -> Result<(), ExportError> {
+    write_png_sequence_with(video, dir, overwrite, None, &mut |_, _| ControlFlow::Continue(()))
+}
+
+/// [`write_png_sequence`] with the graph preset embedded in the first frame (an `iTXt` chunk) and progress per
+/// frame (`Break` cancels and removes what was written).
+pub fn write_png_sequence_with(
+    video: &Video,
+    dir: &Path,
+    overwrite: bool,
+    graph: Option<&str>,
+    progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
+) -> Result<(), ExportError> {
     if video.frames.is_empty() {
         return Err(ExportError::NoFrames);
     }
@@ -69,11 +99,22 @@ pub fn write_png_sequence(video: &Video, dir: &Path, overwrite: bool) -> Result<
     std::fs::create_dir_all(&parent).map_err(|e| write_err(&parent, &e))?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "clip".into());
     let tmp = parent.join(format!(".{name}.{}.partial", std::process::id()));
+    let total = video.frames.len();
     let result = (|| {
         std::fs::create_dir_all(&tmp).map_err(|e| write_err(&tmp, &e))?;
         for (i, frame) in video.frames.iter().enumerate() {
             let path = tmp.join(format!("frame_{i:04}.png"));
-            frame.save(&path).map_err(|e| write_err(&path, &e))?;
+            let mut bytes = Vec::new();
+            frame
+                .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+                .map_err(|e| write_err(&path, &e))?;
+            if let (0, Some(graph)) = (i, graph) {
+                bytes = meta::png_with_text(&bytes, meta::GRAPH_KEY, graph).map_err(|e| write_err(&path, &e))?;
+            }
+            std::fs::write(&path, bytes).map_err(|e| write_err(&path, &e))?;
+            if progress(i + 1, total).is_break() {
+                return Err(ExportError::Cancelled);
+            }
         }
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|e| write_err(dir, &e))?;
