@@ -224,3 +224,47 @@ fn nodes_lists_every_kind_with_its_parameters() {
     }
     assert!(out.contains("p_ni_vsds"), "{out}");
 }
+
+#[test]
+fn run_writes_the_format_of_out_and_a_clip_restores_its_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = repo("assets/demo-models");
+    let small = [
+        "--set",
+        "candidates.count=2",
+        "--set",
+        "candidates.steps=2",
+        "--set",
+        "animator.frames=3",
+        "--set",
+        "animator.steps=2",
+        "--set",
+        "regenerator.steps=2",
+    ];
+    let preset = repo("graphs/i4vgen_demo.json");
+    let mut args = vec!["run", preset.as_str(), "--models", &models, "--out", "clip.mp4", "--quiet"];
+    args.extend(small);
+    let o = stepstone(&args, dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let clip = dir.path().join("clip.mp4");
+    let back = stepstone::video::encode::decode(&clip).unwrap();
+    assert_eq!((back.frames.len(), back.width, back.height, back.codec.as_str()), (3, 64, 64, "h264"));
+
+    // The clip carries the graph that made it, --set overrides included.
+    let graph = stepstone::cli::load_graph(&clip).unwrap();
+    assert_eq!(graph.nodes["candidates"].params["count"], serde_json::json!(2));
+    let o = stepstone(&["validate", clip.to_str().unwrap(), "--models", &models], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    // ... and runs again from the clip, into another format.
+    let o =
+        stepstone(&["run", clip.to_str().unwrap(), "--models", &models, "--out", "again.gif", "--quiet"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stepstone::video::encode::decode(&dir.path().join("again.gif")).unwrap().frames.len(), 3);
+
+    // A clip without a graph, and an unknown extension, are named.
+    std::fs::write(dir.path().join("plain.gif"), b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").unwrap();
+    let o = stepstone(&["run", "plain.gif"], dir.path());
+    assert!(!o.status.success() && stderr(&o).contains("carries no stepstone graph"), "{}", stderr(&o));
+    let o = stepstone(&["run", &preset, "--models", &models, "--out", "clip.avi", "--quiet"], dir.path());
+    assert!(!o.status.success() && stderr(&o).contains("unknown clip format '.avi'"), "{}", stderr(&o));
+}

@@ -18,6 +18,8 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
         apply_override(&mut graph, &registry, text)?;
     }
     if let Some(out) = &args.out {
+        // An unknown format is refused before any work is done.
+        crate::video::encode::Format::from_path(out)?;
         let exports: Vec<String> =
             graph.nodes.iter().filter(|(_, n)| n.kind == "export").map(|(id, _)| id.clone()).collect();
         match exports.as_slice() {
