@@ -1,12 +1,11 @@
 //! Output nodes: video preview and export.
 
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 
 use crate::graph::to_preset_string;
 use crate::runtime::{EvalContext, NodeError, NodeOutputs};
 use crate::video::encode::{self, EncodeOptions, Format, GifLoop};
-use crate::video::{Video, fill_template};
+use crate::video::{Video, output_path};
 
 pub(super) fn video_preview(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
     let video = ctx.input::<Video>("video")?.clone();
@@ -36,7 +35,7 @@ pub(super) fn export(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError
         encoder: None,
     };
     let date = date_stamp();
-    let path = PathBuf::from(fill_template(&template, &video.prompt, video.seed, &date, 0));
+    let path = output_path(&template, &video.prompt, video.seed, &date);
     let mut cancelled = false;
     let result = {
         let mut progress = |done: usize, total: usize| match ctx.progress(done as u64, total as u64) {

@@ -67,6 +67,18 @@ pub fn fill_template(template: &str, prompt: &str, seed: u64, date: &str, n: u32
         .replace("{n}", &format!("{n:04}"))
 }
 
+/// The output path of a template: with `{n}`, the first number from 0 whose path does not exist yet (a
+/// counter, so repeated exports never collide); without it, the filled template.
+pub fn output_path(template: &str, prompt: &str, seed: u64, date: &str) -> PathBuf {
+    if !template.contains("{n}") {
+        return PathBuf::from(fill_template(template, prompt, seed, date, 0));
+    }
+    (0..100_000)
+        .map(|n| PathBuf::from(fill_template(template, prompt, seed, date, n)))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| PathBuf::from(fill_template(template, prompt, seed, date, 100_000)))
+}
+
 /// Writes the frames as `frame_0000.png`, ... into the folder `dir`. The frames go to a temporary folder
 /// beside it that is renamed into place at the end, so a failed export leaves nothing half-written.
 pub fn write_png_sequence(video: &Video, dir: &Path, overwrite: bool) -> Result<(), ExportError> {
@@ -144,6 +156,18 @@ mod tests {
         );
         assert_eq!(fill_template("{prompt}", "", 0, "", 0), "untitled");
         assert_eq!(fill_template("{date}", "x", 0, "2026-11-21", 0), "2026-11-21");
+    }
+
+    #[test]
+    fn n_counts_up_to_the_first_free_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = format!("{}/clip-{{seed}}-{{n}}.gif", dir.path().display());
+        let first = output_path(&t, "p", 3, "d");
+        assert_eq!(first, dir.path().join("clip-3-0000.gif"));
+        std::fs::write(&first, b"x").unwrap();
+        assert_eq!(output_path(&t, "p", 3, "d"), dir.path().join("clip-3-0001.gif"));
+        let fixed = format!("{}/clip.gif", dir.path().display());
+        assert_eq!(output_path(&fixed, "p", 3, "d"), dir.path().join("clip.gif"));
     }
 
     #[test]
