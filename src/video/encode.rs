@@ -312,18 +312,7 @@ fn encode(
                 let scaler = match &mut scaler {
                     Some(s) => s,
                     None => scaler.insert(
-                        ffmpeg::software::scaling::Context::get(
-                            Pixel::RGB24,
-                            width,
-                            height,
-                            pixel,
-                            width,
-                            height,
-                            ffmpeg::software::scaling::Flags::BICUBIC
-                                | ffmpeg::software::scaling::Flags::ACCURATE_RND
-                                | ffmpeg::software::scaling::Flags::FULL_CHR_H_INT,
-                        )
-                        .map_err(|e| fail("cannot convert to YUV", e))?,
+                        converter(Pixel::RGB24, pixel, width, height).map_err(|e| fail("cannot convert to YUV", e))?,
                     ),
                 };
                 let mut yuv = ffmpeg::frame::Video::empty();
@@ -342,6 +331,17 @@ fn encode(
     enc.send_eof().map_err(|e| fail("cannot finish encoding", e))?;
     write_packets(&mut enc, &mut octx)?;
     octx.write_trailer().map_err(|e| fail("cannot finish the file", e))
+}
+
+/// A same-size pixel-format converter with accurate rounding and full chroma interpolation (RGB <-> YUV).
+fn converter(
+    from: ffmpeg::format::Pixel,
+    to: ffmpeg::format::Pixel,
+    width: u32,
+    height: u32,
+) -> Result<ffmpeg::software::scaling::Context, ffmpeg::Error> {
+    use ffmpeg::software::scaling::{Context, Flags};
+    Context::get(from, width, height, to, width, height, Flags::BICUBIC | Flags::ACCURATE_RND | Flags::FULL_CHR_H_INT)
 }
 
 /// An RGB24 frame of `width` x `height`, the image in its top-left corner and its last row/column repeated
@@ -432,18 +432,8 @@ pub fn decode(path: &Path) -> Result<DecodedClip, ExportError> {
             let scaler = match &mut scaler {
                 Some(s) => s,
                 None => scaler.insert(
-                    ffmpeg::software::scaling::Context::get(
-                        frame.format(),
-                        frame.width(),
-                        frame.height(),
-                        Pixel::RGB24,
-                        frame.width(),
-                        frame.height(),
-                        ffmpeg::software::scaling::Flags::BICUBIC
-                            | ffmpeg::software::scaling::Flags::ACCURATE_RND
-                            | ffmpeg::software::scaling::Flags::FULL_CHR_H_INT,
-                    )
-                    .map_err(|e| fail("cannot convert to RGB", e))?,
+                    converter(frame.format(), Pixel::RGB24, frame.width(), frame.height())
+                        .map_err(|e| fail("cannot convert to RGB", e))?,
                 ),
             };
             let mut rgb = ffmpeg::frame::Video::empty();
