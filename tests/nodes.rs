@@ -388,3 +388,39 @@ fn text_to_video_baseline_runs_on_the_same_models() {
     let r = run(&mut engine, &g, &["t2v"]);
     assert!(r.failures["t2v"].contains("33 frames"), "{:?}", r.failures);
 }
+
+#[test]
+fn export_node_reports_each_frame_and_a_cancel_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = demo();
+    let out = dir.path().join("clip-{seed}.webm");
+    set(&mut g, "export", "path", json!(out.to_str().unwrap()));
+    let mut engine = engine();
+    let stop = std::cell::Cell::new(false);
+    let mut frames = Vec::new();
+    let outcome = engine.run(
+        &g,
+        &["export".to_string()],
+        1,
+        &mut |event| {
+            if let Event::Progress { node, step, total, .. } = event
+                && node == "export"
+            {
+                frames.push((step, total));
+                stop.set(step == 2);
+            }
+        },
+        &|| stop.get(),
+    );
+    assert_eq!(outcome, RunOutcome::Cancelled);
+    assert_eq!(frames, [(1, 4), (2, 4)], "one progress event per encoded frame");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "a cancelled export leaves no file");
+
+    let r = run(&mut engine, &g, &["export"]);
+    assert!(r.completed(), "{:?}", r.failures);
+    assert_eq!(r.evaluated, ["export"], "only the export runs again");
+    let written = dir.path().join("clip-42.webm");
+    assert_eq!(stepstone::video::encode::decode(&written).unwrap().frames.len(), 4);
+    let graph = stepstone::video::encode::embedded_graph(&written).unwrap().unwrap();
+    assert_eq!(graph, stepstone::graph::to_preset_string(&g), "the clip carries the graph as run");
+}
