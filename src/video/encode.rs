@@ -160,14 +160,7 @@ pub fn export(
         super::write_png_sequence_with(&clip, path, options.overwrite, options.graph.as_deref(), progress)?;
         return Ok(format);
     }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent)
-        .map_err(|e| ExportError::Write { path: parent.clone(), message: e.to_string() })?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "clip".into());
-    let tmp = parent.join(format!(".{name}.{}.partial", std::process::id()));
+    let tmp = super::staging_path(path)?;
     let result = encode(&frames, &tmp, format, options, progress).and_then(|()| {
         embed_after(&tmp, format, options.graph.as_deref())?;
         std::fs::rename(&tmp, path).map_err(|e| ExportError::Write { path: path.to_path_buf(), message: e.to_string() })
@@ -282,10 +275,7 @@ fn encode(
     octx.write_header_with(header).map_err(|e| fail("cannot write the header", e))?;
     let stream_time_base = octx.stream(stream_index).map(|s| s.time_base()).unwrap_or(time_base);
 
-    let palette = (format == Format::Gif).then(|| {
-        let all: Vec<RgbImage> = frames.iter().map(|f| (*f).clone()).collect();
-        super::palette::palette_for(&all, 256)
-    });
+    let palette = (format == Format::Gif).then(|| super::palette::palette_for(frames, 256));
     let mut palette_map = palette.as_ref().map(super::palette::PaletteMap::new);
     let mut scaler = None;
     let write_packets = |enc: &mut encoder::video::Encoder, octx: &mut ffmpeg::format::context::Output| {
@@ -392,8 +382,7 @@ pub struct DecodedClip {
     pub frames: Vec<RgbImage>,
     pub width: u32,
     pub height: u32,
-    /// The frame rate as played: from the frames' timestamps, else the packets' durations, else the stream's
-    /// declared average rate.
+    /// The frame rate as played: from the frames' timestamps, else the stream's declared average rate.
     pub fps: f64,
     /// The stream's codec name.
     pub codec: String,
@@ -449,10 +438,8 @@ pub fn decode(path: &Path) -> Result<DecodedClip, ExportError> {
         }
         Ok::<(), ExportError>(())
     };
-    let mut durations: Vec<i64> = Vec::new();
     for (stream, packet) in ictx.packets() {
         if stream.index() == index {
-            durations.push(packet.duration());
             decoder.send_packet(&packet).map_err(|e| fail("cannot decode", e))?;
             receive(&mut decoder, &mut frames)?;
         }
@@ -462,15 +449,9 @@ pub fn decode(path: &Path) -> Result<DecodedClip, ExportError> {
     drop(receive);
     // The frame rate as played: from the frames' timestamps (what every muxer stores), else the stream's
     // declared average rate.
-    // FFmpeg 5.1's APNG demuxer does not carry the frame delays into timestamps: read them (fcTL) instead.
-    let apng = if codec == "apng" { apng_fps(path) } else { None };
-    let fps = match (apng, stamps.first(), stamps.last()) {
-        (Some(fps), _, _) => fps,
-        (None, Some(&a), Some(&b)) if stamps.len() == frames.len() && frames.len() > 1 && b > a => {
+    let fps = match (stamps.first(), stamps.last()) {
+        (Some(&a), Some(&b)) if stamps.len() == frames.len() && frames.len() > 1 && b > a => {
             (frames.len() - 1) as f64 / ((b - a) as f64 * time_base)
-        }
-        _ if !durations.is_empty() && durations.iter().all(|&d| d > 0) => {
-            durations.len() as f64 / (durations.iter().sum::<i64>() as f64 * time_base)
         }
         _ if rate.denominator() != 0 => f64::from(rate),
         _ => 0.0,
@@ -496,27 +477,6 @@ fn open_input(path: &Path) -> Result<ffmpeg::format::context::Input, ffmpeg::Err
         ffmpeg::format::context::Context::Input(input) => Ok(input),
         ffmpeg::format::context::Context::Output(_) => Err(ffmpeg::Error::InvalidData),
     }
-}
-
-/// The frame rate of an animated PNG from its frame-control chunks: frames / sum of their delays.
-fn apng_fps(path: &Path) -> Option<f64> {
-    let bytes = std::fs::read(path).ok()?;
-    let (mut at, mut frames, mut seconds) = (8usize, 0usize, 0.0f64);
-    while at + 12 <= bytes.len() {
-        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().ok()?) as usize;
-        let data = bytes.get(at + 8..at + 8 + len)?;
-        if &bytes[at + 4..at + 8] == b"fcTL" && len >= 26 {
-            let num = f64::from(u16::from_be_bytes([data[20], data[21]]));
-            let den = match u16::from_be_bytes([data[22], data[23]]) {
-                0 => 100.0,
-                d => f64::from(d),
-            };
-            frames += 1;
-            seconds += num / den;
-        }
-        at += 12 + len;
-    }
-    (frames > 0 && seconds > 0.0).then(|| frames as f64 / seconds)
 }
 
 /// The graph preset embedded in a clip (any format [`export`] writes), if there is one.

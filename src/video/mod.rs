@@ -79,6 +79,19 @@ pub fn output_path(template: &str, prompt: &str, seed: u64, date: &str) -> PathB
         .unwrap_or_else(|| PathBuf::from(fill_template(template, prompt, seed, date, 100_000)))
 }
 
+/// The temporary name an output is written under before it is renamed into place: beside it in the same
+/// folder (created here), so the rename stays on one file system.
+pub(crate) fn staging_path(path: &Path) -> Result<PathBuf, ExportError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| ExportError::Write { path: parent.clone(), message: e.to_string() })?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "clip".into());
+    Ok(parent.join(format!(".{name}.{}.partial", std::process::id())))
+}
+
 /// Writes the frames as `frame_0000.png`, ... into the folder `dir`. The frames go to a temporary folder
 /// beside it that is renamed into place at the end, so a failed export leaves nothing half-written.
 pub fn write_png_sequence(video: &Video, dir: &Path, overwrite: bool) -> Result<(), ExportError> {
@@ -104,13 +117,7 @@ pub fn write_png_sequence_with(
         path: path.to_path_buf(),
         message: e.to_string(),
     };
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| write_err(&parent, &e))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "clip".into());
-    let tmp = parent.join(format!(".{name}.{}.partial", std::process::id()));
+    let tmp = staging_path(dir)?;
     let total = video.frames.len();
     let result = (|| {
         std::fs::create_dir_all(&tmp).map_err(|e| write_err(&tmp, &e))?;

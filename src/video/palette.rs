@@ -24,10 +24,11 @@ fn unpack(k: u32) -> [u8; 3] {
 
 /// Distinct colours of all frames with their pixel counts, sorted by colour. Built frame by frame (sort,
 /// count runs, merge), so memory grows with the number of distinct colours, not with the clip's length.
-fn histogram(frames: &[RgbImage]) -> Vec<(u32, u64)> {
+fn histogram<F: std::borrow::Borrow<RgbImage>>(frames: &[F]) -> Vec<(u32, u64)> {
     let mut total: Vec<(u32, u64)> = Vec::new();
     let mut keys = Vec::new();
     for frame in frames {
+        let frame = frame.borrow();
         keys.clear();
         keys.extend(frame.pixels().map(|p| pack(p.0)));
         keys.sort_unstable();
@@ -105,7 +106,7 @@ impl ColorBox {
 /// on one side, those above on the other) until there are `max_colors` boxes;
 /// each box gives its count-weighted mean colour, rounded. The result is sorted and depends only on the
 /// pixels (not on hashing or timing). No frames give an empty palette.
-pub fn palette_for(frames: &[RgbImage], max_colors: usize) -> Palette {
+pub fn palette_for<F: std::borrow::Borrow<RgbImage>>(frames: &[F], max_colors: usize) -> Palette {
     let max_colors = max_colors.clamp(1, MAX_COLORS);
     let hist = histogram(frames);
     if hist.len() <= max_colors {
@@ -360,7 +361,7 @@ mod tests {
             assert_eq!(decode(&indices, &palette, 5, 4), *frame);
             assert_eq!(index_frame_dithered(frame, &palette), indices);
         }
-        assert_eq!(palette_for(&[], 256).colors, Vec::<[u8; 3]>::new());
+        assert_eq!(palette_for::<RgbImage>(&[], 256).colors, Vec::<[u8; 3]>::new());
         assert_eq!(palette_for(&frames[..1], 0).colors.len(), 1, "max_colors is clamped to at least 1");
     }
 
