@@ -89,7 +89,7 @@ pub(super) fn text_to_video(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, No
     let ddim = scheduler(ctx)?;
     let device = ctx.device.clone();
     let text = encode(ctx, &inputs.checkpoint, &inputs.prompt)?;
-    let channels = unet.unet.conv_in.weight.dims()[1];
+    let channels = unet.unet.in_channels();
     let shape = [1, channels, frames, height / 8, width / 8];
     let noise = SeededNoise::new(seed).normal("text_to_video", shape, &device).map_err(|e| failed(e.into()))?;
     let model = Guided { unet: &unet, text: &text, guidance_scale };

@@ -23,7 +23,7 @@ pub(super) fn evaluate(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeErr
     let text = encode(ctx, &checkpoint, &prompt)?;
     // Plain SD 1.5: the video UNet with no motion modules treats each candidate as a one-frame clip.
     let unet = video_unet(&checkpoint, None)?;
-    let channels = unet.unet.conv_in.weight.dims()[1];
+    let channels = unet.unet.in_channels();
     let device = ctx.device.clone();
     // One draw of [1, C, N, h, w], as the reference draws the video's initial latent for its N frames.
     let noise = SeededNoise::new(seed)

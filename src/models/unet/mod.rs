@@ -373,6 +373,11 @@ impl Unet2DConditionModel {
         self.down_blocks.iter().filter_map(|b| b.resnets.first().map(|r| r.conv1.weight.dims()[0])).collect()
     }
 
+    /// Latent channels the UNet takes (4 for SD 1.x).
+    pub fn in_channels(&self) -> usize {
+        self.conv_in.weight.dims()[1]
+    }
+
     /// The width of the text states the cross-attentions read (768 for SD 1.x), if the UNet has any.
     pub fn cross_attention_dim(&self) -> Option<usize> {
         let mid = self.mid_block.attentions.iter();
