@@ -7,16 +7,20 @@
 //! - [`models`], [`schedulers`]: the networks in burn and the DDIM scheduler (a library of their own);
 //! - [`pipelines`]: the I4VGen stages and plain text-to-video over them, with one noise source;
 //! - [`video`]: clips and writing them out;
+//! - [`open`]: reading a graph from a preset or from a clip that carries one;
+//! - [`ui`]: the graph editor window (egui, egui-snarl);
 //! - [`cli`]: the command-line front end.
 
 pub mod cli;
 pub mod graph;
 pub mod models;
 pub mod nodes;
+pub mod open;
 pub mod paths;
 pub mod pipelines;
 pub mod runtime;
 pub mod schedulers;
+pub mod ui;
 pub mod video;
 
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::graph::{Graph, KindRegistry, PortRef, load_preset, validate};
+use crate::graph::{Graph, KindRegistry, PortRef, validate};
 use crate::paths::{ModelsDirSource, models_dir};
 
 #[derive(Parser, Debug)]
@@ -33,6 +33,25 @@ pub enum Commands {
     },
     /// List the node kinds with their ports and parameters.
     Nodes,
+    /// Open the graph editor window (what `stepstone` without a command does).
+    Edit(EditArgs),
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct EditArgs {
+    /// A graph preset, or a clip stepstone exported (its embedded graph opens).
+    pub file: Option<PathBuf>,
+    /// Models directory; preset model paths are relative to it [default: $STEPSTONE_MODELS, else the
+    /// per-user data path].
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Where the models run (see `stepstone run --help`).
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+    /// Save a screenshot of the window (PNG) once it has drawn, then close: a smoke test under a virtual
+    /// display (xvfb-run).
+    #[arg(long, value_name = "PNG")]
+    pub screenshot: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -61,9 +80,10 @@ pub struct RunArgs {
     pub device: DeviceChoice,
 }
 
-/// The compute device of a headless run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// The compute device the models run on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceChoice {
+    #[default]
     Cpu,
     Wgpu,
 }
@@ -77,21 +97,19 @@ impl DeviceChoice {
     }
 }
 
-/// A graph from a preset file, or from a clip stepstone exported (the preset is embedded in MP4/WebM tags, GIF
-/// comments, PNG text chunks, or the first frame of a PNG frame folder).
+/// A graph from a preset file, or from a clip stepstone exported (see [`crate::open::open_graph`]).
 pub fn load_graph(path: &std::path::Path) -> anyhow::Result<Graph> {
-    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
-    let is_clip = matches!(ext.as_str(), "mp4" | "m4v" | "webm" | "gif" | "png" | "apng")
-        || (path.is_dir() && path.join("frame_0000.png").is_file());
-    if !is_clip {
-        return Ok(load_preset(path)?);
-    }
-    match crate::video::encode::embedded_graph(path)? {
-        Some(text) => Ok(crate::graph::parse_preset(&text, &format!("{} (embedded graph)", path.display()))?),
-        None => {
-            anyhow::bail!("{}: this clip carries no stepstone graph (it was not exported by stepstone)", path.display())
-        }
-    }
+    Ok(crate::open::open_graph(path)?)
+}
+
+fn edit(args: EditArgs) -> anyhow::Result<()> {
+    let (models_dir, _) = models_dir(args.models);
+    crate::ui::launch(crate::ui::LaunchOptions {
+        models_dir,
+        device: args.device,
+        open: args.file,
+        screenshot: args.screenshot,
+    })
 }
 
 /// Entry point of the binary.
@@ -102,14 +120,8 @@ pub fn main() -> ExitCode {
         .try_init();
     let cli = Cli::parse();
     let result = match cli.command {
-        None => {
-            eprintln!(
-                "stepstone: the graph editor window is not part of this build yet.\n\
-                 Run a preset headless with `stepstone run graphs/<preset>.json`, check presets with \
-                 `stepstone validate`, and list node kinds with `stepstone nodes`."
-            );
-            return ExitCode::from(2);
-        }
+        None => edit(EditArgs::default()),
+        Some(Commands::Edit(args)) => edit(args),
         Some(Commands::Run(args)) => run::run(args),
         Some(Commands::Validate { presets, models }) => validate_presets(&presets, models),
         Some(Commands::Nodes) => {

@@ -1,0 +1,568 @@
+//! The studio window: menus and shortcuts, the node canvas, the problems and log panel, the status bar;
+//! opening presets and clips (File > Open, or dropping a file on the window), saving, undo, and runs on the
+//! background worker.
+//!
+//! `Studio::ui` draws into any `egui::Ui`, so tests drive it headless with `egui::Context::run_ui`.
+
+use std::path::{Path, PathBuf};
+
+use egui::{Color32, Key, KeyboardShortcut, Modifiers, RichText, Ui};
+
+use super::document::Document;
+use super::session::{Level, Notice, Session};
+use super::thumbs::Textures;
+use super::viewer::GraphViewer;
+use crate::graph::{Graph, KindRegistry, NodeId, Severity, save_preset};
+use crate::open::{GraphSource, open_graph};
+use crate::runtime::worker::Worker;
+
+/// Edits closer together than this (seconds) make one undo step (typing a prompt is one step, not one per
+/// letter).
+const MERGE_EDITS_WITHIN: f64 = 1.0;
+/// How many undo steps are kept.
+const UNDO_STEPS: usize = 200;
+
+const OPEN: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::O);
+const SAVE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::S);
+const SAVE_AS: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(Modifiers::SHIFT), Key::S);
+const UNDO: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Z);
+const REDO: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(Modifiers::SHIFT), Key::Z);
+const RUN: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
+const CANCEL: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Escape);
+
+/// The editor's state.
+pub struct Studio {
+    registry: KindRegistry,
+    models_dir: PathBuf,
+    doc: Document,
+    /// The graph as of the last committed edit.
+    current: Graph,
+    /// The graph as last opened or saved (an unsaved-changes mark shows while they differ).
+    saved: Graph,
+    /// The preset file the graph is saved to. A graph opened from a clip has none: saving asks for a name.
+    path: Option<PathBuf>,
+    /// The file the graph was opened from (a preset or a clip).
+    opened_from: Option<PathBuf>,
+    undo: Vec<Graph>,
+    redo: Vec<Graph>,
+    /// When the last edit was committed (egui time), for merging quick edits into one undo step.
+    last_edit: Option<f64>,
+    session: Session,
+    textures: Textures,
+    worker: Option<Worker>,
+    /// Changes with each opened document, so the canvas starts with a fresh view.
+    canvas_generation: u64,
+    title_shown: String,
+}
+
+impl Studio {
+    /// An editor with an empty graph and no worker (runs are refused until one is attached).
+    pub fn new(registry: KindRegistry, models_dir: PathBuf) -> Studio {
+        Studio {
+            registry,
+            models_dir,
+            doc: Document::default(),
+            current: Graph::default(),
+            saved: Graph::default(),
+            path: None,
+            opened_from: None,
+            undo: Vec::new(),
+            redo: Vec::new(),
+            last_edit: None,
+            session: Session::default(),
+            textures: Textures::default(),
+            worker: None,
+            canvas_generation: 0,
+            title_shown: String::new(),
+        }
+    }
+
+    /// Attaches the background worker that evaluates the graph.
+    pub fn with_worker(mut self, worker: Worker) -> Studio {
+        self.worker = Some(worker);
+        self.send_graph();
+        self
+    }
+
+    /// The graph as edited (including edits not yet committed to the undo history).
+    pub fn graph(&self) -> Graph {
+        self.doc.to_graph()
+    }
+
+    pub fn document(&self) -> &Document {
+        &self.doc
+    }
+
+    pub fn document_mut(&mut self) -> &mut Document {
+        &mut self.doc
+    }
+
+    /// The preset file a save writes to.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    pub fn opened_from(&self) -> Option<&Path> {
+        self.opened_from.as_deref()
+    }
+
+    /// Whether the graph differs from the file it was opened from or last saved to.
+    pub fn is_dirty(&self) -> bool {
+        self.doc.to_graph() != self.saved
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub fn can_undo(&self) -> bool {
+        !self.undo.is_empty()
+    }
+
+    /// Opens a preset, or a clip stepstone exported, replacing the graph being edited (Edit > Undo brings
+    /// it back). On failure the message names the file and the graph being edited is untouched.
+    pub fn open(&mut self, path: &Path) -> bool {
+        match open_graph(path) {
+            Ok(graph) => {
+                self.commit_pending(None);
+                if self.current != graph {
+                    self.push_undo(self.current.clone());
+                }
+                let is_preset = GraphSource::of(path) != Some(GraphSource::Clip);
+                self.set_document(graph);
+                self.saved = self.current.clone();
+                self.path = is_preset.then(|| path.to_path_buf());
+                self.opened_from = Some(path.to_path_buf());
+                self.session.nodes.clear();
+                self.textures = Textures::default();
+                let what = if is_preset { "opened" } else { "opened the graph embedded in" };
+                self.session.push(Notice::info(format!(
+                    "{what} {} ({} nodes, {} links)",
+                    path.display(),
+                    self.current.nodes.len(),
+                    self.current.links.len()
+                )));
+                true
+            }
+            Err(e) => {
+                self.session.push(Notice::error(format!("could not open: {e}")));
+                false
+            }
+        }
+    }
+
+    /// A new, empty graph (undoable).
+    pub fn new_graph(&mut self) {
+        self.commit_pending(None);
+        self.push_undo(self.current.clone());
+        self.set_document(Graph::default());
+        self.saved = Graph::default();
+        self.path = None;
+        self.opened_from = None;
+        self.session.nodes.clear();
+    }
+
+    /// Saves to `path` (a preset file); later saves go there too.
+    pub fn save_as(&mut self, path: &Path) -> bool {
+        self.commit_pending(None);
+        let mut path = path.to_path_buf();
+        if path.extension().is_none() {
+            path.set_extension("json");
+        }
+        match save_preset(&path, &self.current) {
+            Ok(()) => {
+                self.saved = self.current.clone();
+                self.session.push(Notice::info(format!("saved {}", path.display())));
+                self.path = Some(path);
+                true
+            }
+            Err(e) => {
+                self.session.push(Notice::error(format!("could not save: {e}")));
+                false
+            }
+        }
+    }
+
+    /// Saves to the current preset file, or asks for one.
+    fn save(&mut self) {
+        match self.path.clone() {
+            Some(path) => {
+                self.save_as(&path);
+            }
+            None => self.save_dialog(),
+        }
+    }
+
+    fn save_dialog(&mut self) {
+        let suggested = self
+            .opened_from
+            .as_ref()
+            .and_then(|p| p.file_stem())
+            .map(|s| format!("{}.json", s.to_string_lossy()))
+            .unwrap_or_else(|| "graph.json".to_string());
+        let dialog = rfd::FileDialog::new().add_filter("stepstone graph", &["json"]).set_file_name(suggested);
+        let dialog = match self.path.as_ref().and_then(|p| p.parent()) {
+            Some(dir) => dialog.set_directory(dir),
+            None => dialog,
+        };
+        if let Some(path) = dialog.save_file() {
+            self.save_as(&path);
+        }
+    }
+
+    fn open_dialog(&mut self) {
+        let dialog = rfd::FileDialog::new()
+            .add_filter("graphs and clips", &["json", "mp4", "m4v", "webm", "gif", "png", "apng"])
+            .add_filter("graph preset", &["json"])
+            .add_filter("clip exported by stepstone", &["mp4", "m4v", "webm", "gif", "png", "apng"]);
+        if let Some(path) = dialog.pick_file() {
+            self.open(&path);
+        }
+    }
+
+    pub fn undo(&mut self) {
+        self.commit_pending(None);
+        if let Some(previous) = self.undo.pop() {
+            self.redo.push(self.current.clone());
+            self.set_document(previous);
+        }
+    }
+
+    pub fn redo(&mut self) {
+        self.commit_pending(None);
+        if let Some(next) = self.redo.pop() {
+            self.undo.push(self.current.clone());
+            self.set_document(next);
+        }
+    }
+
+    /// Asks the worker to run `targets` (every output node when empty).
+    pub fn run(&mut self, targets: Vec<NodeId>) {
+        self.commit_pending(None);
+        let Some(worker) = self.worker.as_mut() else {
+            self.session.push(Notice::error("no worker is attached: this editor cannot run graphs"));
+            return;
+        };
+        if let Err(e) = worker.run(targets) {
+            self.session.push(Notice::error(format!("could not start the run: {e}")));
+        }
+    }
+
+    pub fn cancel(&mut self) {
+        if let Some(worker) = &self.worker
+            && self.session.running.is_some()
+        {
+            worker.cancel();
+        }
+    }
+
+    /// Takes the worker's waiting events into the session.
+    pub fn poll_worker(&mut self) {
+        let Some(worker) = &self.worker else { return };
+        while let Some(event) = worker.try_event() {
+            self.session.apply(event);
+        }
+    }
+
+    fn set_document(&mut self, graph: Graph) {
+        self.doc = Document::from_graph(&graph, &self.registry);
+        self.current = graph;
+        self.last_edit = None;
+        self.canvas_generation += 1;
+        self.send_graph();
+    }
+
+    fn push_undo(&mut self, graph: Graph) {
+        self.undo.push(graph);
+        if self.undo.len() > UNDO_STEPS {
+            self.undo.remove(0);
+        }
+        self.redo.clear();
+    }
+
+    /// Records edits made on the canvas since the last commit. `now` is the egui time (None: never merge).
+    fn commit_pending(&mut self, now: Option<f64>) {
+        let graph = self.doc.to_graph();
+        if graph == self.current {
+            return;
+        }
+        let merge = matches!((now, self.last_edit), (Some(t), Some(last)) if t - last < MERGE_EDITS_WITHIN);
+        if !merge {
+            self.push_undo(self.current.clone());
+        }
+        self.last_edit = now;
+        self.current = graph;
+        let ids: std::collections::BTreeSet<&String> = self.current.nodes.keys().collect();
+        self.session.retain_nodes(|id| ids.contains(&id.to_string()));
+        self.textures.retain(|id| ids.contains(&id.to_string()));
+        self.send_graph();
+    }
+
+    fn send_graph(&mut self) {
+        if let Some(worker) = &self.worker
+            && let Err(e) = worker.set_graph(self.current.clone())
+        {
+            self.session.push(Notice::error(format!("the worker did not take the graph: {e}")));
+        }
+    }
+
+    fn window_title(&self) -> String {
+        let name = match (&self.path, &self.opened_from) {
+            (Some(p), _) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            (None, Some(clip)) => {
+                format!("graph from {}", clip.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
+            }
+            (None, None) => "untitled graph".to_string(),
+        };
+        let dirty = if self.current != self.saved { " •" } else { "" };
+        format!("{name}{dirty} — stepstone")
+    }
+
+    /// Handles files dropped on the window: the first one that opens replaces the graph.
+    fn take_dropped_files(&mut self, ui: &Ui) {
+        let dropped: Vec<PathBuf> = ui.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());
+        if dropped.len() > 1 {
+            self.session.push(Notice::warning(format!(
+                "{} files were dropped; one graph opens at a time, so only the first that opens is used",
+                dropped.len()
+            )));
+        }
+        for path in dropped {
+            if self.open(&path) {
+                break;
+            }
+        }
+    }
+
+    fn shortcuts(&mut self, ui: &Ui) {
+        let pressed = |s: &KeyboardShortcut| ui.input_mut(|i| i.consume_shortcut(s));
+        // Longer shortcuts first: Ctrl+Shift+S would otherwise also match Ctrl+S.
+        if pressed(&SAVE_AS) {
+            self.save_dialog();
+        } else if pressed(&SAVE) {
+            self.save();
+        }
+        if pressed(&OPEN) {
+            self.open_dialog();
+        }
+        if pressed(&REDO) {
+            self.redo();
+        } else if pressed(&UNDO) {
+            self.undo();
+        }
+        if pressed(&RUN) {
+            self.run(Vec::new());
+        }
+        if pressed(&CANCEL) {
+            self.cancel();
+        }
+    }
+
+    /// Draws the whole window into `ui` and handles its input.
+    pub fn ui(&mut self, ui: &mut Ui) {
+        self.poll_worker();
+        self.take_dropped_files(ui);
+        self.shortcuts(ui);
+
+        egui::Panel::top("menu").show(ui, |ui| self.menu_bar(ui));
+        egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
+        egui::Panel::right("side").default_size(300.0).show(ui, |ui| self.side_panel(ui));
+        egui::CentralPanel::no_frame().show(ui, |ui| self.canvas(ui));
+        self.drop_overlay(ui);
+
+        let dragging = ui.input(|i| i.pointer.any_down());
+        if !dragging {
+            let now = ui.input(|i| i.time);
+            self.commit_pending(Some(now));
+        }
+        let title = self.window_title();
+        if title != self.title_shown {
+            ui.ctx().send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));
+            self.title_shown = title;
+        }
+        if self.session.running.is_some() {
+            ui.ctx().request_repaint_after(std::time::Duration::from_millis(250));
+        }
+    }
+
+    fn menu_bar(&mut self, ui: &mut Ui) {
+        egui::MenuBar::new().ui(ui, |ui| {
+            ui.menu_button("File", |ui| {
+                if ui.button("New graph").clicked() {
+                    self.new_graph();
+                }
+                if ui.add(egui::Button::new("Open…").shortcut_text(ui.ctx().format_shortcut(&OPEN))).clicked() {
+                    self.open_dialog();
+                }
+                ui.menu_button("Open preset", |ui| {
+                    for path in shipped_presets() {
+                        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        if ui.button(name).clicked() {
+                            self.open(&path);
+                        }
+                    }
+                });
+                ui.separator();
+                if ui.add(egui::Button::new("Save").shortcut_text(ui.ctx().format_shortcut(&SAVE))).clicked() {
+                    self.save();
+                }
+                if ui.add(egui::Button::new("Save as…").shortcut_text(ui.ctx().format_shortcut(&SAVE_AS))).clicked() {
+                    self.save_dialog();
+                }
+                ui.separator();
+                if ui.button("Quit").clicked() {
+                    ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+                }
+            });
+            ui.menu_button("Edit", |ui| {
+                let undo = egui::Button::new("Undo").shortcut_text(ui.ctx().format_shortcut(&UNDO));
+                if ui.add_enabled(!self.undo.is_empty(), undo).clicked() {
+                    self.undo();
+                }
+                let redo = egui::Button::new("Redo").shortcut_text(ui.ctx().format_shortcut(&REDO));
+                if ui.add_enabled(!self.redo.is_empty(), redo).clicked() {
+                    self.redo();
+                }
+            });
+            ui.menu_button("Run", |ui| {
+                let has_worker = self.worker.is_some();
+                let run = egui::Button::new("Run outputs").shortcut_text(ui.ctx().format_shortcut(&RUN));
+                if ui.add_enabled(has_worker, run).clicked() {
+                    self.run(Vec::new());
+                }
+                let cancel = egui::Button::new("Cancel").shortcut_text(ui.ctx().format_shortcut(&CANCEL));
+                if ui.add_enabled(self.session.running.is_some(), cancel).clicked() {
+                    self.cancel();
+                }
+                ui.separator();
+                if ui.add_enabled(has_worker, egui::Button::new("Clear cached results")).clicked()
+                    && let Some(w) = &self.worker
+                {
+                    let _ = w.clear_cache(false);
+                }
+                if ui.add_enabled(has_worker, egui::Button::new("Clear results and unload models")).clicked()
+                    && let Some(w) = &self.worker
+                {
+                    let _ = w.clear_cache(true);
+                }
+            });
+            ui.separator();
+            if self.session.running.is_some() {
+                if ui.button("■ Cancel").clicked() {
+                    self.cancel();
+                }
+            } else if ui.add_enabled(self.worker.is_some(), egui::Button::new("▶ Run")).clicked() {
+                self.run(Vec::new());
+            }
+        });
+    }
+
+    fn status_bar(&mut self, ui: &mut Ui) {
+        ui.horizontal(|ui| {
+            if let Some((done, total, fraction)) = self.session.run_progress() {
+                let overall = if total > 0 { (done as f32 + fraction) / total as f32 } else { 0.0 };
+                ui.add(egui::ProgressBar::new(overall).desired_width(200.0).text(format!("{done} / {total} nodes")));
+            }
+            if let Some(notice) = self.session.last_notice() {
+                ui.label(RichText::new(&notice.text).color(level_colour(notice.level)));
+            }
+        });
+    }
+
+    fn side_panel(&mut self, ui: &mut Ui) {
+        ui.heading("Problems");
+        let report = &self.session.report;
+        if report.messages.is_empty() {
+            ui.label(RichText::new("none").weak());
+        }
+        for message in &report.messages {
+            let colour = if message.severity == Severity::Error { level_colour(Level::Error) } else { level_colour(Level::Warning) };
+            ui.label(RichText::new(message.to_string()).color(colour));
+        }
+        ui.separator();
+        ui.heading("Log");
+        egui::ScrollArea::vertical().stick_to_bottom(true).show(ui, |ui| {
+            for notice in &self.session.log {
+                ui.label(RichText::new(&notice.text).color(level_colour(notice.level)));
+            }
+        });
+    }
+
+    fn canvas(&mut self, ui: &mut Ui) {
+        let mut viewer = GraphViewer {
+            registry: &self.registry,
+            session: &self.session,
+            models_dir: &self.models_dir,
+            textures: &mut self.textures,
+            requests: Default::default(),
+        };
+        egui_snarl::ui::SnarlWidget::new()
+            .id_salt(("canvas", self.canvas_generation))
+            .show(&mut self.doc.snarl, &mut viewer, ui);
+        let requests = viewer.requests;
+        for notice in requests.notices {
+            self.session.push(notice);
+        }
+        if let Some(node) = requests.run_node {
+            self.run(vec![node]);
+        }
+        if self.doc.snarl.nodes().next().is_none() {
+            ui.centered_and_justified(|ui| {
+                ui.label(
+                    RichText::new(
+                        "Drop a graph preset or a clip exported by stepstone here, open one from File, \
+                         or right-click to add nodes",
+                    )
+                    .weak(),
+                );
+            });
+        }
+    }
+
+    /// While files are dragged over the window, says what dropping them does.
+    fn drop_overlay(&self, ui: &Ui) {
+        let hovered = ui.input(|i| i.raw.hovered_files.len());
+        if hovered == 0 {
+            return;
+        }
+        let rect = ui.ctx().content_rect();
+        let painter = ui.ctx().layer_painter(egui::LayerId::new(egui::Order::Foreground, "drop".into()));
+        painter.rect_filled(rect, 0.0, Color32::from_black_alpha(160));
+        painter.text(
+            rect.center(),
+            egui::Align2::CENTER_CENTER,
+            "Drop to open the graph (a preset, or a clip exported by stepstone)",
+            egui::TextStyle::Heading.resolve(ui.style()),
+            Color32::WHITE,
+        );
+    }
+}
+
+fn level_colour(level: Level) -> Color32 {
+    match level {
+        Level::Info => Color32::GRAY,
+        Level::Warning => Color32::from_rgb(230, 170, 80),
+        Level::Error => super::params::ERROR_COLOUR,
+    }
+}
+
+/// The presets shipped in `graphs/` next to the working directory or the executable.
+fn shipped_presets() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from("graphs")];
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        dirs.push(dir.join("graphs"));
+    }
+    for dir in dirs {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            let mut presets: Vec<PathBuf> =
+                entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+            presets.sort();
+            if !presets.is_empty() {
+                return presets;
+            }
+        }
+    }
+    Vec::new()
+}

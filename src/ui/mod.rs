@@ -1,0 +1,125 @@
+//! The graph editor window (eframe + egui-snarl).
+//!
+//! - [`document`]: the editor's lossless copy of a graph on an egui-snarl canvas;
+//! - [`viewer`]: how nodes look: typed pins, parameter editors, results, status;
+//! - [`params`]: one editor per parameter type;
+//! - [`thumbs`]: candidate grids (click to pick the anchor), images and playing clips inside nodes;
+//! - [`session`]: per-node run state and the message log, built from worker events (no egui);
+//! - [`app`]: the window: menus, shortcuts, open/drop/save, undo, runs.
+//!
+//! The models run on the background worker ([`crate::runtime::worker`]); the window never waits on them.
+
+pub mod app;
+pub mod document;
+pub mod params;
+pub mod session;
+pub mod thumbs;
+pub mod viewer;
+
+use std::path::PathBuf;
+
+pub use app::Studio;
+
+use crate::cli::DeviceChoice;
+use crate::graph::KindRegistry;
+use crate::runtime::worker::Worker;
+
+/// How the editor window starts.
+#[derive(Clone, Debug)]
+pub struct LaunchOptions {
+    pub models_dir: PathBuf,
+    pub device: DeviceChoice,
+    /// A preset or clip to open.
+    pub open: Option<PathBuf>,
+    /// Save a screenshot of the window here once it has drawn a few frames, then close (for smoke tests
+    /// under a virtual display).
+    pub screenshot: Option<PathBuf>,
+}
+
+/// How many frames are drawn before the screenshot is asked for (fonts and layout settle in the first).
+const SCREENSHOT_AFTER_FRAMES: u64 = 5;
+
+struct StudioApp {
+    studio: Studio,
+    screenshot: Option<PathBuf>,
+    frames: u64,
+    result: std::sync::Arc<std::sync::Mutex<Option<anyhow::Result<()>>>>,
+}
+
+impl eframe::App for StudioApp {
+    fn logic(&mut self, _ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        self.studio.poll_worker();
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.studio.ui(ui);
+        self.frames += 1;
+        let Some(path) = self.screenshot.clone() else { return };
+        if self.frames == SCREENSHOT_AFTER_FRAMES {
+            ui.ctx().send_viewport_cmd(egui::ViewportCommand::Screenshot(egui::UserData::default()));
+        }
+        ui.ctx().request_repaint();
+        let shot = ui.input(|i| {
+            i.raw.events.iter().find_map(|e| match e {
+                egui::Event::Screenshot { image, .. } => Some(image.clone()),
+                _ => None,
+            })
+        });
+        if let Some(image) = shot {
+            let saved = save_screenshot(&image, &path);
+            if let Ok(mut slot) = self.result.lock() {
+                *slot = Some(saved);
+            }
+            ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+    }
+}
+
+fn save_screenshot(image: &egui::ColorImage, path: &std::path::Path) -> anyhow::Result<()> {
+    let [w, h] = image.size;
+    let rgba: Vec<u8> = image.pixels.iter().flat_map(|c| c.to_array()).collect();
+    let buffer = image::RgbaImage::from_raw(w as u32, h as u32, rgba)
+        .ok_or_else(|| anyhow::anyhow!("the screenshot has {} pixels for {w}x{h}", image.pixels.len()))?;
+    buffer.save(path).map_err(|e| anyhow::anyhow!("cannot write the screenshot {}: {e}", path.display()))
+}
+
+/// Opens the editor window and returns when it is closed.
+pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
+    let native = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("stepstone")
+            .with_app_id("stepstone")
+            .with_inner_size([1440.0, 900.0])
+            .with_min_inner_size([640.0, 400.0])
+            .with_drag_and_drop(true),
+        ..Default::default()
+    };
+    let screenshot_wanted = options.screenshot.is_some();
+    let result = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let app_result = result.clone();
+    eframe::run_native(
+        "stepstone",
+        native,
+        Box::new(move |cc| {
+            let ctx = cc.egui_ctx.clone();
+            let models_dir = options.models_dir.clone();
+            let device = options.device;
+            let worker = Worker::spawn(
+                move || crate::builtin_engine(models_dir).with_device(device.device()),
+                Some(Box::new(move || ctx.request_repaint())),
+            )?;
+            let mut studio = Studio::new(KindRegistry::builtin(), options.models_dir).with_worker(worker);
+            if let Some(path) = &options.open {
+                studio.open(path);
+            }
+            Ok(Box::new(StudioApp { studio, screenshot: options.screenshot, frames: 0, result: app_result }))
+        }),
+    )
+    .map_err(|e| anyhow::anyhow!("the editor window could not be opened: {e}"))?;
+    let outcome = result.lock().map(|mut r| r.take()).unwrap_or(None);
+    match outcome {
+        Some(r) => r,
+        None if screenshot_wanted => anyhow::bail!("the window closed before the screenshot was taken"),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,298 @@
+//! What the editor knows of the worker's side: per-node state built from worker events (plan, progress,
+//! results, failures, notes), the validation report, and a log of messages for the artist.
+//!
+//! No egui here: the state is plain data, so tests feed it events and check what the editor would show.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::graph::{NodeId, Report};
+use crate::runtime::engine::{NodeStatus, Plan};
+use crate::runtime::events::{Event, RunId, RunOutcome};
+use crate::runtime::{NodeOutputs, Value};
+
+/// How serious a message is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warning,
+    Error,
+}
+
+/// A message for the artist (shown in the log panel, and briefly in the status bar).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notice {
+    pub level: Level,
+    pub text: String,
+}
+
+impl Notice {
+    pub fn info(text: impl Into<String>) -> Self {
+        Notice { level: Level::Info, text: text.into() }
+    }
+    pub fn warning(text: impl Into<String>) -> Self {
+        Notice { level: Level::Warning, text: text.into() }
+    }
+    pub fn error(text: impl Into<String>) -> Self {
+        Notice { level: Level::Error, text: text.into() }
+    }
+}
+
+/// What a node is doing in the current (or last) run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Activity {
+    /// Not part of a run since the graph last changed.
+    Idle,
+    /// In the running plan, not started yet.
+    Queued,
+    Running { step: u64, total: u64 },
+    Done { cached: bool, elapsed: Duration },
+    Failed { message: String },
+    Skipped { reason: String },
+}
+
+/// Everything the editor shows about one node besides its parameters.
+#[derive(Clone, Default)]
+pub struct NodeState {
+    /// What a run of every output would do with it (from the last graph check).
+    pub plan: Option<NodeStatus>,
+    pub activity: Option<Activity>,
+    /// Notes the node made during its last run.
+    pub notes: Vec<String>,
+    /// Its outputs from the last run that reached it (kept across edits until it runs again).
+    pub outputs: Option<NodeOutputs>,
+    /// Intermediate results by label.
+    pub previews: BTreeMap<String, Value>,
+    /// Bumped whenever `outputs` or `previews` change, so views can rebuild their textures.
+    pub revision: u64,
+}
+
+/// The editor's view of the worker.
+#[derive(Default)]
+pub struct Session {
+    pub nodes: BTreeMap<NodeId, NodeState>,
+    pub report: Report,
+    /// The run in progress.
+    pub running: Option<RunId>,
+    pub last_outcome: Option<RunOutcome>,
+    pub log: Vec<Notice>,
+    revision: u64,
+}
+
+/// How many log lines are kept.
+const LOG_LINES: usize = 500;
+
+impl Session {
+    pub fn node(&self, id: &str) -> Option<&NodeState> {
+        self.nodes.get(id)
+    }
+
+    pub fn push(&mut self, notice: Notice) {
+        self.log.push(notice);
+        if self.log.len() > LOG_LINES {
+            let excess = self.log.len() - LOG_LINES;
+            self.log.drain(..excess);
+        }
+    }
+
+    /// The newest notice, if any.
+    pub fn last_notice(&self) -> Option<&Notice> {
+        self.log.last()
+    }
+
+    /// The progress of the run in progress: (nodes finished, nodes in the plan, the running node's step
+    /// fraction).
+    pub fn run_progress(&self) -> Option<(usize, usize, f32)> {
+        self.running?;
+        let mut done = 0;
+        let mut total = 0;
+        let mut fraction = 0.0;
+        for state in self.nodes.values() {
+            match &state.activity {
+                Some(Activity::Queued) => total += 1,
+                Some(Activity::Running { step, total: t }) => {
+                    total += 1;
+                    if *t > 0 {
+                        fraction = *step as f32 / *t as f32;
+                    }
+                }
+                Some(Activity::Done { .. } | Activity::Failed { .. } | Activity::Skipped { .. }) => {
+                    total += 1;
+                    done += 1;
+                }
+                Some(Activity::Idle) | None => {}
+            }
+        }
+        Some((done, total, fraction))
+    }
+
+    fn plan_into_nodes(&mut self, plan: &Plan) {
+        for state in self.nodes.values_mut() {
+            state.plan = None;
+        }
+        for planned in &plan.nodes {
+            self.nodes.entry(planned.id.clone()).or_default().plan = Some(planned.status.clone());
+        }
+    }
+
+    fn bump(&mut self, node: &str) -> &mut NodeState {
+        self.revision += 1;
+        let revision = self.revision;
+        let state = self.nodes.entry(node.to_string()).or_default();
+        state.revision = revision;
+        state
+    }
+
+    /// Forgets nodes that are no longer in the graph.
+    pub fn retain_nodes(&mut self, keep: impl Fn(&str) -> bool) {
+        self.nodes.retain(|id, _| keep(id));
+    }
+
+    /// Takes one worker event into the state.
+    pub fn apply(&mut self, event: Event) {
+        if let Some(run) = event.run_id()
+            && self.running.is_some_and(|r| r != run)
+            && !matches!(event, Event::RunStarted { .. })
+        {
+            return; // a late event of a run that was superseded
+        }
+        match event {
+            Event::GraphChecked { report, plan } => {
+                self.report = report;
+                if let Some(plan) = plan {
+                    self.plan_into_nodes(&plan);
+                }
+            }
+            Event::Stale { plan: Ok(plan), .. } => self.plan_into_nodes(&plan),
+            Event::Stale { plan: Err(message), .. } => self.push(Notice::warning(message)),
+            Event::RunStarted { run_id, plan } => {
+                self.running = Some(run_id);
+                self.last_outcome = None;
+                for state in self.nodes.values_mut() {
+                    state.activity = None;
+                }
+                for planned in plan.nodes.iter().filter(|n| n.pulled) {
+                    let state = self.nodes.entry(planned.id.clone()).or_default();
+                    state.activity = Some(Activity::Queued);
+                }
+            }
+            Event::NodeStarted { node, .. } => {
+                let state = self.nodes.entry(node).or_default();
+                state.activity = Some(Activity::Running { step: 0, total: 0 });
+                state.notes.clear();
+            }
+            Event::Progress { node, step, total, .. } => {
+                self.nodes.entry(node).or_default().activity = Some(Activity::Running { step, total });
+            }
+            Event::Preview { node, label, value, .. } => {
+                self.bump(&node).previews.insert(label, value);
+            }
+            Event::NodeNote { node, text, .. } => {
+                self.push(Notice::info(format!("{node}: {text}")));
+                self.nodes.entry(node).or_default().notes.push(text);
+            }
+            Event::NodeFinished { node, cached, elapsed, outputs, .. } => {
+                let state = self.bump(&node);
+                state.activity = Some(Activity::Done { cached, elapsed });
+                state.plan = Some(NodeStatus::Cached);
+                state.outputs = Some(outputs);
+            }
+            Event::NodeFailed { node, message, .. } => {
+                self.push(Notice::error(format!("node '{node}' failed: {message}")));
+                self.nodes.entry(node).or_default().activity = Some(Activity::Failed { message });
+            }
+            Event::NodeSkipped { node, reason, .. } => {
+                self.nodes.entry(node).or_default().activity = Some(Activity::Skipped { reason });
+            }
+            Event::RunFinished { outcome, .. } => {
+                self.running = None;
+                for state in self.nodes.values_mut() {
+                    if matches!(state.activity, Some(Activity::Queued | Activity::Running { .. })) {
+                        state.activity = Some(Activity::Idle);
+                    }
+                }
+                let notice = match &outcome {
+                    RunOutcome::Completed => Notice::info("run finished"),
+                    RunOutcome::Cancelled => Notice::warning("run cancelled; finished nodes keep their results"),
+                    RunOutcome::Failed { failed } => {
+                        Notice::error(format!("run finished with failures in: {}", failed.join(", ")))
+                    }
+                    RunOutcome::Rejected { message } => Notice::error(format!("run not started: {message}")),
+                };
+                self.push(notice);
+                self.last_outcome = Some(outcome);
+            }
+            Event::CacheCleared { models } => self.push(Notice::info(if models {
+                "cached results and loaded models cleared"
+            } else {
+                "cached results cleared"
+            })),
+            Event::WorkerMessage { text } => self.push(Notice::warning(text)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::engine::PlannedNode;
+
+    fn plan(ids: &[&str]) -> Plan {
+        Plan {
+            targets: vec![ids[ids.len() - 1].to_string()],
+            nodes: ids
+                .iter()
+                .map(|id| PlannedNode {
+                    id: id.to_string(),
+                    key: None,
+                    status: NodeStatus::Stale,
+                    inputs: Default::default(),
+                    pulled: true,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_run_moves_nodes_through_queued_running_done_and_failed() {
+        let mut s = Session::default();
+        s.apply(Event::RunStarted { run_id: 1, plan: plan(&["a", "b", "c"]) });
+        assert_eq!(s.run_progress(), Some((0, 3, 0.0)));
+        s.apply(Event::NodeStarted { run_id: 1, node: "a".into() });
+        s.apply(Event::Progress { run_id: 1, node: "a".into(), step: 5, total: 20 });
+        assert_eq!(s.node("a").unwrap().activity, Some(Activity::Running { step: 5, total: 20 }));
+        assert_eq!(s.run_progress(), Some((0, 3, 0.25)));
+        s.apply(Event::NodeFinished {
+            run_id: 1,
+            node: "a".into(),
+            cached: false,
+            elapsed: Duration::from_millis(7),
+            outputs: NodeOutputs::new().with("x", 3_i64),
+        });
+        s.apply(Event::NodeFailed { run_id: 1, node: "b".into(), message: "file gone".into() });
+        s.apply(Event::NodeSkipped { run_id: 1, node: "c".into(), reason: "b failed".into() });
+        // An event of another run is ignored while run 1 is going.
+        s.apply(Event::NodeStarted { run_id: 7, node: "c".into() });
+        assert!(matches!(s.node("c").unwrap().activity, Some(Activity::Skipped { .. })));
+        s.apply(Event::RunFinished { run_id: 1, outcome: RunOutcome::Failed { failed: vec!["b".into()] } });
+        assert_eq!(s.running, None);
+        assert_eq!(s.node("a").unwrap().outputs.as_ref().unwrap().get::<i64>("x"), Some(&3));
+        let errors: Vec<&str> = s.log.iter().filter(|n| n.level == Level::Error).map(|n| n.text.as_str()).collect();
+        assert_eq!(errors, ["node 'b' failed: file gone", "run finished with failures in: b"]);
+        // A new run clears the old activities but keeps outputs until the node runs again.
+        s.apply(Event::RunStarted { run_id: 2, plan: plan(&["c"]) });
+        assert_eq!(s.node("a").unwrap().activity, None);
+        assert!(s.node("a").unwrap().outputs.is_some());
+        assert_eq!(s.node("c").unwrap().activity, Some(Activity::Queued));
+    }
+
+    #[test]
+    fn the_log_is_bounded() {
+        let mut s = Session::default();
+        for i in 0..(LOG_LINES + 20) {
+            s.push(Notice::info(format!("{i}")));
+        }
+        assert_eq!(s.log.len(), LOG_LINES);
+        assert_eq!(s.log[0].text, "20");
+    }
+}

@@ -1,0 +1,196 @@
+//! Results shown inside nodes: candidate grids, the ranking (where the artist picks an anchor by hand), still
+//! images and playing clips. Textures are made once per result and kept until the node has a new one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use egui::{Color32, ColorImage, RichText, TextureHandle, TextureOptions, Ui};
+use image::RgbImage;
+
+use super::session::NodeState;
+use crate::nodes::values::{Candidates, Ranking, SelectedBy, StillImage};
+use crate::video::Video;
+
+/// Which result of a node to show.
+pub enum Shown<'a> {
+    Images(&'a [Arc<RgbImage>]),
+    Ranking(&'a Ranking),
+    Still(&'a StillImage),
+    Video(&'a Video),
+}
+
+impl Shown<'_> {
+    fn images(&self) -> Vec<&RgbImage> {
+        match self {
+            Shown::Images(images) => images.iter().map(|i| i.as_ref()).collect(),
+            Shown::Ranking(r) => r.images.iter().map(|i| i.as_ref()).collect(),
+            Shown::Still(s) => vec![s.image.as_ref()],
+            Shown::Video(v) => v.frames.iter().collect(),
+        }
+    }
+}
+
+/// The result to show for a node: its newest preview, else its outputs.
+pub fn shown(state: &NodeState) -> Option<Shown<'_>> {
+    for label in ["ranking", "video", "candidates", "image"] {
+        if let Some(v) = state.previews.get(label) {
+            if let Some(r) = v.downcast_ref::<Ranking>() {
+                return Some(Shown::Ranking(r));
+            }
+            if let Some(v) = v.downcast_ref::<Video>() {
+                return Some(Shown::Video(v));
+            }
+            if let Some(images) = v.downcast_ref::<Vec<Arc<RgbImage>>>() {
+                return Some(Shown::Images(images));
+            }
+            if let Some(s) = v.downcast_ref::<StillImage>() {
+                return Some(Shown::Still(s));
+            }
+        }
+    }
+    let outputs = state.outputs.as_ref()?;
+    if let Some(r) = outputs.get::<Ranking>("ranking") {
+        return Some(Shown::Ranking(r));
+    }
+    if let Some(v) = outputs.get::<Video>("video") {
+        return Some(Shown::Video(v));
+    }
+    if let Some(c) = outputs.get::<Candidates>("candidates") {
+        return Some(Shown::Images(&c.images));
+    }
+    for port in ["anchor", "image"] {
+        if let Some(s) = outputs.get::<StillImage>(port) {
+            return Some(Shown::Still(s));
+        }
+    }
+    None
+}
+
+/// Texture cache: per node, the textures of the result with a given revision.
+#[derive(Default)]
+pub struct Textures {
+    by_node: HashMap<String, (u64, Vec<TextureHandle>)>,
+}
+
+impl Textures {
+    fn get(&mut self, ui: &Ui, node: &str, revision: u64, shown: &Shown<'_>) -> &[TextureHandle] {
+        let entry = self.by_node.entry(node.to_string()).or_insert((u64::MAX, Vec::new()));
+        if entry.0 != revision {
+            entry.1 = shown
+                .images()
+                .into_iter()
+                .enumerate()
+                .map(|(i, image)| {
+                    let size = [image.width() as usize, image.height() as usize];
+                    let colour = ColorImage::from_rgb(size, image.as_raw());
+                    ui.ctx().load_texture(format!("{node}/{i}"), colour, TextureOptions::LINEAR)
+                })
+                .collect();
+            entry.0 = revision;
+        }
+        &entry.1
+    }
+
+    /// Drops the textures of nodes for which `keep` is false.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.by_node.retain(|id, _| keep(id));
+    }
+}
+
+/// What the artist did with a shown result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// Use this candidate as the anchor (the selector goes to manual mode).
+    Candidate(usize),
+    /// Let the reward model choose again.
+    ByReward,
+}
+
+const THUMB: f32 = 56.0;
+const LARGE: f32 = 176.0;
+
+/// Shows a node's result; returns the artist's pick when they clicked a ranked candidate.
+pub fn show(ui: &mut Ui, textures: &mut Textures, node: &str, state: &NodeState) -> Option<Pick> {
+    let shown = shown(state)?;
+    let textures = textures.get(ui, node, state.revision, &shown);
+    match shown {
+        Shown::Images(_) => {
+            grid(ui, textures, |ui, i, t| {
+                ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(THUMB, THUMB)))
+                    .on_hover_text(format!("candidate {i}"));
+            });
+            None
+        }
+        Shown::Ranking(ranking) => ranking_grid(ui, textures, ranking),
+        Shown::Still(still) => {
+            if let Some(t) = textures.first() {
+                ui.add(egui::Image::new(t).max_size(egui::vec2(LARGE, LARGE))).on_hover_text(&still.source);
+            }
+            None
+        }
+        Shown::Video(video) => {
+            if !textures.is_empty() {
+                let fps = if video.fps > 0.0 { video.fps } else { 8.0 };
+                let time = ui.input(|i| i.time);
+                let frame = (time * fps) as usize % textures.len();
+                ui.add(egui::Image::new(&textures[frame]).max_size(egui::vec2(LARGE, LARGE)));
+                ui.label(RichText::new(format!("frame {} / {} · {fps} fps", frame + 1, textures.len())).small().weak());
+                ui.ctx().request_repaint_after(std::time::Duration::from_secs_f64(1.0 / fps));
+            }
+            None
+        }
+    }
+}
+
+fn grid(ui: &mut Ui, textures: &[TextureHandle], mut cell: impl FnMut(&mut Ui, usize, &TextureHandle)) {
+    let columns = if textures.len() <= 4 { textures.len().max(1) } else { 4 };
+    egui::Grid::new(ui.next_auto_id()).spacing([4.0, 4.0]).show(ui, |ui| {
+        for (i, t) in textures.iter().enumerate() {
+            cell(ui, i, t);
+            if (i + 1) % columns == 0 {
+                ui.end_row();
+            }
+        }
+    });
+}
+
+/// The candidates with their scores; the selected one framed, the reward model's best starred. A click picks.
+fn ranking_grid(ui: &mut Ui, textures: &[TextureHandle], ranking: &Ranking) -> Option<Pick> {
+    let best = ranking.best();
+    let mut pick = None;
+    grid(ui, textures, |ui, i, t| {
+        let selected = i == ranking.selected;
+        let score = ranking.scores.as_ref().and_then(|s| s.get(i));
+        let mut hover = match score {
+            Some(s) => format!("candidate {i}: ImageReward {s:.3}"),
+            None => format!("candidate {i}"),
+        };
+        if best == Some(i) {
+            hover.push_str(" (best score)");
+        }
+        hover.push_str("\nClick to use it as the anchor");
+        ui.vertical(|ui| {
+            let stroke = if selected { egui::Stroke::new(2.0, Color32::from_rgb(250, 200, 60)) } else { egui::Stroke::NONE };
+            let image = egui::Image::new(t).fit_to_exact_size(egui::vec2(THUMB, THUMB)).sense(egui::Sense::click());
+            let response = egui::Frame::NONE.stroke(stroke).show(ui, |ui| ui.add(image)).inner;
+            if response.on_hover_text(hover).clicked() && !(selected && ranking.by == SelectedBy::Hand) {
+                pick = Some(Pick::Candidate(i));
+            }
+            let star = if best == Some(i) { "★ " } else { "" };
+            let label = match score {
+                Some(s) => format!("{star}{i}: {s:.2}"),
+                None => format!("{i}"),
+            };
+            ui.label(RichText::new(label).small());
+        });
+    });
+    if ranking.by == SelectedBy::Hand {
+        ui.horizontal(|ui| {
+            ui.label(RichText::new(format!("picked by hand: {}", ranking.selected)).small());
+            if ranking.scores.is_some() && ui.small_button("use best score").clicked() {
+                pick = Some(Pick::ByReward);
+            }
+        });
+    }
+    pick
+}

@@ -1,0 +1,332 @@
+//! How nodes look and behave on the canvas (egui-snarl's `SnarlViewer`): typed, coloured pins, parameter
+//! editors in the node body, the node's result (candidates to pick from, images, a playing clip), and a
+//! footer with what the last run did and what validation found.
+
+use std::path::Path;
+
+use egui::{Color32, RichText, Ui};
+use egui_snarl::ui::{PinInfo, PinShape, SnarlViewer};
+use egui_snarl::{InPin, NodeId as SnarlNodeId, OutPin, Snarl};
+use serde_json::Value;
+
+use super::document::{self, EditorNode, Slot};
+use super::params::{ERROR_COLOUR, param_editor};
+use super::session::{Activity, Notice, Session};
+use super::thumbs::{self, Pick, Textures};
+use crate::graph::params::describe_value;
+use crate::graph::{KindRegistry, NodeId, PortType, Severity};
+use crate::runtime::engine::NodeStatus;
+
+/// The colour of a port type's pins and wires.
+pub fn port_colour(ty: Option<PortType>) -> Color32 {
+    match ty {
+        Some(PortType::Prompt) => Color32::from_rgb(240, 200, 80),
+        Some(PortType::Checkpoint) => Color32::from_rgb(170, 120, 230),
+        Some(PortType::MotionModule) => Color32::from_rgb(230, 120, 200),
+        Some(PortType::RewardModel) => Color32::from_rgb(120, 200, 230),
+        Some(PortType::Candidates) => Color32::from_rgb(110, 200, 120),
+        Some(PortType::Image) => Color32::from_rgb(80, 170, 110),
+        Some(PortType::Ranking) => Color32::from_rgb(160, 220, 90),
+        Some(PortType::Video) => Color32::from_rgb(90, 140, 240),
+        Some(PortType::Int) => Color32::from_rgb(200, 200, 200),
+        None => Color32::from_gray(110),
+    }
+}
+
+/// What the canvas asked of the editor this frame, besides edits to the graph itself.
+#[derive(Default)]
+pub struct Requests {
+    /// Run this node (and what it needs).
+    pub run_node: Option<NodeId>,
+    pub notices: Vec<Notice>,
+}
+
+/// Draws the document's nodes.
+pub struct GraphViewer<'a> {
+    pub registry: &'a KindRegistry,
+    pub session: &'a Session,
+    pub models_dir: &'a Path,
+    pub textures: &'a mut Textures,
+    pub requests: Requests,
+}
+
+impl GraphViewer<'_> {
+    fn status_chip(&self, id: &str) -> Option<(Color32, String)> {
+        let state = self.session.node(id);
+        if let Some(activity) = state.and_then(|s| s.activity.as_ref()) {
+            let chip = match activity {
+                Activity::Queued => (Color32::from_rgb(200, 160, 60), "queued".to_string()),
+                Activity::Running { step, total } if *total > 0 => {
+                    (Color32::from_rgb(90, 160, 250), format!("running {step}/{total}"))
+                }
+                Activity::Running { .. } => (Color32::from_rgb(90, 160, 250), "running".to_string()),
+                Activity::Done { cached: true, .. } => (Color32::from_rgb(90, 190, 110), "cached".to_string()),
+                Activity::Done { elapsed, .. } => {
+                    (Color32::from_rgb(90, 190, 110), format!("done in {:.1} s", elapsed.as_secs_f64()))
+                }
+                Activity::Failed { .. } => (ERROR_COLOUR, "failed".to_string()),
+                Activity::Skipped { .. } => (Color32::GRAY, "skipped".to_string()),
+                Activity::Idle => return self.plan_chip(id),
+            };
+            return Some(chip);
+        }
+        self.plan_chip(id)
+    }
+
+    fn plan_chip(&self, id: &str) -> Option<(Color32, String)> {
+        match self.session.node(id)?.plan.as_ref()? {
+            NodeStatus::Cached => Some((Color32::from_rgb(90, 190, 110), "up to date".to_string())),
+            NodeStatus::Stale => Some((Color32::from_rgb(220, 150, 60), "will run".to_string())),
+            NodeStatus::Blocked { .. } => Some((ERROR_COLOUR, "blocked".to_string())),
+            NodeStatus::Unneeded => None,
+        }
+    }
+
+    fn pin_label(ui: &mut Ui, slot: &Slot, connected: bool) {
+        let mut text = RichText::new(&slot.name);
+        if slot.ty.is_none() {
+            text = text.color(ERROR_COLOUR);
+        } else if slot.required && !connected {
+            text = text.color(Color32::from_rgb(230, 170, 80));
+        }
+        let ty = slot.ty.map_or("unknown", PortType::name);
+        let mut hover = format!("{ty}: {}", slot.description);
+        if slot.required && !connected {
+            hover.push_str("\nRequired: connect a link here");
+        }
+        ui.label(text).on_hover_text(hover);
+    }
+
+    fn pin(slot: &Slot) -> PinInfo {
+        let info = PinInfo::circle().with_fill(port_colour(slot.ty));
+        if slot.ty.is_none() { info.with_shape(PinShape::Square) } else { info }
+    }
+
+    fn apply_pick(node: &mut EditorNode, pick: Pick) {
+        match pick {
+            Pick::Candidate(i) => {
+                node.node.params.insert("mode".to_string(), Value::from("manual"));
+                node.node.params.insert("index".to_string(), Value::from(i as u64));
+            }
+            Pick::ByReward => {
+                node.node.params.insert("mode".to_string(), Value::from("reward"));
+            }
+        }
+    }
+}
+
+impl SnarlViewer<EditorNode> for GraphViewer<'_> {
+    fn title(&mut self, node: &EditorNode) -> String {
+        match (&node.node.title, self.registry.get(&node.node.kind)) {
+            (Some(title), _) => title.clone(),
+            (None, Some(kind)) => kind.title.to_string(),
+            (None, None) => node.node.kind.clone(),
+        }
+    }
+
+    fn show_header(
+        &mut self,
+        node: SnarlNodeId,
+        _inputs: &[InPin],
+        _outputs: &[OutPin],
+        ui: &mut Ui,
+        snarl: &mut Snarl<EditorNode>,
+    ) {
+        let title = self.title(&snarl[node]);
+        let editor_node = &snarl[node];
+        let kind = self.registry.get(&editor_node.node.kind);
+        ui.horizontal(|ui| {
+            let response = ui.label(RichText::new(title).strong());
+            match kind {
+                Some(k) => response.on_hover_text(format!("{}\nkind: {} · id: {}", k.description, k.id, editor_node.id)),
+                None => response.on_hover_text(format!(
+                    "Unknown node kind '{}' (made by a newer stepstone?). It is kept as it is and saved with the graph, \
+                     but cannot run.",
+                    editor_node.node.kind
+                )),
+            };
+            ui.label(RichText::new(&editor_node.id).weak().small());
+            if let Some((colour, text)) = self.status_chip(&editor_node.id) {
+                ui.label(RichText::new(format!("● {text}")).color(colour).small());
+            }
+        });
+    }
+
+    fn inputs(&mut self, node: &EditorNode) -> usize {
+        node.inputs.len()
+    }
+
+    fn outputs(&mut self, node: &EditorNode) -> usize {
+        node.outputs.len()
+    }
+
+    #[allow(refining_impl_trait)]
+    fn show_input(&mut self, pin: &InPin, ui: &mut Ui, snarl: &mut Snarl<EditorNode>) -> PinInfo {
+        let Some(slot) = snarl[pin.id.node].inputs.get(pin.id.input) else { return PinInfo::circle() };
+        Self::pin_label(ui, slot, !pin.remotes.is_empty());
+        Self::pin(slot)
+    }
+
+    #[allow(refining_impl_trait)]
+    fn show_output(&mut self, pin: &OutPin, ui: &mut Ui, snarl: &mut Snarl<EditorNode>) -> PinInfo {
+        let Some(slot) = snarl[pin.id.node].outputs.get(pin.id.output) else { return PinInfo::circle() };
+        Self::pin_label(ui, slot, true);
+        Self::pin(slot)
+    }
+
+    fn has_body(&mut self, _node: &EditorNode) -> bool {
+        true
+    }
+
+    fn show_body(
+        &mut self,
+        node: SnarlNodeId,
+        _inputs: &[InPin],
+        _outputs: &[OutPin],
+        ui: &mut Ui,
+        snarl: &mut Snarl<EditorNode>,
+    ) {
+        let editor_node = &mut snarl[node];
+        let kind = self.registry.get(&editor_node.node.kind).copied();
+        ui.vertical(|ui| {
+            egui::Grid::new(("params", &editor_node.id)).num_columns(2).spacing([8.0, 4.0]).show(ui, |ui| {
+                if let Some(kind) = kind {
+                    for spec in kind.params {
+                        let enabled = spec.only_when.is_none_or(|(param, value)| {
+                            let current = editor_node.node.params.get(param).cloned().or_else(|| {
+                                kind.param(param).map(|p| p.default_value())
+                            });
+                            current.as_ref().and_then(Value::as_str) == Some(value)
+                        });
+                        let hover = format!("{}\n{}", spec.description, spec.type_description());
+                        ui.add_enabled(enabled, egui::Label::new(spec.name)).on_hover_text(hover);
+                        let stored = editor_node.node.params.get(spec.name);
+                        let changed =
+                            ui.add_enabled_ui(enabled, |ui| param_editor(ui, spec, stored, self.models_dir)).inner;
+                        if let Some(value) = changed {
+                            editor_node.node.params.insert(spec.name.to_string(), value);
+                        }
+                        ui.end_row();
+                    }
+                }
+                // Parameters the kind does not declare: shown, kept, saved; validation says what is wrong.
+                for (name, value) in &editor_node.node.params {
+                    if kind.is_some_and(|k| k.param(name).is_some()) {
+                        continue;
+                    }
+                    ui.label(RichText::new(name).color(ERROR_COLOUR))
+                        .on_hover_text("Not a parameter of this node kind; kept from the file");
+                    ui.label(RichText::new(describe_value(value)).weak());
+                    ui.end_row();
+                }
+            });
+            if let Some(state) = self.session.node(&editor_node.id)
+                && let Some(pick) = thumbs::show(ui, self.textures, &editor_node.id, state)
+            {
+                Self::apply_pick(editor_node, pick);
+            }
+        });
+    }
+
+    fn has_footer(&mut self, node: &EditorNode) -> bool {
+        let state = self.session.node(&node.id);
+        self.session.report.for_node(&node.id).next().is_some()
+            || state.is_some_and(|s| {
+                !s.notes.is_empty()
+                    || matches!(
+                        s.activity,
+                        Some(Activity::Running { .. } | Activity::Failed { .. } | Activity::Skipped { .. })
+                    )
+            })
+    }
+
+    fn show_footer(
+        &mut self,
+        node: SnarlNodeId,
+        _inputs: &[InPin],
+        _outputs: &[OutPin],
+        ui: &mut Ui,
+        snarl: &mut Snarl<EditorNode>,
+    ) {
+        let id = &snarl[node].id;
+        ui.vertical(|ui| {
+            ui.set_max_width(300.0);
+            if let Some(state) = self.session.node(id) {
+                match &state.activity {
+                    Some(Activity::Running { step, total }) if *total > 0 => {
+                        let fraction = *step as f32 / *total as f32;
+                        ui.add(egui::ProgressBar::new(fraction).text(format!("{step} / {total}")).desired_width(220.0));
+                    }
+                    Some(Activity::Failed { message }) => {
+                        ui.label(RichText::new(message).color(ERROR_COLOUR));
+                    }
+                    Some(Activity::Skipped { reason }) => {
+                        ui.label(RichText::new(format!("skipped: {reason}")).weak());
+                    }
+                    _ => {}
+                }
+                for note in &state.notes {
+                    ui.label(RichText::new(note).small().italics());
+                }
+            }
+            for message in self.session.report.for_node(id) {
+                let colour = match message.severity {
+                    Severity::Error => ERROR_COLOUR,
+                    _ => Color32::from_rgb(230, 170, 80),
+                };
+                ui.label(RichText::new(&message.text).color(colour).small());
+            }
+        });
+    }
+
+    fn has_graph_menu(&mut self, _pos: egui::Pos2, _snarl: &mut Snarl<EditorNode>) -> bool {
+        true
+    }
+
+    fn show_graph_menu(&mut self, pos: egui::Pos2, ui: &mut Ui, snarl: &mut Snarl<EditorNode>) {
+        ui.label(RichText::new("Add node").strong());
+        let mut categories: Vec<&str> = self.registry.iter().map(|k| k.category).collect();
+        categories.dedup();
+        categories.sort_unstable();
+        categories.dedup();
+        for category in categories {
+            ui.menu_button(category, |ui| {
+                for kind in self.registry.iter().filter(|k| k.category == category) {
+                    if ui.button(kind.title).on_hover_text(kind.description).clicked() {
+                        document::add_node(snarl, kind, pos);
+                        ui.close();
+                    }
+                }
+            });
+        }
+    }
+
+    fn has_node_menu(&mut self, _node: &EditorNode) -> bool {
+        true
+    }
+
+    fn show_node_menu(
+        &mut self,
+        node: SnarlNodeId,
+        _inputs: &[InPin],
+        _outputs: &[OutPin],
+        ui: &mut Ui,
+        snarl: &mut Snarl<EditorNode>,
+    ) {
+        let id = snarl[node].id.clone();
+        if ui.button("Run to here").on_hover_text("Run this node and what it needs").clicked() {
+            self.requests.run_node = Some(id);
+            ui.close();
+        }
+        if ui.button("Remove").clicked() {
+            snarl.remove_node(node);
+            ui.close();
+        }
+    }
+
+    fn connect(&mut self, from: &OutPin, to: &InPin, snarl: &mut Snarl<EditorNode>) {
+        if let Err(e) = document::connect(snarl, self.registry, from.id, to.id) {
+            self.requests.notices.push(Notice::warning(e.to_string()));
+        }
+    }
+}
