@@ -55,16 +55,6 @@ pub struct EditorNode {
     placed_at: Pos2,
 }
 
-impl EditorNode {
-    fn input_index(&self, port: &str) -> Option<usize> {
-        self.inputs.iter().position(|s| s.name == port)
-    }
-
-    fn output_index(&self, port: &str) -> Option<usize> {
-        self.outputs.iter().position(|s| s.name == port)
-    }
-}
-
 /// The graph being edited.
 pub struct Document {
     pub snarl: Snarl<EditorNode>,
@@ -322,11 +312,11 @@ mod tests {
         let node = |doc: &Document, id: &str| doc.find(id).unwrap();
         let out = |doc: &Document, id: &str, port: &str| OutPinId {
             node: node(doc, id),
-            output: doc.snarl[node(doc, id)].output_index(port).unwrap(),
+            output: doc.snarl[node(doc, id)].outputs.iter().position(|s| s.name == port).unwrap(),
         };
         let inp = |doc: &Document, id: &str, port: &str| InPinId {
             node: node(doc, id),
-            input: doc.snarl[node(doc, id)].input_index(port).unwrap(),
+            input: doc.snarl[node(doc, id)].inputs.iter().position(|s| s.name == port).unwrap(),
         };
         // prompt -> checkpoint input: types differ.
         let (from, to) = (out(&doc, "prompt", "prompt"), inp(&doc, "candidates", "model"));

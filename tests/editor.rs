@@ -1,0 +1,214 @@
+//! The editor window, driven headless through egui: dropping a clip stepstone exported restores the graph it
+//! was made with; dropping a preset opens it; bad files leave the graph being edited untouched and say what is
+//! wrong; undo brings back what an open replaced; saving a graph that came from a clip writes a preset, not
+//! over the clip.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use image::{Rgb, RgbImage};
+use stepstone::graph::{Graph, KindRegistry, load_preset, parse_preset, to_preset_string};
+use stepstone::ui::Studio;
+use stepstone::ui::session::Level;
+use stepstone::video::Video;
+use stepstone::video::encode::{EncodeOptions, export};
+
+/// A file dropped on the window (what egui-winit hands egui for a native drop).
+#[derive(Debug)]
+struct Dropped(PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn studio() -> Studio {
+    Studio::new(KindRegistry::builtin(), repo("assets/demo-models"))
+}
+
+/// One frame of the window, 1280x800, with `dropped` files dropped on it this frame.
+fn frame(ctx: &egui::Context, studio: &mut Studio, dropped: &[&Path], time: f64) {
+    let raw = egui::RawInput {
+        screen_rect: Some(egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1280.0, 800.0))),
+        dropped_files: dropped.iter().map(|p| Arc::new(Dropped(p.to_path_buf())) as egui::DroppedFileHandle).collect(),
+        time: Some(time),
+        ..Default::default()
+    };
+    let mut output = ctx.run_ui(raw, |ui| studio.ui(ui));
+    output.textures_delta.clear(); // no renderer here to upload textures to
+}
+
+/// The demo preset with a different prompt and seed (so that it differs from anything shipped).
+fn edited_demo() -> (Graph, String) {
+    let text = std::fs::read_to_string(repo("graphs/i4vgen_demo.json")).unwrap();
+    let text = text.replace("a red fox", r#"a \"paper\" boat — café ✓"#).replace("\"seed\": 42", "\"seed\": 1234");
+    let graph = parse_preset(&text, "edited demo").unwrap();
+    (graph, text)
+}
+
+fn clip() -> Video {
+    let frames = (0..4).map(|i| RgbImage::from_fn(32, 32, |x, y| Rgb([(x * 8) as u8, (y * 8) as u8, i * 60]))).collect();
+    Video { frames, fps: 8.0, prompt: "boat".into(), seed: 1234, latents: None }
+}
+
+fn write_clip(path: &Path, graph: Option<String>) {
+    let options = EncodeOptions { graph, preset: "veryfast".into(), ..EncodeOptions::default() };
+    export(&clip(), path, &options, &mut |_, _| ControlFlow::Continue(())).unwrap();
+}
+
+fn last_error(studio: &Studio) -> String {
+    let notice = studio.session().log.last().expect("a message");
+    assert_eq!(notice.level, Level::Error, "{}", notice.text);
+    notice.text.clone()
+}
+
+#[test]
+fn dropping_an_exported_clip_restores_its_graph_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let (graph, text) = edited_demo();
+    let ctx = egui::Context::default();
+    for name in ["clip.mp4", "clip.webm", "clip.gif", "clip.png", "frames"] {
+        let path = dir.path().join(name);
+        write_clip(&path, Some(text.clone()));
+        let mut studio = studio();
+        frame(&ctx, &mut studio, &[], 0.0);
+        assert!(studio.graph().nodes.is_empty());
+        frame(&ctx, &mut studio, &[&path], 0.1);
+        assert_eq!(studio.graph(), graph, "{name}: the graph on the canvas is the one embedded in the clip");
+        assert_eq!(to_preset_string(&studio.graph()), to_preset_string(&graph), "{name}");
+        assert_eq!(studio.document().snarl.wires().count(), graph.links.len(), "{name}: every link is a wire");
+        assert_eq!(studio.opened_from(), Some(path.as_path()), "{name}");
+        assert_eq!(studio.path(), None, "{name}: saving must not write over the clip");
+        assert!(!studio.is_dirty(), "{name}");
+        // A few more frames (layout settles, nothing is committed by drawing alone).
+        for t in 1..4 {
+            frame(&ctx, &mut studio, &[], 0.1 + f64::from(t));
+        }
+        assert_eq!(studio.graph(), graph, "{name}: drawing changes nothing");
+        assert!(!studio.can_undo() || studio.graph() == graph);
+    }
+}
+
+#[test]
+fn bad_drops_name_the_file_and_keep_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    let mut studio = studio();
+    let preset = repo("graphs/i4vgen_demo.json");
+    frame(&ctx, &mut studio, &[&preset], 0.0);
+    let before = load_preset(&preset).unwrap();
+    assert_eq!(studio.graph(), before);
+    assert_eq!(studio.path(), Some(preset.as_path()), "a preset saves back to itself");
+
+    // A clip exported without a graph.
+    let bare = dir.path().join("bare.gif");
+    write_clip(&bare, None);
+    frame(&ctx, &mut studio, &[&bare], 1.0);
+    let e = last_error(&studio);
+    assert!(e.contains("bare.gif") && e.contains("carries no stepstone graph"), "{e}");
+    assert_eq!(studio.graph(), before);
+
+    // Not a video at all, under a video name; a JSON file that is not a preset; a file with another extension.
+    let fake = dir.path().join("fake.mp4");
+    std::fs::write(&fake, b"definitely not an MP4").unwrap();
+    frame(&ctx, &mut studio, &[&fake], 2.0);
+    assert!(last_error(&studio).contains("fake.mp4"));
+    let json = dir.path().join("list.json");
+    std::fs::write(&json, b"[1, 2, 3]").unwrap();
+    frame(&ctx, &mut studio, &[&json], 3.0);
+    let e = last_error(&studio);
+    assert!(e.contains("list.json") && e.contains("not a stepstone graph"), "{e}");
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, b"hello").unwrap();
+    frame(&ctx, &mut studio, &[&notes], 4.0);
+    assert!(last_error(&studio).contains("notes.txt"));
+
+    assert_eq!(studio.graph(), before, "nothing that failed to open changed the graph");
+    assert_eq!(studio.path(), Some(preset.as_path()));
+    assert!(!studio.is_dirty());
+}
+
+#[test]
+fn several_files_dropped_open_the_first_that_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (graph, text) = edited_demo();
+    let good = dir.path().join("good.mp4");
+    write_clip(&good, Some(text));
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, b"{").unwrap();
+    let ctx = egui::Context::default();
+    let mut studio = studio();
+    frame(&ctx, &mut studio, &[&bad, &good], 0.0);
+    assert_eq!(studio.graph(), graph);
+    let log: Vec<&str> = studio.session().log.iter().map(|n| n.text.as_str()).collect();
+    assert!(log.iter().any(|l| l.contains("2 files were dropped")), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("bad.json")), "{log:?}");
+}
+
+#[test]
+fn undo_brings_back_what_an_open_replaced_and_edits_commit_as_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (graph, text) = edited_demo();
+    let clip_path = dir.path().join("boat.gif");
+    write_clip(&clip_path, Some(text));
+    let preset = repo("graphs/vanilla_animatediff.json");
+    let original = load_preset(&preset).unwrap();
+
+    let ctx = egui::Context::default();
+    let mut studio = studio();
+    frame(&ctx, &mut studio, &[&preset], 0.0);
+    // An edit on the canvas: the prompt text of the first prompt node.
+    let prompt = studio.document().find("prompt").expect("a prompt node");
+    studio.document_mut().snarl[prompt].node.params.insert("positive".into(), "a lighthouse at dusk".into());
+    frame(&ctx, &mut studio, &[], 5.0);
+    assert!(studio.is_dirty());
+    let edited = studio.graph();
+    assert_ne!(edited, original);
+
+    frame(&ctx, &mut studio, &[&clip_path], 10.0);
+    assert_eq!(studio.graph(), graph);
+    studio.undo();
+    assert_eq!(studio.graph(), edited, "undo after an open gives back the edited graph, edits included");
+    studio.undo();
+    assert_eq!(studio.graph(), original);
+    studio.redo();
+    studio.redo();
+    assert_eq!(studio.graph(), graph);
+}
+
+#[test]
+fn saving_a_graph_from_a_clip_writes_a_preset_that_opens_to_the_same_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let (graph, text) = edited_demo();
+    let clip_path = dir.path().join("boat.mp4");
+    write_clip(&clip_path, Some(text));
+    let ctx = egui::Context::default();
+    let mut studio = studio();
+    frame(&ctx, &mut studio, &[&clip_path], 0.0);
+    let clip_bytes = std::fs::read(&clip_path).unwrap();
+
+    assert!(studio.save_as(&dir.path().join("boat")));
+    let saved = dir.path().join("boat.json");
+    assert_eq!(studio.path(), Some(saved.as_path()), "the extension is added");
+    assert_eq!(std::fs::read_to_string(&saved).unwrap(), to_preset_string(&graph));
+    assert_eq!(std::fs::read(&clip_path).unwrap(), clip_bytes, "the clip is untouched");
+    assert!(!studio.is_dirty());
+
+    // Saving into a folder that cannot exist fails with the path named; the graph stays, still unsaved there.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    assert!(!studio.save_as(&blocker.join("sub/boat.json")));
+    let e = last_error(&studio);
+    assert!(e.contains("sub/boat.json") || e.contains("sub"), "{e}");
+    assert_eq!(studio.graph(), graph);
+    assert_eq!(studio.path(), Some(saved.as_path()));
+}
