@@ -88,6 +88,11 @@ impl Session {
     }
 
     pub fn push(&mut self, notice: Notice) {
+        match notice.level {
+            Level::Info => tracing::info!("{}", notice.text),
+            Level::Warning => tracing::warn!("{}", notice.text),
+            Level::Error => tracing::error!("{}", notice.text),
+        }
         self.log.push(notice);
         if self.log.len() > LOG_LINES {
             let excess = self.log.len() - LOG_LINES;
