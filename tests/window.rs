@@ -1,6 +1,7 @@
 //! The real editor window under a virtual X display (xvfb-run, installed by tools/setup.sh): it starts on
-//! wgpu (Mesa's software Vulkan without a GPU), opens the graph embedded in an exported clip, draws it, and
-//! saves a screenshot that is checked to show a drawn window, not a blank one.
+//! wgpu (Mesa's software Vulkan without a GPU), opens the graph embedded in an exported clip, runs it on the
+//! background worker with the demo models (the export node writes a new clip), and saves a screenshot that
+//! is checked to show a drawn window, not a blank one.
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -19,11 +20,17 @@ fn the_window_opens_a_clip_and_draws_its_graph() {
     );
     let dir = tempfile::tempdir().unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let preset = std::fs::read_to_string(repo.join("graphs/i4vgen_demo.json")).unwrap();
+    // The demo graph, made small so that the run takes seconds.
+    let preset = std::fs::read_to_string(repo.join("graphs/i4vgen_demo.json"))
+        .unwrap()
+        .replace("\"count\": 16", "\"count\": 2")
+        .replace("\"steps\": 25", "\"steps\": 2")
+        .replace("\"frames\": 16", "\"frames\": 4");
+    let graph = stepstone::graph::parse_preset(&preset, "small demo").unwrap();
     let clip_path = dir.path().join("fox.mp4");
     let frames = (0..3).map(|i| RgbImage::from_fn(32, 32, |x, y| Rgb([(x * 8) as u8, (y * 8) as u8, i * 80]))).collect();
     let clip = Video { frames, fps: 8.0, prompt: "fox".into(), seed: 42, latents: None };
-    let options = EncodeOptions { graph: Some(preset), preset: "veryfast".into(), ..EncodeOptions::default() };
+    let options = EncodeOptions { graph: Some(preset.clone()), preset: "veryfast".into(), ..EncodeOptions::default() };
     export(&clip, &clip_path, &options, &mut |_, _| ControlFlow::Continue(())).unwrap();
 
     let shot = dir.path().join("window.png");
@@ -35,8 +42,10 @@ fn the_window_opens_a_clip_and_draws_its_graph() {
         .arg(&clip_path)
         .arg("--models")
         .arg(repo.join("assets/demo-models"))
+        .arg("--run")
         .arg("--screenshot")
         .arg(&shot)
+        .current_dir(dir.path())
         .env("STEPSTONE_LOG", "stepstone=info")
         .env("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()))
         .output()
@@ -45,6 +54,14 @@ fn the_window_opens_a_clip_and_draws_its_graph() {
     assert!(output.status.success(), "the editor failed ({}):\n{stderr}", output.status);
     let opened = format!("opened the graph embedded in {} (10 nodes, 14 links)", clip_path.display());
     assert!(stderr.contains(&opened), "expected '{opened}' in the log:\n{stderr}");
+    assert!(stderr.contains("has the highest ImageReward score"), "the selector ran:\n{stderr}");
+    assert!(stderr.contains("run finished") && !stderr.contains("ERROR"), "{stderr}");
+    // The export node wrote a clip (relative paths are relative to the working directory), and the graph it
+    // carries is the one opened from the first clip.
+    let written = dir.path().join("out/i4vgen-demo-42.mp4");
+    let decoded = stepstone::video::encode::decode(&written).unwrap();
+    assert_eq!((decoded.frames.len(), decoded.width, decoded.height), (4, 64, 64));
+    assert_eq!(stepstone::open::open_graph(&written).unwrap(), graph);
 
     let image = image::open(&shot).unwrap().to_rgb8();
     assert!(image.width() >= 640 && image.height() >= 400, "{}x{}", image.width(), image.height());

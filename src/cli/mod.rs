@@ -48,8 +48,11 @@ pub struct EditArgs {
     /// Where the models run (see `stepstone run --help`).
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
-    /// Save a screenshot of the window (PNG) once it has drawn, then close: a smoke test under a virtual
-    /// display (xvfb-run).
+    /// Run the graph's outputs as soon as it is open.
+    #[arg(long)]
+    pub run: bool,
+    /// Save a screenshot of the window (PNG) once it has drawn (and finished the run asked for with --run),
+    /// then close: a smoke test under a virtual display (xvfb-run).
     #[arg(long, value_name = "PNG")]
     pub screenshot: Option<PathBuf>,
 }
@@ -108,6 +111,7 @@ fn edit(args: EditArgs) -> anyhow::Result<()> {
         models_dir,
         device: args.device,
         open: args.file,
+        run: args.run,
         screenshot: args.screenshot,
     })
 }

@@ -19,6 +19,8 @@ use crate::runtime::worker::Worker;
 /// Edits closer together than this (seconds) make one undo step (typing a prompt is one step, not one per
 /// letter).
 const MERGE_EDITS_WITHIN: f64 = 1.0;
+/// In how many frames after an open the view is fitted to the graph.
+const FIT_FRAMES: u8 = 3;
 /// How many undo steps are kept.
 const UNDO_STEPS: usize = 200;
 
@@ -28,6 +30,7 @@ const SAVE_AS: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(
 const UNDO: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Z);
 const REDO: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(Modifiers::SHIFT), Key::Z);
 const RUN: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
+const FIT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Home);
 const CANCEL: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Escape);
 
 /// The editor's state.
@@ -52,6 +55,11 @@ pub struct Studio {
     worker: Option<Worker>,
     /// Changes with each opened document, so the canvas starts with a fresh view.
     canvas_generation: u64,
+    /// Fit the view to the graph in this many of the coming frames (after an open, or View > Fit): node
+    /// sizes settle over the first frames a node is drawn.
+    fit_frames: u8,
+    /// The nodes' bounds in canvas coordinates, as drawn last frame.
+    content: Option<egui::Rect>,
     title_shown: String,
 }
 
@@ -73,6 +81,8 @@ impl Studio {
             textures: Textures::default(),
             worker: None,
             canvas_generation: 0,
+            fit_frames: FIT_FRAMES,
+            content: None,
             title_shown: String::new(),
         }
     }
@@ -269,6 +279,8 @@ impl Studio {
         self.current = graph;
         self.last_edit = None;
         self.canvas_generation += 1;
+        self.fit_frames = FIT_FRAMES;
+        self.content = None;
         self.send_graph();
     }
 
@@ -345,6 +357,10 @@ impl Studio {
         if pressed(&OPEN) {
             self.open_dialog();
         }
+        // While a text field has the keyboard, its own undo, Home and Escape apply.
+        if ui.ctx().memory(|m| m.focused().is_some()) {
+            return;
+        }
         if pressed(&REDO) {
             self.redo();
         } else if pressed(&UNDO) {
@@ -352,6 +368,9 @@ impl Studio {
         }
         if pressed(&RUN) {
             self.run(Vec::new());
+        }
+        if pressed(&FIT) {
+            self.fit_frames = FIT_FRAMES;
         }
         if pressed(&CANCEL) {
             self.cancel();
@@ -366,7 +385,7 @@ impl Studio {
 
         egui::Panel::top("menu").show(ui, |ui| self.menu_bar(ui));
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
-        egui::Panel::right("side").default_size(300.0).show(ui, |ui| self.side_panel(ui));
+        egui::Panel::right("side").default_size(260.0).show(ui, |ui| self.side_panel(ui));
         egui::CentralPanel::no_frame().show(ui, |ui| self.canvas(ui));
         self.drop_overlay(ui);
 
@@ -422,6 +441,12 @@ impl Studio {
                 let redo = egui::Button::new("Redo").shortcut_text(ui.ctx().format_shortcut(&REDO));
                 if ui.add_enabled(!self.redo.is_empty(), redo).clicked() {
                     self.redo();
+                }
+            });
+            ui.menu_button("View", |ui| {
+                let fit = egui::Button::new("Fit graph in view").shortcut_text(ui.ctx().format_shortcut(&FIT));
+                if ui.add(fit).clicked() {
+                    self.fit_frames = FIT_FRAMES;
                 }
             });
             ui.menu_button("Run", |ui| {
@@ -495,10 +520,25 @@ impl Studio {
             models_dir: &self.models_dir,
             textures: &mut self.textures,
             requests: Default::default(),
+            fit: self.content.filter(|_| self.fit_frames > 0).map(|content| (ui.max_rect(), content)),
+            fitted: false,
+            content: None,
+        };
+        let style = egui_snarl::ui::SnarlStyle {
+            // Inputs above the parameters, outputs below: nodes stay narrow, so a pipeline fits across the
+            // screen at a readable zoom.
+            node_layout: Some(egui_snarl::ui::NodeLayout::sandwich()),
+            pin_placement: Some(egui_snarl::ui::PinPlacement::Edge),
+            ..egui_snarl::ui::SnarlStyle::new()
         };
         egui_snarl::ui::SnarlWidget::new()
             .id_salt(("canvas", self.canvas_generation))
+            .style(style)
             .show(&mut self.doc.snarl, &mut viewer, ui);
+        if viewer.fitted {
+            self.fit_frames -= 1;
+        }
+        self.content = viewer.content;
         let requests = viewer.requests;
         for notice in requests.notices {
             self.session.push(notice);

@@ -31,8 +31,10 @@ pub struct LaunchOptions {
     pub device: DeviceChoice,
     /// A preset or clip to open.
     pub open: Option<PathBuf>,
-    /// Save a screenshot of the window here once it has drawn a few frames, then close (for smoke tests
-    /// under a virtual display).
+    /// Run the graph's outputs once it is open.
+    pub run: bool,
+    /// Save a screenshot of the window here once it has drawn a few frames (and the run asked for has
+    /// finished), then close: for smoke tests under a virtual display.
     pub screenshot: Option<PathBuf>,
 }
 
@@ -41,7 +43,9 @@ const SCREENSHOT_AFTER_FRAMES: u64 = 5;
 
 struct StudioApp {
     studio: Studio,
+    run: bool,
     screenshot: Option<PathBuf>,
+    shot_requested: bool,
     frames: u64,
     result: std::sync::Arc<std::sync::Mutex<Option<anyhow::Result<()>>>>,
 }
@@ -54,9 +58,15 @@ impl eframe::App for StudioApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         self.studio.ui(ui);
         self.frames += 1;
+        if self.run && self.frames == 1 {
+            self.studio.run(Vec::new());
+        }
         let Some(path) = self.screenshot.clone() else { return };
-        if self.frames == SCREENSHOT_AFTER_FRAMES {
+        let session = self.studio.session();
+        let run_done = !self.run || (session.running.is_none() && session.last_outcome.is_some());
+        if self.frames >= SCREENSHOT_AFTER_FRAMES && run_done && !self.shot_requested {
             ui.ctx().send_viewport_cmd(egui::ViewportCommand::Screenshot(egui::UserData::default()));
+            self.shot_requested = true;
         }
         ui.ctx().request_repaint();
         let shot = ui.input(|i| {
@@ -112,7 +122,14 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
             if let Some(path) = &options.open {
                 studio.open(path);
             }
-            Ok(Box::new(StudioApp { studio, screenshot: options.screenshot, frames: 0, result: app_result }))
+            Ok(Box::new(StudioApp {
+                studio,
+                run: options.run,
+                screenshot: options.screenshot,
+                shot_requested: false,
+                frames: 0,
+                result: app_result,
+            }))
         }),
     )
     .map_err(|e| anyhow::anyhow!("the editor window could not be opened: {e}"))?;

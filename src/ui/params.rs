@@ -12,6 +12,9 @@ use serde_json::Value;
 use crate::graph::params::{MAX_SEED, describe_value};
 use crate::graph::{ParamSpec, ParamType, PathRole};
 
+/// The width of text fields in nodes.
+const EDIT_WIDTH: f32 = 200.0;
+
 /// The colour of values and messages that are wrong.
 pub const ERROR_COLOUR: Color32 = Color32::from_rgb(230, 90, 80);
 
@@ -49,9 +52,9 @@ pub fn param_editor(ui: &mut Ui, spec: &ParamSpec, stored: Option<&Value>, model
         ParamType::Text { multiline, .. } => {
             let mut v = value.as_str().unwrap_or_default().to_string();
             let edit = if multiline {
-                egui::TextEdit::multiline(&mut v).desired_rows(3).desired_width(240.0)
+                egui::TextEdit::multiline(&mut v).desired_rows(3).desired_width(EDIT_WIDTH)
             } else {
-                egui::TextEdit::singleline(&mut v).desired_width(240.0)
+                egui::TextEdit::singleline(&mut v).desired_width(EDIT_WIDTH)
             };
             ui.add(edit).changed().then(|| Value::from(v))
         }
@@ -91,7 +94,7 @@ fn path_editor(ui: &mut Ui, current: &str, role: PathRole, models_dir: &Path) ->
     let mut text = current.to_string();
     let mut out = None;
     ui.horizontal(|ui| {
-        if ui.add(egui::TextEdit::singleline(&mut text).desired_width(190.0)).changed() {
+        if ui.add(egui::TextEdit::singleline(&mut text).desired_width(EDIT_WIDTH - 36.0)).changed() {
             out = Some(Value::from(text.clone()));
         }
         let picked = match role {
@@ -140,7 +143,7 @@ fn float_list_editor(ui: &mut Ui, value: &Value, min: f64, max: f64) -> Option<V
     let mut text = ui.data(|d| d.get_temp::<String>(id)).unwrap_or_else(|| shown.clone());
     let parsed = parse_float_list(&text, min, max);
     let colour = if parsed.is_ok() { None } else { Some(ERROR_COLOUR) };
-    let mut edit = egui::TextEdit::singleline(&mut text).desired_width(240.0);
+    let mut edit = egui::TextEdit::singleline(&mut text).desired_width(EDIT_WIDTH);
     if let Some(c) = colour {
         edit = edit.text_color(c);
     }

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use egui::{Color32, RichText, Ui};
+use egui::emath::TSTransform;
+use egui::{Color32, Rect, RichText, Ui};
 use egui_snarl::ui::{PinInfo, PinShape, SnarlViewer};
 use egui_snarl::{InPin, NodeId as SnarlNodeId, OutPin, Snarl};
 use serde_json::Value;
@@ -48,6 +49,12 @@ pub struct GraphViewer<'a> {
     pub models_dir: &'a Path,
     pub textures: &'a mut Textures,
     pub requests: Requests,
+    /// Fit the view so that `content` (canvas coordinates, measured the frame before) fills this screen rect.
+    pub fit: Option<(Rect, Rect)>,
+    /// Whether the fit was applied this frame.
+    pub fitted: bool,
+    /// The nodes' bounds in canvas coordinates, measured while drawing this frame.
+    pub content: Option<Rect>,
 }
 
 impl GraphViewer<'_> {
@@ -147,7 +154,9 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
             };
             ui.label(RichText::new(&editor_node.id).weak().small());
             if let Some((colour, text)) = self.status_chip(&editor_node.id) {
-                ui.label(RichText::new(format!("● {text}")).color(colour).small());
+                let (dot, _) = ui.allocate_exact_size(egui::vec2(8.0, 8.0), egui::Sense::hover());
+                ui.painter().circle_filled(dot.center(), 3.5, colour);
+                ui.label(RichText::new(text).color(colour).small());
             }
         });
     }
@@ -324,9 +333,48 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
         }
     }
 
+    fn final_node_rect(&mut self, _node: SnarlNodeId, rect: Rect, _ui: &mut Ui, _snarl: &mut Snarl<EditorNode>) {
+        self.content = Some(self.content.map_or(rect, |c| c.union(rect)));
+    }
+
+    fn current_transform(&mut self, to_global: &mut TSTransform, _snarl: &mut Snarl<EditorNode>) {
+        if let Some((screen, content)) = self.fit {
+            *to_global = fit_transform(screen, content);
+            self.fitted = true;
+        }
+    }
+
     fn connect(&mut self, from: &OutPin, to: &InPin, snarl: &mut Snarl<EditorNode>) {
         if let Err(e) = document::connect(snarl, self.registry, from.id, to.id) {
             self.requests.notices.push(Notice::warning(e.to_string()));
         }
+    }
+}
+
+/// The view transform that shows `content` (canvas coordinates) centred in `screen`, with a margin, never
+/// magnified beyond 1:1 and never below the canvas's smallest zoom.
+pub fn fit_transform(screen: Rect, content: Rect) -> TSTransform {
+    const MARGIN: f32 = 24.0;
+    let available = (screen.size() - egui::vec2(2.0 * MARGIN, 2.0 * MARGIN)).max(egui::vec2(1.0, 1.0));
+    let size = content.size().max(egui::vec2(1.0, 1.0));
+    let scale = (available.x / size.x).min(available.y / size.y).clamp(0.25, 1.0);
+    TSTransform::new(screen.center().to_vec2() - content.center().to_vec2() * scale, scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fitting_centres_the_content_and_never_magnifies() {
+        let screen = Rect::from_min_size(egui::pos2(0.0, 30.0), egui::vec2(1000.0, 600.0));
+        let wide = Rect::from_min_max(egui::pos2(40.0, 40.0), egui::pos2(1940.0, 640.0));
+        let t = fit_transform(screen, wide);
+        let shown = t * wide;
+        assert!((shown.center() - screen.center()).length() < 0.01);
+        assert!(screen.contains_rect(shown), "{shown:?} in {screen:?}");
+        assert!((shown.width() - (1000.0 - 48.0)).abs() < 0.01, "the wide side fills the width");
+        let small = Rect::from_min_size(egui::pos2(0.0, 0.0), egui::vec2(100.0, 50.0));
+        assert_eq!(fit_transform(screen, small).scaling, 1.0);
     }
 }
