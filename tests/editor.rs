@@ -38,13 +38,24 @@ fn studio() -> Studio {
 /// One frame of the window, 1280x800, with `dropped` files dropped on it this frame.
 fn frame(ctx: &egui::Context, studio: &mut Studio, dropped: &[&Path], time: f64) {
     let raw = egui::RawInput {
-        screen_rect: Some(egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1280.0, 800.0))),
         dropped_files: dropped.iter().map(|p| Arc::new(Dropped(p.to_path_buf())) as egui::DroppedFileHandle).collect(),
+        ..raw_input(time)
+    };
+    run_frame(ctx, studio, raw);
+}
+
+fn raw_input(time: f64) -> egui::RawInput {
+    egui::RawInput {
+        screen_rect: Some(egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1280.0, 800.0))),
         time: Some(time),
         ..Default::default()
-    };
+    }
+}
+
+fn run_frame(ctx: &egui::Context, studio: &mut Studio, raw: egui::RawInput) -> egui::FullOutput {
     let mut output = ctx.run_ui(raw, |ui| studio.ui(ui));
     output.textures_delta.clear(); // no renderer here to upload textures to
+    output
 }
 
 /// The demo preset with a different prompt and seed (so that it differs from anything shipped).
@@ -211,4 +222,32 @@ fn saving_a_graph_from_a_clip_writes_a_preset_that_opens_to_the_same_graph() {
     assert!(e.contains("sub/boat.json") || e.contains("sub"), "{e}");
     assert_eq!(studio.graph(), graph);
     assert_eq!(studio.path(), Some(saved.as_path()));
+}
+
+/// A frame in which the window manager asks the window to close; whether the editor held the close back.
+fn close_held_back(ctx: &egui::Context, studio: &mut Studio, time: f64) -> bool {
+    let mut raw = raw_input(time);
+    raw.viewports.entry(egui::ViewportId::ROOT).or_default().events.push(egui::ViewportEvent::Close);
+    let output = run_frame(ctx, studio, raw);
+    output.viewport_output.get(&egui::ViewportId::ROOT).is_some_and(|v| {
+        v.commands.iter().any(|c| matches!(c, egui::ViewportCommand::CancelClose))
+    })
+}
+
+#[test]
+fn closing_with_unsaved_changes_asks_first() {
+    let ctx = egui::Context::default();
+    let mut studio = studio();
+    let preset = repo("graphs/i4vgen_demo.json");
+    frame(&ctx, &mut studio, &[&preset], 0.0);
+    assert!(!close_held_back(&ctx, &mut studio, 1.0), "nothing unsaved: the window closes");
+
+    let mut studio = self::studio();
+    frame(&ctx, &mut studio, &[&preset], 2.0);
+    let node = studio.document().find("candidates").unwrap();
+    studio.document_mut().snarl[node].node.params.insert("count".into(), 4.into());
+    frame(&ctx, &mut studio, &[], 3.0);
+    assert!(studio.is_dirty());
+    assert!(close_held_back(&ctx, &mut studio, 4.0), "unsaved changes: the close waits for the artist");
+    assert_eq!(studio.graph().nodes["candidates"].params["count"], 4, "and the edit is still there");
 }

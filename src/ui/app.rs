@@ -61,6 +61,10 @@ pub struct Studio {
     /// The nodes' bounds in canvas coordinates, as drawn last frame.
     content: Option<egui::Rect>,
     title_shown: String,
+    /// The window was asked to close while the graph had unsaved changes: a dialog asks what to do.
+    confirm_close: bool,
+    /// The artist chose to close without saving.
+    close_confirmed: bool,
 }
 
 impl Studio {
@@ -84,6 +88,8 @@ impl Studio {
             fit_frames: FIT_FRAMES,
             content: None,
             title_shown: String::new(),
+            confirm_close: false,
+            close_confirmed: false,
         }
     }
 
@@ -389,6 +395,8 @@ impl Studio {
         egui::CentralPanel::no_frame().show(ui, |ui| self.canvas(ui));
         self.drop_overlay(ui);
 
+        self.guard_close(ui);
+
         let dragging = ui.input(|i| i.pointer.any_down());
         if !dragging {
             let now = ui.input(|i| i.time);
@@ -556,6 +564,42 @@ impl Studio {
                     .weak(),
                 );
             });
+        }
+    }
+
+    /// Closing the window with unsaved changes asks first: save, discard, or keep editing.
+    fn guard_close(&mut self, ui: &Ui) {
+        if ui.input(|i| i.viewport().close_requested()) && !self.close_confirmed && self.is_dirty() {
+            ui.ctx().send_viewport_cmd(egui::ViewportCommand::CancelClose);
+            self.confirm_close = true;
+        }
+        if !self.confirm_close {
+            return;
+        }
+        let modal = egui::Modal::new(egui::Id::new("confirm-close")).show(ui.ctx(), |ui| {
+            ui.heading("Save changes before closing?");
+            ui.label(format!("{} has changes that are not saved.", self.window_title().trim_end_matches(" — stepstone")));
+            ui.horizontal(|ui| {
+                if ui.button("Save").clicked() {
+                    self.save();
+                    if !self.is_dirty() {
+                        self.close_confirmed = true;
+                        ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+                    }
+                    self.confirm_close = false;
+                }
+                if ui.button("Close without saving").clicked() {
+                    self.close_confirmed = true;
+                    self.confirm_close = false;
+                    ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+                }
+                if ui.button("Cancel").clicked() {
+                    self.confirm_close = false;
+                }
+            });
+        });
+        if modal.should_close() {
+            self.confirm_close = false;
         }
     }
 
