@@ -197,11 +197,18 @@ fn out_needs_exactly_one_export_node() {
 }
 
 #[test]
-fn no_subcommand_explains_that_the_editor_is_not_here_yet() {
+fn no_subcommand_opens_the_editor_and_says_why_it_cannot_without_a_display() {
     let dir = tempfile::tempdir().unwrap();
-    let o = stepstone(&[], dir.path());
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("stepstone run"), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_stepstone"))
+        .current_dir(dir.path())
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("WAYLAND_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("the editor window could not be opened") && e.contains("DISPLAY"), "{e}");
 }
 
 #[test]

@@ -67,7 +67,8 @@ fn edited_demo() -> (Graph, String) {
 }
 
 fn clip() -> Video {
-    let frames = (0..4).map(|i| RgbImage::from_fn(32, 32, |x, y| Rgb([(x * 8) as u8, (y * 8) as u8, i * 60]))).collect();
+    let frames =
+        (0..4).map(|i| RgbImage::from_fn(32, 32, |x, y| Rgb([(x * 8) as u8, (y * 8) as u8, i * 60]))).collect();
     Video { frames, fps: 8.0, prompt: "boat".into(), seed: 1234, latents: None }
 }
 
@@ -229,9 +230,10 @@ fn close_held_back(ctx: &egui::Context, studio: &mut Studio, time: f64) -> bool 
     let mut raw = raw_input(time);
     raw.viewports.entry(egui::ViewportId::ROOT).or_default().events.push(egui::ViewportEvent::Close);
     let output = run_frame(ctx, studio, raw);
-    output.viewport_output.get(&egui::ViewportId::ROOT).is_some_and(|v| {
-        v.commands.iter().any(|c| matches!(c, egui::ViewportCommand::CancelClose))
-    })
+    output
+        .viewport_output
+        .get(&egui::ViewportId::ROOT)
+        .is_some_and(|v| v.commands.iter().any(|c| matches!(c, egui::ViewportCommand::CancelClose)))
 }
 
 #[test]
@@ -250,4 +252,60 @@ fn closing_with_unsaved_changes_asks_first() {
     assert!(studio.is_dirty());
     assert!(close_held_back(&ctx, &mut studio, 4.0), "unsaved changes: the close waits for the artist");
     assert_eq!(studio.graph().nodes["candidates"].params["count"], 4, "and the edit is still there");
+}
+
+/// The accessibility node labelled `label` in a frame's output (how a screen reader, or this test, finds a
+/// widget).
+fn widget(output: &egui::FullOutput, label: &str) -> Option<egui::accesskit::NodeId> {
+    let update = output.platform_output.accesskit_update.as_ref()?;
+    update.nodes.iter().find(|(_, node)| node.label() == Some(label)).map(|(id, _)| *id)
+}
+
+/// A frame in which the widget is clicked through the accessibility interface.
+fn click(target: egui::accesskit::NodeId, time: f64) -> egui::RawInput {
+    egui::RawInput {
+        events: vec![egui::Event::AccessKitActionRequest(egui::accesskit::ActionRequest {
+            action: egui::accesskit::Action::Click,
+            target_tree: egui::accesskit::TreeId::ROOT,
+            target_node: target,
+            data: None,
+        })],
+        ..raw_input(time)
+    }
+}
+
+#[test]
+fn clicking_a_ranked_candidate_picks_it_as_the_anchor_and_undo_takes_it_back() {
+    use stepstone::nodes::values::{Ranking, SelectedBy};
+    use stepstone::runtime::events::Event;
+
+    let ctx = egui::Context::default();
+    ctx.enable_accesskit();
+    let mut studio = studio();
+    let preset = repo("graphs/i4vgen_demo.json");
+    frame(&ctx, &mut studio, &[&preset], 0.0);
+    let before = studio.graph();
+    assert_eq!(before.nodes["selector"].params["mode"], "reward");
+    // What the worker sends when the selector has run: four candidates, scored, the best (1) selected.
+    let images = (0..4u8).map(|i| Arc::new(RgbImage::from_pixel(16, 16, Rgb([i * 60, 100, 200])))).collect();
+    let ranking = Ranking { images, scores: Some(vec![0.1, 0.9, -0.3, 0.4]), selected: 1, by: SelectedBy::Reward };
+    studio.session_mut().apply(Event::Preview {
+        run_id: 1,
+        node: "selector".into(),
+        label: "ranking".into(),
+        value: Arc::new(ranking),
+    });
+    let mut output = None;
+    for t in 1..6 {
+        output = Some(run_frame(&ctx, &mut studio, raw_input(f64::from(t))));
+    }
+    let target = widget(output.as_ref().unwrap(), "candidate 2").expect("the ranking shows candidate 2");
+    run_frame(&ctx, &mut studio, click(target, 6.0));
+    run_frame(&ctx, &mut studio, raw_input(7.0));
+    let picked = studio.graph();
+    assert_eq!(picked.nodes["selector"].params["mode"], "manual");
+    assert_eq!(picked.nodes["selector"].params["index"], 2);
+    assert!(studio.is_dirty());
+    studio.undo();
+    assert_eq!(studio.graph(), before, "the pick is one undo step");
 }

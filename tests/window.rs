@@ -28,7 +28,8 @@ fn the_window_opens_a_clip_and_draws_its_graph() {
         .replace("\"frames\": 16", "\"frames\": 4");
     let graph = stepstone::graph::parse_preset(&preset, "small demo").unwrap();
     let clip_path = dir.path().join("fox.mp4");
-    let frames = (0..3).map(|i| RgbImage::from_fn(32, 32, |x, y| Rgb([(x * 8) as u8, (y * 8) as u8, i * 80]))).collect();
+    let frames =
+        (0..3).map(|i| RgbImage::from_fn(32, 32, |x, y| Rgb([(x * 8) as u8, (y * 8) as u8, i * 80]))).collect();
     let clip = Video { frames, fps: 8.0, prompt: "fox".into(), seed: 42, latents: None };
     let options = EncodeOptions { graph: Some(preset.clone()), preset: "veryfast".into(), ..EncodeOptions::default() };
     export(&clip, &clip_path, &options, &mut |_, _| ControlFlow::Continue(())).unwrap();

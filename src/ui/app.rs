@@ -131,6 +131,11 @@ impl Studio {
         &self.session
     }
 
+    /// The run state; front ends other than the worker (tests, tools) can feed it events.
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
     pub fn can_undo(&self) -> bool {
         !self.undo.is_empty()
     }
@@ -509,7 +514,11 @@ impl Studio {
             ui.label(RichText::new("none").weak());
         }
         for message in &report.messages {
-            let colour = if message.severity == Severity::Error { level_colour(Level::Error) } else { level_colour(Level::Warning) };
+            let colour = if message.severity == Severity::Error {
+                level_colour(Level::Error)
+            } else {
+                level_colour(Level::Warning)
+            };
             ui.label(RichText::new(message.to_string()).color(colour));
         }
         ui.separator();
@@ -539,10 +548,11 @@ impl Studio {
             pin_placement: Some(egui_snarl::ui::PinPlacement::Edge),
             ..egui_snarl::ui::SnarlStyle::new()
         };
-        egui_snarl::ui::SnarlWidget::new()
-            .id_salt(("canvas", self.canvas_generation))
-            .style(style)
-            .show(&mut self.doc.snarl, &mut viewer, ui);
+        egui_snarl::ui::SnarlWidget::new().id_salt(("canvas", self.canvas_generation)).style(style).show(
+            &mut self.doc.snarl,
+            &mut viewer,
+            ui,
+        );
         if viewer.fitted {
             self.fit_frames -= 1;
         }
@@ -578,7 +588,10 @@ impl Studio {
         }
         let modal = egui::Modal::new(egui::Id::new("confirm-close")).show(ui.ctx(), |ui| {
             ui.heading("Save changes before closing?");
-            ui.label(format!("{} has changes that are not saved.", self.window_title().trim_end_matches(" — stepstone")));
+            ui.label(format!(
+                "{} has changes that are not saved.",
+                self.window_title().trim_end_matches(" — stepstone")
+            ));
             ui.horizontal(|ui| {
                 if ui.button("Save").clicked() {
                     self.save();

@@ -30,7 +30,12 @@ pub struct Slot {
 
 impl Slot {
     fn from_spec(spec: &PortSpec) -> Slot {
-        Slot { name: spec.name.to_string(), ty: Some(spec.ty), required: spec.required, description: spec.description.into() }
+        Slot {
+            name: spec.name.to_string(),
+            ty: Some(spec.ty),
+            required: spec.required,
+            description: spec.description.into(),
+        }
     }
 
     fn unknown(name: &str) -> Slot {
@@ -132,7 +137,9 @@ pub fn graph_of(snarl: &Snarl<EditorNode>) -> Graph {
     for (from, to) in snarl.wires() {
         let (Some(a), Some(b)) = (snarl.get_node(from.node), snarl.get_node(to.node)) else { continue };
         let (Some(out), Some(inp)) = (a.outputs.get(from.output), b.inputs.get(to.input)) else { continue };
-        graph.links.insert(Link { from: PortRef::new(a.id.clone(), &out.name), to: PortRef::new(b.id.clone(), &inp.name) });
+        graph
+            .links
+            .insert(Link { from: PortRef::new(a.id.clone(), &out.name), to: PortRef::new(b.id.clone(), &inp.name) });
     }
     graph
 }

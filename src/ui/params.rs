@@ -41,7 +41,13 @@ pub fn param_editor(ui: &mut Ui, spec: &ParamSpec, stored: Option<&Value>, model
         ParamType::Float { min, max, .. } => {
             let mut v = value.as_f64().unwrap_or(min);
             let speed = ((max - min) / 1000.0).clamp(1e-5, 100.0);
-            let decimals = if max - min <= 0.1 { 5 } else if max - min <= 2.0 { 3 } else { 2 };
+            let decimals = if max - min <= 0.1 {
+                5
+            } else if max - min <= 2.0 {
+                3
+            } else {
+                2
+            };
             let response = ui.add(egui::DragValue::new(&mut v).range(min..=max).speed(speed).max_decimals(decimals));
             response.changed().then(|| Value::from(v))
         }
@@ -135,10 +141,8 @@ fn path_editor(ui: &mut Ui, current: &str, role: PathRole, models_dir: &Path) ->
 /// A list of numbers typed as `10, 10, 10, 1`. While the text does not parse or is out of range it is shown
 /// in red and the stored value is kept.
 fn float_list_editor(ui: &mut Ui, value: &Value, min: f64, max: f64) -> Option<Value> {
-    let shown = value
-        .as_array()
-        .map(|a| a.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "))
-        .unwrap_or_default();
+    let shown =
+        value.as_array().map(|a| a.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")).unwrap_or_default();
     let id = ui.next_auto_id();
     let mut text = ui.data(|d| d.get_temp::<String>(id)).unwrap_or_else(|| shown.clone());
     let parsed = parse_float_list(&text, min, max);

@@ -45,10 +45,20 @@ pub enum Activity {
     Idle,
     /// In the running plan, not started yet.
     Queued,
-    Running { step: u64, total: u64 },
-    Done { cached: bool, elapsed: Duration },
-    Failed { message: String },
-    Skipped { reason: String },
+    Running {
+        step: u64,
+        total: u64,
+    },
+    Done {
+        cached: bool,
+        elapsed: Duration,
+    },
+    Failed {
+        message: String,
+    },
+    Skipped {
+        reason: String,
+    },
 }
 
 /// Everything the editor shows about one node besides its parameters.

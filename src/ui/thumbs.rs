@@ -170,9 +170,12 @@ fn ranking_grid(ui: &mut Ui, textures: &[TextureHandle], ranking: &Ranking) -> O
         }
         hover.push_str("\nClick to use it as the anchor");
         ui.vertical(|ui| {
-            let stroke = if selected { egui::Stroke::new(2.0, Color32::from_rgb(250, 200, 60)) } else { egui::Stroke::NONE };
+            let stroke =
+                if selected { egui::Stroke::new(2.0, Color32::from_rgb(250, 200, 60)) } else { egui::Stroke::NONE };
             let image = egui::Image::new(t).fit_to_exact_size(egui::vec2(THUMB, THUMB)).sense(egui::Sense::click());
             let response = egui::Frame::NONE.stroke(stroke).show(ui, |ui| ui.add(image)).inner;
+            response
+                .widget_info(|| egui::WidgetInfo::labeled(egui::WidgetType::Button, true, format!("candidate {i}")));
             if response.on_hover_text(hover).clicked() && !(selected && ranking.by == SelectedBy::Hand) {
                 pick = Some(Pick::Candidate(i));
             }

@@ -202,9 +202,12 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
                 if let Some(kind) = kind {
                     for spec in kind.params {
                         let enabled = spec.only_when.is_none_or(|(param, value)| {
-                            let current = editor_node.node.params.get(param).cloned().or_else(|| {
-                                kind.param(param).map(|p| p.default_value())
-                            });
+                            let current = editor_node
+                                .node
+                                .params
+                                .get(param)
+                                .cloned()
+                                .or_else(|| kind.param(param).map(|p| p.default_value()));
                             current.as_ref().and_then(Value::as_str) == Some(value)
                         });
                         let hover = format!("{}\n{}", spec.description, spec.type_description());
