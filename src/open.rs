@@ -27,6 +27,9 @@ pub enum OpenError {
     Unsupported { path: PathBuf },
 }
 
+/// The extensions of the clip formats stepstone exports (each carries the graph that made it).
+pub const CLIP_EXTENSIONS: &[&str] = &["mp4", "m4v", "webm", "gif", "png", "apng"];
+
 /// What kind of file a path names, judged by its extension (a folder counts as a PNG frame folder when it
 /// holds `frame_0000.png`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +46,7 @@ impl GraphSource {
         let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
         match ext.as_str() {
             "json" => Some(GraphSource::Preset),
-            "mp4" | "m4v" | "webm" | "gif" | "png" | "apng" => Some(GraphSource::Clip),
+            e if CLIP_EXTENSIONS.contains(&e) => Some(GraphSource::Clip),
             _ => None,
         }
     }

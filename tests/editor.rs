@@ -106,7 +106,7 @@ fn dropping_an_exported_clip_restores_its_graph_in_every_format() {
             frame(&ctx, &mut studio, &[], 0.1 + f64::from(t));
         }
         assert_eq!(studio.graph(), graph, "{name}: drawing changes nothing");
-        assert!(!studio.can_undo() || studio.graph() == graph);
+        assert!(studio.can_undo(), "{name}: the empty graph the drop replaced is one undo away");
     }
 }
 

@@ -13,7 +13,7 @@ use super::session::{Level, Notice, Session};
 use super::thumbs::Textures;
 use super::viewer::GraphViewer;
 use crate::graph::{Graph, KindRegistry, NodeId, Severity, save_preset};
-use crate::open::{GraphSource, open_graph};
+use crate::open::{CLIP_EXTENSIONS, GraphSource, open_graph};
 use crate::runtime::worker::Worker;
 
 /// Edits closer together than this (seconds) make one undo step (typing a prompt is one step, not one per
@@ -145,17 +145,8 @@ impl Studio {
     pub fn open(&mut self, path: &Path) -> bool {
         match open_graph(path) {
             Ok(graph) => {
-                self.commit_pending(None);
-                if self.current != graph {
-                    self.push_undo(self.current.clone());
-                }
                 let is_preset = GraphSource::of(path) != Some(GraphSource::Clip);
-                self.set_document(graph);
-                self.saved = self.current.clone();
-                self.path = is_preset.then(|| path.to_path_buf());
-                self.opened_from = Some(path.to_path_buf());
-                self.session.nodes.clear();
-                self.textures = Textures::default();
+                self.replace_graph(graph, is_preset.then(|| path.to_path_buf()), Some(path.to_path_buf()));
                 let what = if is_preset { "opened" } else { "opened the graph embedded in" };
                 self.session.push(Notice::info(format!(
                     "{what} {} ({} nodes, {} links)",
@@ -174,13 +165,22 @@ impl Studio {
 
     /// A new, empty graph (undoable).
     pub fn new_graph(&mut self) {
+        self.replace_graph(Graph::default(), None, None);
+    }
+
+    /// Puts another graph in the editor as saved (from a file, or a new empty one), keeping the one it
+    /// replaces, edits included, one undo step back. Results of the old graph's nodes are forgotten.
+    fn replace_graph(&mut self, graph: Graph, path: Option<PathBuf>, opened_from: Option<PathBuf>) {
         self.commit_pending(None);
-        self.push_undo(self.current.clone());
-        self.set_document(Graph::default());
-        self.saved = Graph::default();
-        self.path = None;
-        self.opened_from = None;
+        if self.current != graph {
+            self.push_undo(self.current.clone());
+        }
+        self.set_document(graph);
+        self.saved = self.current.clone();
+        self.path = path;
+        self.opened_from = opened_from;
         self.session.nodes.clear();
+        self.textures = Textures::default();
     }
 
     /// Saves to `path` (a preset file); later saves go there too.
@@ -232,10 +232,12 @@ impl Studio {
     }
 
     fn open_dialog(&mut self) {
+        let mut all = vec!["json"];
+        all.extend_from_slice(CLIP_EXTENSIONS);
         let dialog = rfd::FileDialog::new()
-            .add_filter("graphs and clips", &["json", "mp4", "m4v", "webm", "gif", "png", "apng"])
+            .add_filter("graphs and clips", &all)
             .add_filter("graph preset", &["json"])
-            .add_filter("clip exported by stepstone", &["mp4", "m4v", "webm", "gif", "png", "apng"]);
+            .add_filter("clip exported by stepstone", CLIP_EXTENSIONS);
         if let Some(path) = dialog.pick_file() {
             self.open(&path);
         }
@@ -315,9 +317,9 @@ impl Studio {
         }
         self.last_edit = now;
         self.current = graph;
-        let ids: std::collections::BTreeSet<&String> = self.current.nodes.keys().collect();
-        self.session.retain_nodes(|id| ids.contains(&id.to_string()));
-        self.textures.retain(|id| ids.contains(&id.to_string()));
+        let nodes = &self.current.nodes;
+        self.session.retain_nodes(|id| nodes.contains_key(id));
+        self.textures.retain(|id| nodes.contains_key(id));
         self.send_graph();
     }
 

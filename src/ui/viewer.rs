@@ -298,7 +298,6 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
     fn show_graph_menu(&mut self, pos: egui::Pos2, ui: &mut Ui, snarl: &mut Snarl<EditorNode>) {
         ui.label(RichText::new("Add node").strong());
         let mut categories: Vec<&str> = self.registry.iter().map(|k| k.category).collect();
-        categories.dedup();
         categories.sort_unstable();
         categories.dedup();
         for category in categories {
