@@ -171,10 +171,16 @@ fn run_with_targets_evaluates_and_load_image_reports_bad_files() {
             {"id": "bad", "kind": "load_image", "params": {"path": "not-an-image.png"}}
         ], "links": []}"#,
     );
+    // A graph from a file reads the images it names only with --allow-paths.
     let o = stepstone(&["run", preset.to_str().unwrap(), "--target", "good"], dir.path());
+    assert!(!o.status.success() && stderr(&o).contains("--allow-paths"), "{}", stderr(&o));
+    let o = stepstone(&["run", preset.to_str().unwrap(), "--target", "good", "--allow-paths"], dir.path());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("done good"), "{}", stderr(&o));
-    let o = stepstone(&["run", preset.to_str().unwrap(), "--target", "bad", "--target", "good"], dir.path());
+    let o = stepstone(
+        &["run", preset.to_str().unwrap(), "--target", "bad", "--target", "good", "--allow-paths"],
+        dir.path(),
+    );
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains("node 'bad' failed: not-an-image.png: not a readable image"), "{err}");

@@ -309,3 +309,59 @@ fn clicking_a_ranked_candidate_picks_it_as_the_anchor_and_undo_takes_it_back() {
     studio.undo();
     assert_eq!(studio.graph(), before, "the pick is one undo step");
 }
+
+#[test]
+fn extreme_positions_from_a_file_are_drawn_without_panicking_and_kept() {
+    // Issue 11, defect 7: a node position of [1e308, -1e308] panicked egui ("Negative desired size").
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo("graphs/i4vgen_demo.json"))
+        .unwrap()
+        .replacen("1000.0,\n        40.0", "1e308,\n        -1e308", 1)
+        .replacen("360.0,\n        40.0", "-1.7976931348623157e308,\n        5e-324", 1);
+    assert!(text.contains("1e308"), "the preset's layout changed: update the replaced positions");
+    let path = dir.path().join("far.json");
+    std::fs::write(&path, &text).unwrap();
+    let mut studio = studio();
+    assert!(studio.open(&path));
+    let ctx = egui::Context::default();
+    for i in 0..6 {
+        frame(&ctx, &mut studio, &[], i as f64 * 0.1);
+    }
+    // Drawn, and the positions the file holds are saved back as they were.
+    assert_eq!(studio.graph(), load_preset(&path).unwrap());
+    assert_eq!(to_preset_string(&studio.graph()), to_preset_string(&parse_preset(&text, "far").unwrap()));
+}
+
+#[test]
+fn a_graph_from_a_file_lists_its_files_before_its_first_run() {
+    // Issue 11: the editor shows what a graph from a clip reads and writes before its first run, and a run
+    // waits for the artist's yes.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, text) = edited_demo();
+    let text = text.replace("\"path\": \"i4vgen-demo-{seed}.mp4\"", "\"path\": \"/tmp/elsewhere.mp4\"");
+    let clip = dir.path().join("shared.mp4");
+    write_clip(&clip, Some(text));
+    let mut studio = studio();
+    assert!(studio.open(&clip));
+    studio.run(Vec::new());
+    let files = studio.pending_confirmation().expect("the run waits for a confirmation").to_vec();
+    let lines: Vec<String> = files.iter().map(|f| f.to_string()).collect();
+    assert!(lines.iter().any(|l| l.starts_with("reads model") && l.contains("sd15-tiny")), "{lines:?}");
+    let export = files.iter().find(|f| f.node == "export").expect("the export is listed");
+    assert!(matches!(export.verdict, stepstone::graph::Verdict::Refused(_)), "{export}");
+    // Drawing the dialog does not start anything; confirming lets the graph read its inputs.
+    let ctx = egui::Context::default();
+    frame(&ctx, &mut studio, &[], 0.0);
+    assert!(studio.pending_confirmation().is_some());
+    assert!(!studio.access().allow_inputs);
+    studio.confirm_files();
+    assert!(studio.pending_confirmation().is_none() && studio.access().allow_inputs);
+    // A new graph (the artist's own) runs without asking; opening another file asks again.
+    studio.new_graph();
+    studio.run(Vec::new());
+    assert!(studio.pending_confirmation().is_none());
+    assert!(studio.open(&clip));
+    assert!(!studio.access().allow_inputs);
+    studio.run(Vec::new());
+    assert!(studio.pending_confirmation().is_some());
+}

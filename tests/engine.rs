@@ -173,7 +173,7 @@ fn test_engine(log: &Log, models_dir: PathBuf) -> Engine {
     let l = log.clone();
     ev.register("loader", move |ctx: &mut EvalContext<'_>| {
         l.count(ctx);
-        let path = ctx.models_dir.join(ctx.param_str("path")?);
+        let path = ctx.file("path")?;
         let model = ctx.models.get_or_load(&path.display().to_string(), || {
             std::fs::read(&path).map_err(|e| NodeError::File { path: path.clone(), message: e.to_string() })
         })?;
@@ -186,7 +186,11 @@ fn test_engine(log: &Log, models_dir: PathBuf) -> Engine {
         l.sunk.lock().unwrap().insert(ctx.node.to_string(), x);
         Ok(NodeOutputs::new())
     });
-    Engine::new(reg, ev, models_dir)
+    // The test is the user: its input files may be read.
+    let engine = Engine::new(reg, ev, models_dir);
+    let mut access = engine.access().clone();
+    access.allow_inputs = true;
+    engine.with_access(access)
 }
 
 fn registry(engine: &Engine) -> KindRegistry {

@@ -15,7 +15,11 @@ fn repo(rel: &str) -> PathBuf {
 }
 
 fn engine() -> Engine {
-    stepstone::builtin_engine(repo("assets/demo-models"))
+    // The tests are the user here: the images they name may be read.
+    let engine = stepstone::builtin_engine(repo("assets/demo-models"));
+    let mut access = engine.access().clone();
+    access.allow_inputs = true;
+    engine.with_access(access)
 }
 
 /// The demo preset made cheaper for tests: 4 candidates and frames, 4 DDIM steps.
@@ -393,9 +397,12 @@ fn text_to_video_baseline_runs_on_the_same_models() {
 fn export_node_reports_each_frame_and_a_cancel_leaves_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let mut g = demo();
-    let out = dir.path().join("clip-{seed}.webm");
-    set(&mut g, "export", "path", json!(out.to_str().unwrap()));
+    // Export paths resolve inside the output folder.
+    set(&mut g, "export", "path", json!("clip-{seed}.webm"));
     let mut engine = engine();
+    let mut access = engine.access().clone();
+    access.output_dir = dir.path().to_path_buf();
+    engine.set_access(access);
     let stop = std::cell::Cell::new(false);
     let mut frames = Vec::new();
     let outcome = engine.run(

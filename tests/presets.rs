@@ -235,7 +235,11 @@ fn validation_finds_cycles() {
 fn missing_model_files_name_the_file_and_the_models_directory() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("present.safetensors"), b"").unwrap();
-    let options = ValidateOptions { models_dir: Some(dir.path().to_path_buf()), input_dir: None };
+    let options = ValidateOptions {
+        access: stepstone::graph::AccessPolicy::new(dir.path(), "out"),
+        check_models: true,
+        check_inputs: false,
+    };
     let e = errors_for(
         |g| g.insert_node("ck", Node::new("load_checkpoint").with_param("path", "absent.safetensors")),
         "ck",

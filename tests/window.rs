@@ -57,7 +57,7 @@ fn the_window_opens_a_clip_and_draws_its_graph() {
     assert!(stderr.contains(&opened), "expected '{opened}' in the log:\n{stderr}");
     assert!(stderr.contains("has the highest ImageReward score"), "the selector ran:\n{stderr}");
     assert!(stderr.contains("run finished") && !stderr.contains("ERROR"), "{stderr}");
-    // The export node wrote a clip (relative paths are relative to the working directory), and the graph it
+    // The export node wrote a clip (inside the output folder, ./out by default), and the graph it
     // carries is the one opened from the first clip.
     let written = dir.path().join("out/i4vgen-demo-42.mp4");
     let decoded = stepstone::video::encode::decode(&written).unwrap();

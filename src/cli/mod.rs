@@ -1,6 +1,7 @@
 //! The command-line front end: `stepstone run`, `stepstone validate`, `stepstone nodes`.
 
 mod run;
+pub mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,12 @@ pub enum Commands {
         /// without either, model files are not checked.
         #[arg(long)]
         models: Option<PathBuf>,
+        /// The output folder export paths resolve in (as for `run`).
+        #[arg(long, value_name = "DIR", default_value = crate::graph::access::DEFAULT_OUTPUT_DIR)]
+        out_dir: PathBuf,
+        /// Allow the graphs to read the input files they name (as for `run`).
+        #[arg(long)]
+        allow_paths: bool,
     },
     /// List the node kinds with their ports and parameters.
     Nodes,
@@ -37,7 +44,7 @@ pub enum Commands {
     Edit(EditArgs),
 }
 
-#[derive(clap::Args, Debug, Default)]
+#[derive(clap::Args, Debug)]
 pub struct EditArgs {
     /// A graph preset, or a clip stepstone exported (its embedded graph opens).
     pub file: Option<PathBuf>,
@@ -45,12 +52,18 @@ pub struct EditArgs {
     /// per-user data path].
     #[arg(long)]
     pub models: Option<PathBuf>,
+    /// The output folder: a graph's export paths resolve inside it.
+    #[arg(long, value_name = "DIR", default_value = crate::graph::access::DEFAULT_OUTPUT_DIR)]
+    pub out_dir: PathBuf,
     /// Where the models run (see `stepstone run --help`).
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
     /// Run the graph's outputs as soon as it is open.
     #[arg(long)]
     pub run: bool,
+    /// With --run: let the graph read the input files it names.
+    #[arg(long)]
+    pub allow_paths: bool,
     /// Save a screenshot of the window (PNG) once it has drawn (and finished the run asked for with --run),
     /// then close: a smoke test under a virtual display (xvfb-run).
     #[arg(long, value_name = "PNG")]
@@ -65,9 +78,17 @@ pub struct RunArgs {
     /// per-user data path].
     #[arg(long)]
     pub models: Option<PathBuf>,
-    /// Output path of the graph's Export node.
+    /// Output path of the graph's Export node, chosen by you: it may point anywhere (relative to the current
+    /// folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The output folder: the graph's own export paths resolve inside it and may not lead out of it.
+    #[arg(long, value_name = "DIR", default_value = crate::graph::access::DEFAULT_OUTPUT_DIR)]
+    pub out_dir: PathBuf,
+    /// Let the graph read the input files (images) it names. Without it, a graph from a preset or clip that
+    /// names a file to read is refused, with the list of files.
+    #[arg(long)]
+    pub allow_paths: bool,
     /// Override a parameter: NODE.PARAM=VALUE (repeatable).
     #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
     pub set: Vec<String>,
@@ -105,10 +126,26 @@ pub fn load_graph(path: &std::path::Path) -> anyhow::Result<Graph> {
     Ok(crate::open::open_graph(path)?)
 }
 
+impl Default for EditArgs {
+    fn default() -> Self {
+        EditArgs {
+            file: None,
+            models: None,
+            out_dir: PathBuf::from(crate::graph::access::DEFAULT_OUTPUT_DIR),
+            device: DeviceChoice::Cpu,
+            run: false,
+            allow_paths: false,
+            screenshot: None,
+        }
+    }
+}
+
 fn edit(args: EditArgs) -> anyhow::Result<()> {
     let (models_dir, _) = models_dir(args.models);
     crate::ui::launch(crate::ui::LaunchOptions {
         models_dir,
+        output_dir: args.out_dir,
+        allow_paths: args.allow_paths,
         device: args.device,
         open: args.file,
         run: args.run,
@@ -127,7 +164,9 @@ pub fn main() -> ExitCode {
         None => edit(EditArgs::default()),
         Some(Commands::Edit(args)) => edit(args),
         Some(Commands::Run(args)) => run::run(args),
-        Some(Commands::Validate { presets, models }) => validate_presets(&presets, models),
+        Some(Commands::Validate { presets, models, out_dir, allow_paths }) => {
+            validate_presets(&presets, models, out_dir, allow_paths)
+        }
         Some(Commands::Nodes) => {
             print_nodes(&KindRegistry::builtin());
             Ok(())
@@ -135,6 +174,10 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<signals::Interrupted>() => {
+            eprintln!("{e}");
+            ExitCode::from(signals::EXIT_INTERRUPTED)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -151,17 +194,24 @@ pub(crate) fn describe_models_dir(dir: &std::path::Path, source: ModelsDirSource
     format!("{} ({how})", dir.display())
 }
 
-fn validate_presets(presets: &[PathBuf], models: Option<PathBuf>) -> anyhow::Result<()> {
+fn validate_presets(
+    presets: &[PathBuf],
+    models: Option<PathBuf>,
+    out_dir: PathBuf,
+    allow_paths: bool,
+) -> anyhow::Result<()> {
     let (dir, source) = models_dir(models);
-    let models_dir = match source {
+    let check_models = match source {
         ModelsDirSource::Default => {
             eprintln!("note: model files not checked (give --models DIR or set $STEPSTONE_MODELS to check them)");
-            None
+            false
         }
-        _ => Some(dir),
+        _ => true,
     };
     let registry = KindRegistry::builtin();
-    let options = crate::graph::ValidateOptions { models_dir, input_dir: None };
+    let mut access = crate::graph::AccessPolicy::new(dir, out_dir);
+    access.allow_inputs = allow_paths;
+    let options = crate::graph::ValidateOptions { access, check_models, check_inputs: true };
     let mut failed = 0;
     for path in presets {
         match load_graph(path) {
@@ -173,6 +223,10 @@ fn validate_presets(presets: &[PathBuf], models: Option<PathBuf>) -> anyhow::Res
                 let report = validate(&graph, &registry, &options);
                 for m in &report.messages {
                     eprintln!("{}: {m}", path.display());
+                }
+                // Every file the graph will read and write, and whether it may.
+                for file in crate::graph::file_uses(&graph, &registry, &options.access) {
+                    println!("{}: {}", path.display(), file.describe());
                 }
                 if report.has_errors() {
                     failed += 1;
@@ -188,8 +242,13 @@ fn validate_presets(presets: &[PathBuf], models: Option<PathBuf>) -> anyhow::Res
     Ok(())
 }
 
-/// Applies one `NODE.PARAM=VALUE` override, checking the node, the parameter and the value.
-pub fn apply_override(graph: &mut Graph, registry: &KindRegistry, text: &str) -> anyhow::Result<()> {
+/// Applies one `NODE.PARAM=VALUE` override, checking the node, the parameter and the value. For a path
+/// parameter, returns the value as one the user chose (see [`crate::graph::access`]).
+pub fn apply_override(
+    graph: &mut Graph,
+    registry: &KindRegistry,
+    text: &str,
+) -> anyhow::Result<Option<crate::graph::access::Chosen>> {
     let (target, value) =
         text.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {text}: expected NODE.PARAM=VALUE"))?;
     let target =
@@ -211,7 +270,16 @@ pub fn apply_override(graph: &mut Graph, registry: &KindRegistry, text: &str) ->
         )
     })?;
     let value = spec.parse(value).map_err(|e| anyhow::anyhow!("--set {text}: {e}"))?;
-    graph.set_param(registry, &target.node, &target.port, value).map_err(|e| anyhow::anyhow!("--set {text}: {e}"))
+    let chosen = match (&spec.ty, value.as_str()) {
+        (crate::graph::ParamType::Path { .. }, Some(v)) => Some(crate::graph::access::Chosen {
+            node: target.node.clone(),
+            param: target.port.clone(),
+            value: v.to_string(),
+        }),
+        _ => None,
+    };
+    graph.set_param(registry, &target.node, &target.port, value).map_err(|e| anyhow::anyhow!("--set {text}: {e}"))?;
+    Ok(chosen)
 }
 
 fn print_nodes(registry: &KindRegistry) {

@@ -6,26 +6,35 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::signals::{self, Action, Interrupted};
 use super::{RunArgs, apply_override, describe_models_dir};
-use crate::graph::{KindRegistry, validate};
+use crate::graph::kinds::EXPORT;
+use crate::graph::{AccessPolicy, KindRegistry, validate};
 use crate::paths::models_dir;
 use crate::runtime::{Event, NodeStatus, RunOutcome, Worker};
 
 pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
     let registry = KindRegistry::builtin();
     let mut graph = super::load_graph(&args.preset)?;
+    let (dir, source) = models_dir(args.models.clone());
+    let mut access = AccessPolicy::new(dir.clone(), args.out_dir.clone());
+    access.allow_inputs = args.allow_paths;
     for text in &args.set {
-        apply_override(&mut graph, &registry, text)?;
+        if let Some(chosen) = apply_override(&mut graph, &registry, text)? {
+            access.chosen.insert(chosen);
+        }
     }
     if let Some(out) = &args.out {
         // An unknown format is refused before any work is done.
         crate::video::encode::Format::from_path(out)?;
         let exports: Vec<String> =
-            graph.nodes.iter().filter(|(_, n)| n.kind == "export").map(|(id, _)| id.clone()).collect();
+            graph.nodes.iter().filter(|(_, n)| n.kind == EXPORT.id).map(|(id, _)| id.clone()).collect();
         match exports.as_slice() {
             [one] => {
-                let value = serde_json::Value::from(out.to_string_lossy().into_owned());
-                graph.set_param(&registry, one, "path", value).map_err(anyhow::Error::msg)?;
+                let text = out.to_string_lossy().into_owned();
+                graph.set_param(&registry, one, "path", serde_json::Value::from(text.clone())).map_err(anyhow::Error::msg)?;
+                // The user named this path on the command line: it may point anywhere.
+                access.choose(one, "path", &text);
             }
             [] => bail!("--out: {} has no Export node to write to", args.preset.display()),
             many => bail!(
@@ -37,32 +46,59 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
-    let (dir, source) = models_dir(args.models.clone());
-    let engine = crate::builtin_engine(dir.clone());
+    let engine = crate::builtin_engine(dir.clone()).with_access(access);
     let report = validate(&graph, &registry, &engine.validate_options());
     for m in report.messages.iter().filter(|m| m.severity == crate::graph::Severity::Warning) {
         eprintln!("{}: {m}", args.preset.display());
     }
-    // Refuse to start when a node the run needs cannot run; report every such error.
+    // Refuse to start when a node the run needs cannot run; name each node with an error of its own (the
+    // nodes that only depend on one are counted, not repeated).
     let plan = engine.plan(&graph, &args.targets).with_context(|| format!("{}", args.preset.display()))?;
-    let blocked: Vec<_> = plan
-        .nodes
-        .iter()
-        .filter(|p| p.pulled && matches!(p.status, NodeStatus::Blocked { .. }))
-        .map(|p| p.id.clone())
-        .collect();
+    let blocked: Vec<_> =
+        plan.nodes.iter().filter(|p| p.pulled && matches!(p.status, NodeStatus::Blocked { .. })).collect();
     if !blocked.is_empty() {
-        for m in report.errors().filter(|m| m.node.as_ref().is_none_or(|n| blocked.contains(n))) {
+        let own: Vec<_> = blocked.iter().filter(|p| p.own_error).collect();
+        for p in &own {
+            for m in report.errors().filter(|m| m.node.as_deref() == Some(p.id.as_str())) {
+                eprintln!("{}: {m}", args.preset.display());
+            }
+            if !report.node_has_error(&p.id)
+                && let NodeStatus::Blocked { reason } = &p.status
+            {
+                eprintln!("{}: error: node '{}': {reason}", args.preset.display(), p.id);
+            }
+        }
+        for m in report.errors().filter(|m| m.node.is_none()) {
             eprintln!("{}: {m}", args.preset.display());
         }
+        let names: Vec<String> = own.iter().map(|p| format!("'{}'", p.id)).collect();
+        let waiting = blocked.len() - own.len();
+        let also = if waiting > 0 { format!("; {waiting} node(s) that depend on it cannot run either") } else { String::new() };
+        let files = engine.access();
+        let needs_permission = crate::graph::file_uses(&graph, &registry, files)
+            .into_iter()
+            .any(|f| matches!(f.verdict, crate::graph::Verdict::NeedsPermission(_)));
+        let hint = if needs_permission {
+            "; to let this graph read the files it names, pass --allow-paths".to_string()
+        } else {
+            String::new()
+        };
+        let who = match names.len() {
+            0 => "the graph has an error".to_string(),
+            1 => format!("node {} has an error", names[0]),
+            _ => format!("nodes {} have errors", names.join(", ")),
+        };
         bail!(
-            "{}: cannot run: {} node(s) have errors (models directory: {})",
+            "{}: cannot run: {who}{also} (models directory: {}){hint}",
             args.preset.display(),
-            blocked.len(),
             describe_models_dir(&dir, source)
         );
     }
 
+    // Ctrl-C / SIGTERM cancel the run through the engine (exports remove their temporaries); a second one
+    // exits at once.
+    signals::install().context("cannot install the Ctrl-C handler")?;
+    let mut watch = signals::Watch::default();
     let device = args.device;
     let mut worker =
         Worker::spawn(move || engine.with_device(device.device()), None).context("cannot start the worker thread")?;
@@ -80,6 +116,14 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let mut failures: BTreeMap<String, String> = BTreeMap::new();
     let outcome = loop {
+        match watch.poll() {
+            Action::None => {}
+            Action::Cancel => {
+                say(&bar, "interrupted: cancelling the run (press Ctrl-C again to quit at once)".to_string());
+                worker.cancel();
+            }
+            Action::Exit => signals::exit_now(),
+        }
         let event = match worker.wait_event(Duration::from_millis(100)) {
             Ok(Some(e)) => e,
             Ok(None) => continue,
@@ -119,6 +163,10 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     bar.finish_and_clear();
     worker.shutdown();
+    if watch.interrupted() {
+        crate::video::output::remove_temporaries();
+        return Err(Interrupted.into());
+    }
     match outcome {
         RunOutcome::Completed => Ok(()),
         RunOutcome::Cancelled => bail!("the run was cancelled"),

@@ -358,8 +358,8 @@ pub const EXPORT: KindSpec = KindSpec {
     params: &[
         ParamSpec::new(
             "path",
-            ParamType::Path { default: "out/{prompt}-{seed}.mp4", role: PathRole::Output },
-            "Output file; the extension picks the format (.mp4, .webm, .gif, .png/.apng; none: a folder of PNG \
+            ParamType::Path { default: "{prompt}-{seed}.mp4", role: PathRole::Output },
+            "Output file, inside the output folder (default ./out); the extension picks the format (.mp4, .webm, .gif, .png/.apng; none: a folder of PNG \
              frames); {prompt}, {seed}, {date} and {n} are filled in",
         ),
         FPS,

@@ -2,6 +2,7 @@
 //!
 //! This layer knows nothing of egui or burn, so presets can be read, validated and migrated anywhere.
 
+pub mod access;
 pub mod kinds;
 pub mod params;
 pub mod ports;
@@ -13,6 +14,7 @@ use std::fmt;
 
 use serde_json::Value;
 
+pub use access::{AccessPolicy, FileUse, Verdict, file_uses};
 pub use kinds::{KindRegistry, KindSpec};
 pub use params::{ParamSpec, ParamType, PathRole};
 pub use ports::{PortSpec, PortType};

@@ -56,6 +56,12 @@ pub enum ParamType {
     },
 }
 
+/// The longest text parameter (a prompt), in bytes: CLIP reads 77 tokens, so this is already far more than
+/// any model uses, and it keeps a crafted preset from feeding megabytes to the tokenizer.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// The longest path parameter, in bytes.
+pub const MAX_PATH_BYTES: usize = 4096;
+
 /// The largest seed: JSON readers in other languages parse numbers as doubles.
 pub const MAX_SEED: u64 = 1 << 53;
 
@@ -128,7 +134,19 @@ impl ParamSpec {
                 None => false,
             },
             ParamType::Bool { .. } => value.is_boolean(),
-            ParamType::Text { .. } | ParamType::Path { .. } => value.is_string(),
+            ParamType::Text { .. } | ParamType::Path { .. } => match value.as_str() {
+                Some(text) => {
+                    let limit = if matches!(self.ty, ParamType::Path { .. }) { MAX_PATH_BYTES } else { MAX_TEXT_BYTES };
+                    if text.len() > limit {
+                        return Err(format!("the text is {} bytes long; at most {limit} bytes are allowed", text.len()));
+                    }
+                    if text.contains('\0') {
+                        return Err("the text contains a NUL character".to_string());
+                    }
+                    true
+                }
+                None => false,
+            },
             ParamType::Choice { options, .. } => match value.as_str() {
                 Some(s) if options.contains(&s) => true,
                 Some(s) => {
@@ -179,11 +197,12 @@ impl ParamSpec {
                 .parse::<u64>()
                 .map(Value::from)
                 .map_err(|_| format!("\"{text}\" is not {}", self.type_description()))?,
-            ParamType::Float { .. } => text
-                .trim()
-                .parse::<f64>()
-                .map(Value::from)
-                .map_err(|_| format!("\"{text}\" is not {}", self.type_description()))?,
+            ParamType::Float { .. } => match text.trim().parse::<f64>() {
+                Ok(v) if v.is_finite() => Value::from(v),
+                // NaN and infinities parse, but JSON has no such numbers: say so instead of "found null".
+                Ok(_) => return Err(format!("\"{text}\" is not a finite number: expected {}", self.type_description())),
+                Err(_) => return Err(format!("\"{text}\" is not {}", self.type_description())),
+            },
             ParamType::Bool { .. } => match text.trim() {
                 "true" | "1" | "yes" | "on" => Value::Bool(true),
                 "false" | "0" | "no" | "off" => Value::Bool(false),
@@ -195,6 +214,9 @@ impl ParamSpec {
                 let mut items = Vec::new();
                 for part in trimmed.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     let v = part.parse::<f64>().map_err(|_| format!("\"{part}\" in \"{text}\" is not a number"))?;
+                    if !v.is_finite() {
+                        return Err(format!("\"{part}\" in \"{text}\" is not a finite number"));
+                    }
                     items.push(Value::from(v));
                 }
                 Value::Array(items)
@@ -252,6 +274,23 @@ mod tests {
         assert_eq!(SIZES.parse("10,10, 10,1").unwrap(), json!([10.0, 10.0, 10.0, 1.0]));
         assert_eq!(SIZES.parse("[2.5]").unwrap(), json!([2.5]));
         assert_eq!(CFG.parse("9").unwrap(), json!(9.0));
+        for bad in ["nan", "NaN", "inf", "-infinity"] {
+            let err = CFG.parse(bad).unwrap_err();
+            assert!(err.contains(bad) && err.contains("finite") && !err.contains("null"), "{err}");
+        }
+        assert!(SIZES.parse("1,nan").unwrap_err().contains("finite"));
+    }
+
+    #[test]
+    fn text_and_paths_have_a_length_limit() {
+        const PROMPT: ParamSpec =
+            ParamSpec::new("positive", ParamType::Text { default: "", multiline: true }, "prompt");
+        assert!(PROMPT.check(&json!("a".repeat(MAX_TEXT_BYTES))).is_ok());
+        let err = PROMPT.check(&json!("a".repeat(MAX_TEXT_BYTES + 1))).unwrap_err();
+        assert!(err.contains(&(MAX_TEXT_BYTES + 1).to_string()) && err.contains("at most"), "{err}");
+        const PATH: ParamSpec = ParamSpec::new("path", ParamType::Path { default: "", role: PathRole::Output }, "p");
+        assert!(PATH.check(&json!("x".repeat(MAX_PATH_BYTES + 1))).is_err());
+        assert!(PATH.check(&json!("a\0b")).unwrap_err().contains("NUL"));
     }
 
     #[test]

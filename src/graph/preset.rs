@@ -16,6 +16,13 @@ pub const FORMAT: &str = "stepstone-graph";
 /// The version this build writes.
 pub const CURRENT_VERSION: u64 = 1;
 
+/// The largest preset (or embedded graph) read, in bytes.
+pub const MAX_PRESET_BYTES: usize = 16 * 1024 * 1024;
+/// The most nodes a preset may hold.
+pub const MAX_NODES: usize = 10_000;
+/// The most links a preset may hold.
+pub const MAX_LINKS: usize = 50_000;
+
 /// A migration turns the JSON of version `n` into version `n + 1`.
 pub type Migration = fn(Value) -> Result<Value, String>;
 
@@ -42,17 +49,55 @@ pub enum PresetError {
     Migration { origin: String, from: u64, message: String },
     #[error("{origin}: {message}")]
     Invalid { origin: String, message: String },
+    #[error("{origin}: {what} is too large: {found}, at most {limit}")]
+    TooLarge { origin: String, what: &'static str, found: usize, limit: usize },
+    #[error("{origin}: not UTF-8 text: invalid byte 0x{byte:02x} at byte offset {offset} (line {line}, column {column})")]
+    NotUtf8 { origin: String, byte: u8, offset: usize, line: usize, column: usize },
 }
 
-/// Reads a preset file.
+/// Reads a preset file (at most [`MAX_PRESET_BYTES`]; UTF-8, with or without a byte-order mark).
 pub fn load_preset(path: &Path) -> Result<Graph, PresetError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| PresetError::Read { path: path.to_path_buf(), source })?;
-    parse_preset(&text, &path.display().to_string())
+    use std::io::Read;
+    let origin = path.display().to_string();
+    let read_err = |source| PresetError::Read { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    // One byte more than the limit tells a file at the limit from a larger one, without reading it all.
+    file.take(MAX_PRESET_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(read_err)?;
+    if bytes.len() > MAX_PRESET_BYTES {
+        let found = std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(bytes.len());
+        return Err(PresetError::TooLarge { origin, what: "the preset (bytes)", found, limit: MAX_PRESET_BYTES });
+    }
+    let text = preset_text(&bytes, &origin)?;
+    parse_preset(text, &origin)
+}
+
+/// Preset bytes as text: UTF-8 (a leading byte-order mark is skipped); otherwise the error gives the offset,
+/// line and column of the first bad byte.
+pub fn preset_text<'a>(bytes: &'a [u8], origin: &str) -> Result<&'a str, PresetError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    std::str::from_utf8(bytes).map_err(|e| {
+        let offset = e.valid_up_to();
+        let before = &bytes[..offset];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        // Characters, not bytes, up to the bad byte (the text before it is valid UTF-8).
+        let column = std::str::from_utf8(&before[line_start..]).map_or(0, |t| t.chars().count()) + 1;
+        PresetError::NotUtf8 { origin: origin.to_string(), byte: bytes.get(offset).copied().unwrap_or(0), offset, line, column }
+    })
 }
 
 /// Parses preset text; `origin` names the source in messages (usually the file path).
 pub fn parse_preset(text: &str, origin: &str) -> Result<Graph, PresetError> {
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
+    if text.len() > MAX_PRESET_BYTES {
+        return Err(PresetError::TooLarge {
+            origin: origin.to_string(),
+            what: "the preset (bytes)",
+            found: text.len(),
+            limit: MAX_PRESET_BYTES,
+        });
+    }
     let value: Value = serde_json::from_str(text).map_err(|e| PresetError::Json {
         origin: origin.to_string(),
         line: e.line(),
@@ -139,6 +184,14 @@ fn from_value(value: Value, origin: &str) -> Result<Graph, PresetError> {
         Some(_) => return Err(invalid(origin, "\"nodes\" must be a list")),
         None => Vec::new(),
     };
+    if nodes.len() > MAX_NODES {
+        return Err(PresetError::TooLarge {
+            origin: origin.to_string(),
+            what: "the number of nodes",
+            found: nodes.len(),
+            limit: MAX_NODES,
+        });
+    }
     for (i, node) in nodes.into_iter().enumerate() {
         let Value::Object(mut fields) = node else {
             return Err(invalid(origin, format!("node #{i} is not an object")));
@@ -181,6 +234,14 @@ fn from_value(value: Value, origin: &str) -> Result<Graph, PresetError> {
         Some(_) => return Err(invalid(origin, "\"links\" must be a list")),
         None => Vec::new(),
     };
+    if links.len() > MAX_LINKS {
+        return Err(PresetError::TooLarge {
+            origin: origin.to_string(),
+            what: "the number of links",
+            found: links.len(),
+            limit: MAX_LINKS,
+        });
+    }
     for (i, link) in links.into_iter().enumerate() {
         let end = |key: &str| -> Result<PortRef, PresetError> {
             let text = link.get(key).and_then(Value::as_str).ok_or_else(|| {

@@ -1,11 +1,12 @@
 //! Graph validation: per-node messages for everything that would stop a node from running.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::access::{AccessPolicy, Verdict};
 use super::params::{ParamType, PathRole};
-use super::{Graph, KindRegistry, NodeId, ResolvedParams};
+use super::{Graph, KindRegistry, Link, NodeId, ResolvedParams};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -83,28 +84,39 @@ impl fmt::Display for Report {
     }
 }
 
+/// The longest node id.
+pub const MAX_ID_LEN: usize = 128;
+
 /// What validation may look at beyond the graph itself.
 #[derive(Clone, Debug, Default)]
 pub struct ValidateOptions {
-    /// Where model paths are resolved; when set, missing model files are errors.
-    pub models_dir: Option<PathBuf>,
-    /// Where relative input files (images) are resolved; when set, missing input files are errors.
-    pub input_dir: Option<PathBuf>,
+    /// Where paths resolve and what the graph may read and write ([`AccessPolicy`]); uses of files the
+    /// policy refuses, or that need a permission not given, are errors.
+    pub access: AccessPolicy,
+    /// Whether missing model files are errors (the models folder is known).
+    pub check_models: bool,
+    /// Whether missing input files are errors.
+    pub check_inputs: bool,
 }
 
-/// Resolves a model path parameter against the models directory (absolute paths stay as they are).
-pub fn resolve_model_path(models_dir: &Path, value: &str) -> PathBuf {
-    let p = Path::new(value);
-    if p.is_absolute() { p.to_path_buf() } else { models_dir.join(p) }
+/// Resolves a model path parameter inside the models directory; `None` when it is absolute or climbs out
+/// of it (see [`super::access`]).
+pub fn resolve_model_path(models_dir: &Path, value: &str) -> Option<PathBuf> {
+    super::access::confined(value).map(|rel| models_dir.join(rel))
 }
 
 /// Checks the whole graph. Unknown kinds and parameters are reported, never removed.
 pub fn validate(graph: &Graph, registry: &KindRegistry, options: &ValidateOptions) -> Report {
     let mut report = Report::default();
+    let incoming = incoming_links(graph);
+    let no_links: Vec<&Link> = Vec::new();
 
     for (id, node) in &graph.nodes {
+        let into = incoming.get(id.as_str()).unwrap_or(&no_links);
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             report.error(id, "node ids may use only letters, digits, '_' and '-'");
+        } else if id.len() > MAX_ID_LEN {
+            report.error(id, format!("node ids are at most {MAX_ID_LEN} characters (this one has {})", id.len()));
         }
         let Some(kind) = registry.get(&node.kind) else {
             report.error(
@@ -128,10 +140,10 @@ pub fn validate(graph: &Graph, registry: &KindRegistry, options: &ValidateOption
         }
         let resolved = ResolvedParams::resolve(kind, node);
         check_paths(&mut report, id, kind.params, &resolved, options);
-        check_kind_rules(&mut report, graph, id, kind.id, &resolved);
+        check_kind_rules(&mut report, into, id, kind.id, &resolved);
 
         for input in kind.inputs.iter().filter(|p| p.required) {
-            if !graph.links_into(id).any(|l| l.to.port == input.name) {
+            if !into.iter().any(|l| l.to.port == input.name) {
                 report.error(id, format!("required input '{}' ({}) is not connected", input.name, input.ty));
             }
         }
@@ -152,50 +164,43 @@ fn check_paths(
     for spec in params {
         let ParamType::Path { role, .. } = spec.ty else { continue };
         let Some(value) = resolved.str(spec.name) else { continue };
+        if value.is_empty() {
+            let what = match role {
+                PathRole::Model => "no model file chosen",
+                PathRole::InputFile => "no file chosen",
+                PathRole::Output => "no output path given",
+            };
+            report.error(id, format!("parameter '{}': {what}", spec.name));
+            continue;
+        }
+        let file = options.access.resolve(id, spec.name, role, value);
+        match &file.verdict {
+            Verdict::Refused(why) | Verdict::NeedsPermission(why) => {
+                report.error(id, format!("parameter '{}': '{value}': {why}", spec.name));
+                continue;
+            }
+            Verdict::Allowed => {}
+        }
         match role {
-            PathRole::Model => {
-                if value.is_empty() {
-                    report.error(id, format!("parameter '{}': no model file chosen", spec.name));
-                } else if let Some(dir) = &options.models_dir {
-                    let path = resolve_model_path(dir, value);
-                    if !path.exists() {
-                        report.error(
-                            id,
-                            format!(
-                                "parameter '{}': model file '{value}' not found in the models directory '{}' \
-                                 (looked for {})",
-                                spec.name,
-                                dir.display(),
-                                path.display()
-                            ),
-                        );
-                    }
-                }
+            PathRole::Model if options.check_models && !file.path.exists() => report.error(
+                id,
+                format!(
+                    "parameter '{}': model file '{value}' not found in the models directory '{}' (looked for {})",
+                    spec.name,
+                    options.access.models_dir.display(),
+                    file.path.display()
+                ),
+            ),
+            PathRole::InputFile if options.check_inputs && !file.path.is_file() => {
+                report.error(id, format!("parameter '{}': file '{}' not found", spec.name, file.path.display()))
             }
-            PathRole::InputFile => {
-                if value.is_empty() {
-                    report.error(id, format!("parameter '{}': no file chosen", spec.name));
-                } else if let Some(dir) = &options.input_dir {
-                    let path = dir.join(value);
-                    if !path.is_file() {
-                        report.error(
-                            id,
-                            format!("parameter '{}': file '{}' not found", spec.name, path.display()),
-                        );
-                    }
-                }
-            }
-            PathRole::Output => {
-                if value.is_empty() {
-                    report.error(id, format!("parameter '{}': no output path given", spec.name));
-                }
-            }
+            _ => {}
         }
     }
 }
 
 /// Rules that involve more than one parameter or port of a kind.
-fn check_kind_rules(report: &mut Report, graph: &Graph, id: &str, kind: &str, params: &ResolvedParams) {
+fn check_kind_rules(report: &mut Report, into: &[&Link], id: &str, kind: &str, params: &ResolvedParams) {
     for name in ["width", "height"] {
         if let Some(v) = params.i64(name) {
             if v % 8 != 0 {
@@ -204,7 +209,7 @@ fn check_kind_rules(report: &mut Report, graph: &Graph, id: &str, kind: &str, pa
         }
     }
     if kind == "candidate_selector" && params.str("mode") == Some("reward") {
-        if !graph.links_into(id).any(|l| l.to.port == "reward") {
+        if !into.iter().any(|l| l.to.port == "reward") {
             report.error(
                 id,
                 "mode \"reward\" needs a reward model: connect input 'reward' or switch mode to \"manual\"",
@@ -214,7 +219,7 @@ fn check_kind_rules(report: &mut Report, graph: &Graph, id: &str, kind: &str, pa
 }
 
 fn check_links(report: &mut Report, graph: &Graph, registry: &KindRegistry) {
-    let mut into: BTreeMap<&super::PortRef, usize> = BTreeMap::new();
+    let mut into: HashMap<&super::PortRef, usize> = HashMap::new();
     for link in &graph.links {
         *into.entry(&link.to).or_default() += 1;
         let from_node = graph.nodes.get(&link.from.node);
@@ -253,44 +258,89 @@ fn check_links(report: &mut Report, graph: &Graph, registry: &KindRegistry) {
             );
         }
     }
-    for (to, count) in into {
-        if count > 1 {
-            report.error(&to.node, format!("input '{}' has {count} links; an input takes one", to.port));
-        }
+    // In port order, so messages come out the same every time.
+    let mut crowded: Vec<(&super::PortRef, usize)> = into.into_iter().filter(|(_, count)| *count > 1).collect();
+    crowded.sort();
+    for (to, count) in crowded {
+        report.error(&to.node, format!("input '{}' has {count} links; an input takes one", to.port));
     }
 }
 
+/// Incoming links of every node, built once (so per-node checks stay linear in nodes + links).
+fn incoming_links(graph: &Graph) -> HashMap<&str, Vec<&Link>> {
+    let mut into: HashMap<&str, Vec<&Link>> = HashMap::with_capacity(graph.nodes.len());
+    for link in &graph.links {
+        into.entry(link.to.node.as_str()).or_default().push(link);
+    }
+    into
+}
+
+/// Marks every node that lies on a cycle. Kosaraju's strongly connected components over node indices,
+/// iterative (no recursion depth limit): a node is on a cycle when its component has more than one node
+/// (a link from a node to itself is a cycle too). Linear in nodes + links.
 fn check_cycles(report: &mut Report, graph: &Graph) {
-    // Kahn's algorithm: whatever cannot be ordered lies on or behind a cycle; then keep the nodes that
-    // actually sit on one (they reach themselves).
-    let mut indegree: BTreeMap<&str, usize> = graph.nodes.keys().map(|k| (k.as_str(), 0)).collect();
-    let edges: BTreeSet<(&str, &str)> = graph
-        .links
-        .iter()
-        .filter(|l| graph.nodes.contains_key(&l.from.node) && graph.nodes.contains_key(&l.to.node))
-        .map(|l| (l.from.node.as_str(), l.to.node.as_str()))
-        .collect();
-    for (_, to) in &edges {
-        if let Some(d) = indegree.get_mut(to) {
-            *d += 1;
+    let ids: Vec<&str> = graph.nodes.keys().map(String::as_str).collect();
+    let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let n = ids.len();
+    let mut forward: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut backward: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut self_loop = vec![false; n];
+    for link in &graph.links {
+        let (Some(&a), Some(&b)) = (index.get(link.from.node.as_str()), index.get(link.to.node.as_str())) else {
+            continue;
+        };
+        if a == b {
+            self_loop[a] = true;
+        }
+        forward[a].push(b);
+        backward[b].push(a);
+    }
+    // Pass 1: finishing order of a depth-first walk along the links.
+    let mut order = Vec::with_capacity(n);
+    let mut visited = vec![false; n];
+    for start in 0..n {
+        if visited[start] {
+            continue;
+        }
+        visited[start] = true;
+        let mut stack = vec![(start, 0usize)];
+        while let Some((node, next)) = stack.last_mut() {
+            if let Some(&to) = forward[*node].get(*next) {
+                *next += 1;
+                if !visited[to] {
+                    visited[to] = true;
+                    stack.push((to, 0));
+                }
+            } else {
+                order.push(*node);
+                stack.pop();
+            }
         }
     }
-    let mut ready: Vec<&str> = indegree.iter().filter(|(_, d)| **d == 0).map(|(n, _)| *n).collect();
-    while let Some(n) = ready.pop() {
-        indegree.remove(n);
-        for (_, to) in edges.iter().filter(|(from, _)| *from == n) {
-            if let Some(d) = indegree.get_mut(to) {
-                *d -= 1;
-                if *d == 0 {
-                    ready.push(*to);
+    // Pass 2: components along the reversed links, in reverse finishing order.
+    let mut component = vec![usize::MAX; n];
+    let mut sizes: Vec<usize> = Vec::new();
+    for &start in order.iter().rev() {
+        if component[start] != usize::MAX {
+            continue;
+        }
+        let c = sizes.len();
+        sizes.push(0);
+        component[start] = c;
+        let mut stack = vec![start];
+        while let Some(node) = stack.pop() {
+            sizes[c] += 1;
+            for &from in &backward[node] {
+                if component[from] == usize::MAX {
+                    component[from] = c;
+                    stack.push(from);
                 }
             }
         }
     }
-    for node in indegree.keys() {
-        let on_cycle = edges.iter().any(|(from, to)| from == node && graph.reaches(to, node));
-        if on_cycle {
-            report.error(node, "is part of a cycle: links must not lead back to the node they start from");
+    for (i, id) in ids.iter().enumerate() {
+        if self_loop[i] || sizes[component[i]] > 1 {
+            report.error(id, "is part of a cycle: links must not lead back to the node they start from");
         }
     }
 }

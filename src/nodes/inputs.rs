@@ -108,16 +108,28 @@ pub(super) fn load_reward_model(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs
     Ok(NodeOutputs::new().with("reward", value))
 }
 
+/// The largest side of an image Load Image decodes.
+const MAX_IMAGE_SIDE: u32 = 16_384;
+/// The most memory decoding one image may take.
+const MAX_IMAGE_BYTES: u64 = 1 << 30;
+
 pub(super) fn load_image(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
     let value = ctx.param_str("path")?;
     if value.is_empty() {
         return Err(NodeError::Param { name: "path".into(), message: "no image file chosen".into() });
     }
-    let path = PathBuf::from(value);
-    let image = image::ImageReader::open(&path)
+    let path = ctx.file("path")?;
+    let mut reader = image::ImageReader::open(&path)
         .map_err(|e| NodeError::File { path: path.clone(), message: format!("cannot open: {e}") })?
         .with_guessed_format()
-        .map_err(|e| NodeError::File { path: path.clone(), message: format!("cannot read: {e}") })?
+        .map_err(|e| NodeError::File { path: path.clone(), message: format!("cannot read: {e}") })?;
+    // A crafted header may claim any size: decode only what an anchor image can reasonably be.
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_BYTES);
+    reader.limits(limits);
+    let image = reader
         .decode()
         .map_err(|e| NodeError::File { path: path.clone(), message: format!("not a readable image: {e}") })?
         .to_rgb8();

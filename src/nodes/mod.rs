@@ -38,20 +38,25 @@ pub fn builtin_evaluators() -> Evaluators {
     e.register(kinds::TEXT_TO_VIDEO.id, animate::text_to_video);
     e.register(kinds::VIDEO_PREVIEW.id, outputs::video_preview);
     e.register(kinds::EXPORT.id, outputs::export);
+    e.register_check(kinds::EXPORT.id, outputs::export_check);
     e
 }
 
-/// Resolves a model path parameter against the models directory.
+/// Resolves a model path parameter inside the models directory (the access policy refuses paths that lead
+/// out of it) and checks that it exists.
 fn model_path(ctx: &EvalContext<'_>, param: &str) -> Result<PathBuf, NodeError> {
     let value = ctx.param_str(param)?;
     if value.is_empty() {
         return Err(NodeError::Param { name: param.to_string(), message: "no model file chosen".to_string() });
     }
-    let path = crate::graph::validate::resolve_model_path(ctx.models_dir, value);
+    let path = ctx.file(param)?;
     if !path.exists() {
         return Err(NodeError::File {
             path: path.clone(),
-            message: format!("model file '{value}' not found in the models directory '{}'", ctx.models_dir.display()),
+            message: format!(
+                "model file '{value}' not found in the models directory '{}'",
+                ctx.access.models_dir.display()
+            ),
         });
     }
     Ok(path)

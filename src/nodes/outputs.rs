@@ -3,7 +3,8 @@
 use std::ops::ControlFlow;
 
 use crate::graph::to_preset_string;
-use crate::runtime::{EvalContext, NodeError, NodeOutputs};
+use crate::graph::Verdict;
+use crate::runtime::{CheckContext, EvalContext, NodeError, NodeOutputs};
 use crate::video::encode::{self, EncodeOptions, Format, GifLoop};
 use crate::video::{Video, output_path};
 
@@ -17,7 +18,8 @@ pub(super) fn video_preview(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, No
 /// Writes the clip in the format the path's extension names, with the graph preset embedded.
 pub(super) fn export(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
     let video = ctx.input::<Video>("video")?.clone();
-    let template = ctx.param_str("path")?.to_string();
+    // Inside the output folder unless the user chose the path (see graph::access).
+    let template = ctx.file("path")?.to_string_lossy().into_owned();
     let gif_loop = match ctx.param_str("loop")? {
         "once" => GifLoop::Once,
         "count" => GifLoop::Times(ctx.param_u64("loop_count")?.min(u64::from(u16::MAX)) as u16),
@@ -58,6 +60,32 @@ pub(super) fn export(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError
     }
     ctx.note(format!("wrote {} ({}, {} frames)", path.display(), format.name(), video.frames.len()));
     Ok(NodeOutputs::new())
+}
+
+/// The Export node's check before a run: the path is one the graph may write (see `graph::access`), in a
+/// format stepstone writes, in a folder that is (or can be made) writable, and what is there already may be
+/// replaced. Placeholders that only the run knows (`{prompt}`, `{seed}`, `{n}`) are filled with stand-ins:
+/// then only the format and the folder are checked.
+pub(super) fn export_check(ctx: &CheckContext<'_>) -> Result<(), String> {
+    let Some(value) = ctx.params.str("path") else { return Ok(()) };
+    let file = ctx.access.resolve(ctx.node, "path", crate::graph::PathRole::Output, value);
+    let template = match file.verdict {
+        Verdict::Allowed => file.path.to_string_lossy().into_owned(),
+        Verdict::NeedsPermission(why) | Verdict::Refused(why) => return Err(format!("parameter 'path': '{value}': {why}")),
+    };
+    let overwrite = ctx.params.bool("overwrite").unwrap_or(false);
+    let placeholders = ["{prompt}", "{seed}", "{n}"].iter().any(|p| template.contains(p));
+    let path = output_path(&template, "stand-in", 0, &date_stamp());
+    let result = if placeholders {
+        // The name is not known yet: check the format and the folder only.
+        crate::video::output::preflight(&path, true).map(|_| ()).or_else(|e| match e {
+            crate::video::ExportError::NotReplaceable { .. } => Ok(()),
+            other => Err(other),
+        })
+    } else {
+        crate::video::output::preflight(&path, overwrite).map(|_| ())
+    };
+    result.map_err(|e| format!("parameter 'path': {e}"))
 }
 
 /// Today's date as YYYY-MM-DD (UTC), computed without a calendar dependency.

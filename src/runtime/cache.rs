@@ -36,9 +36,10 @@ impl fmt::Debug for CacheKey {
     }
 }
 
-/// Where path parameters are resolved when keys are computed.
+/// Where path parameters are resolved when keys are computed: the node and the engine's access policy.
 pub struct PathContext<'a> {
-    pub models_dir: &'a Path,
+    pub node: &'a str,
+    pub access: &'a crate::graph::AccessPolicy,
 }
 
 /// Computes a node's key. `inputs` lists, for each connected input port, the upstream key and output port.
@@ -58,11 +59,10 @@ pub fn node_key(
     for spec in kind.params {
         let ParamType::Path { role, .. } = spec.ty else { continue };
         let Some(value) = params.str(spec.name) else { continue };
-        let path = match role {
-            PathRole::Model => crate::graph::validate::resolve_model_path(paths.models_dir, value),
-            PathRole::InputFile => Path::new(value).to_path_buf(),
-            PathRole::Output => continue,
-        };
+        if role == PathRole::Output {
+            continue;
+        }
+        let path = paths.access.resolve(paths.node, spec.name, role, value).path;
         field(&mut h, spec.name.as_bytes());
         field(&mut h, &fingerprint(&path));
     }

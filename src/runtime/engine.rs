@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use super::cache::{CacheKey, ModelCache, PathContext, ResultCache, node_key, normalise_params};
 use super::events::{Event, RunId, RunOutcome};
 use super::{EvalContext, Evaluators, NodeError, NodeOutputs, NodeReport};
-use crate::graph::{Graph, KindRegistry, NodeId, ResolvedParams, ValidateOptions, validate};
+use crate::graph::{AccessPolicy, Graph, KindRegistry, Link, NodeId, ResolvedParams, ValidateOptions, validate};
 
 /// How many node results the cache keeps by default.
 pub const DEFAULT_CACHE_ENTRIES: usize = 256;
@@ -38,6 +38,8 @@ pub struct PlannedNode {
     pub inputs: BTreeMap<String, (NodeId, String)>,
     /// Whether the run pulls on this node (a target, or an input of a node that runs or is blocked).
     pub pulled: bool,
+    /// Whether a block is the node's own error (not only an upstream node's).
+    pub own_error: bool,
 }
 
 /// What a run of some targets would do, node by node, in evaluation order.
@@ -83,7 +85,8 @@ pub struct Engine {
     evaluators: Evaluators,
     cache: ResultCache,
     models: ModelCache,
-    models_dir: PathBuf,
+    /// Where paths resolve and what graphs may read and write.
+    access: AccessPolicy,
     device: Device,
 }
 
@@ -94,7 +97,7 @@ impl Engine {
             evaluators,
             cache: ResultCache::new(DEFAULT_CACHE_ENTRIES),
             models: ModelCache::new(),
-            models_dir,
+            access: AccessPolicy::new(models_dir, crate::graph::access::DEFAULT_OUTPUT_DIR),
             device: Device::flex(),
         }
     }
@@ -116,7 +119,21 @@ impl Engine {
         &self.registry
     }
     pub fn models_dir(&self) -> &Path {
-        &self.models_dir
+        &self.access.models_dir
+    }
+    /// The rules for the files graphs may read and write.
+    pub fn access(&self) -> &AccessPolicy {
+        &self.access
+    }
+    /// Replaces the access policy (output folder, permissions, values the user chose). Cached results stay:
+    /// keys hold the files' fingerprints, not the policy.
+    pub fn set_access(&mut self, access: AccessPolicy) {
+        self.access = access;
+    }
+    /// The engine with this access policy.
+    pub fn with_access(mut self, access: AccessPolicy) -> Self {
+        self.access = access;
+        self
     }
     pub fn models(&self) -> &ModelCache {
         &self.models
@@ -138,7 +155,7 @@ impl Engine {
 
     /// Validation options matching this engine (model files are checked in its models directory).
     pub fn validate_options(&self) -> ValidateOptions {
-        ValidateOptions { models_dir: Some(self.models_dir.clone()), input_dir: Some(PathBuf::from(".")) }
+        ValidateOptions { access: self.access.clone(), check_models: true, check_inputs: true }
     }
 
     /// Output nodes of the graph (what a run with no targets evaluates).
@@ -161,12 +178,19 @@ impl Engine {
             return Err(PlanError::NoSuchTarget(t.clone()));
         }
 
+        // Incoming links per node, once (a per-node scan of every link would be quadratic).
+        let mut incoming: HashMap<&str, Vec<&Link>> = HashMap::new();
+        for link in &graph.links {
+            incoming.entry(link.to.node.as_str()).or_default().push(link);
+        }
+        let no_links: Vec<&Link> = Vec::new();
         // Everything the targets depend on.
         let mut needed = BTreeSet::new();
         let mut stack: Vec<&str> = targets.iter().map(String::as_str).collect();
         while let Some(n) = stack.pop() {
             if needed.insert(n.to_string()) {
-                stack.extend(graph.upstream_of(n).into_iter().filter(|u| graph.nodes.contains_key(*u)));
+                let into = incoming.get(n).unwrap_or(&no_links);
+                stack.extend(into.iter().map(|l| l.from.node.as_str()).filter(|u| graph.nodes.contains_key(*u)));
             }
         }
         let order = topological_order(graph, &needed);
@@ -175,16 +199,35 @@ impl Engine {
         // Keys, in order, so every upstream key is known when a node is reached.
         let mut planned: Vec<PlannedNode> = Vec::with_capacity(order.len());
         let mut index: HashMap<NodeId, usize> = HashMap::new();
-        let paths = PathContext { models_dir: &self.models_dir };
+        let mut own_errors: HashMap<&str, &str> = HashMap::new();
+        for m in report.errors() {
+            if let Some(node) = &m.node {
+                own_errors.entry(node.as_str()).or_insert(m.text.as_str());
+            }
+        }
         for id in &order {
-            let node = &graph.nodes[id];
-            let inputs: BTreeMap<String, (NodeId, String)> =
-                graph.links_into(id).map(|l| (l.to.port.clone(), (l.from.node.clone(), l.from.port.clone()))).collect();
+            let Some(node) = graph.nodes.get(id) else { continue };
+            let inputs: BTreeMap<String, (NodeId, String)> = incoming
+                .get(id.as_str())
+                .unwrap_or(&no_links)
+                .iter()
+                .map(|l| (l.to.port.clone(), (l.from.node.clone(), l.from.port.clone())))
+                .collect();
             let mut blocked = None;
-            if let Some(err) = report.for_node(id).find(|m| m.severity == crate::graph::Severity::Error) {
-                blocked = Some(err.text.clone());
+            let mut own_error = false;
+            if let Some(text) = own_errors.get(id.as_str()) {
+                blocked = Some(text.to_string());
+                own_error = true;
             } else if self.evaluators.get(&node.kind).is_none() {
                 blocked = Some(format!("no evaluator is registered for kind '{}'", node.kind));
+                own_error = true;
+            } else if let (Some(check), Some(kind)) = (self.evaluators.check(&node.kind), self.registry.get(&node.kind)) {
+                // The kind's own check of what it will touch (an export's output path), before any compute.
+                let params = ResolvedParams::resolve(kind, node);
+                if let Err(text) = check(&super::CheckContext { node: id, params: &params, access: &self.access }) {
+                    blocked = Some(text);
+                    own_error = true;
+                }
             }
             let mut upstream_keys = BTreeMap::new();
             for (port, (from, from_port)) in &inputs {
@@ -201,7 +244,7 @@ impl Engine {
                 (None, Some(kind)) => {
                     let mut params = ResolvedParams::resolve(kind, node);
                     normalise_params(kind, &mut params);
-                    Some(node_key(kind, &params, &upstream_keys, &paths))
+                    Some(node_key(kind, &params, &upstream_keys, &PathContext { node: id, access: &self.access }))
                 }
                 _ => None,
             };
@@ -210,7 +253,7 @@ impl Engine {
                 None => NodeStatus::Unneeded,
             };
             index.insert(id.clone(), planned.len());
-            planned.push(PlannedNode { id: id.clone(), key, status, inputs, pulled: false });
+            planned.push(PlannedNode { id: id.clone(), key, status, inputs, pulled: false, own_error });
         }
 
         // Pull from the targets: a cached node stops the walk; everything else it reaches will run.
@@ -381,7 +424,7 @@ impl Engine {
             kind,
             params: &params,
             key,
-            models_dir: &self.models_dir,
+            access: &self.access,
             models: &self.models,
             device: &self.device,
             inputs,
@@ -410,17 +453,20 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// Kahn's algorithm over the `needed` nodes, smallest id first among the ready ones (deterministic).
+/// Kahn's algorithm over the `needed` nodes, smallest id first among the ready ones (deterministic), over
+/// per-node lists of outgoing links (linear in nodes + links, up to the ordered set of ready nodes).
 /// Nodes on a cycle cannot be ordered; they come last (validation has already marked them as errors).
 fn topological_order(graph: &Graph, needed: &BTreeSet<NodeId>) -> Vec<NodeId> {
-    let mut indegree: BTreeMap<&str, usize> = needed.iter().map(|n| (n.as_str(), 0)).collect();
+    let mut indegree: HashMap<&str, usize> = needed.iter().map(|n| (n.as_str(), 0)).collect();
     let edges: BTreeSet<(&str, &str)> = graph
         .links
         .iter()
         .filter(|l| needed.contains(&l.from.node) && needed.contains(&l.to.node))
         .map(|l| (l.from.node.as_str(), l.to.node.as_str()))
         .collect();
-    for (_, to) in &edges {
+    let mut outgoing: HashMap<&str, Vec<&str>> = HashMap::new();
+    for &(from, to) in &edges {
+        outgoing.entry(from).or_default().push(to);
         if let Some(d) = indegree.get_mut(to) {
             *d += 1;
         }
@@ -430,7 +476,7 @@ fn topological_order(graph: &Graph, needed: &BTreeSet<NodeId>) -> Vec<NodeId> {
     while let Some(n) = ready.pop_first() {
         indegree.remove(n);
         order.push(n.to_string());
-        for (_, to) in edges.iter().filter(|(from, _)| *from == n) {
+        for to in outgoing.get(n).map(Vec::as_slice).unwrap_or_default() {
             if let Some(d) = indegree.get_mut(to) {
                 *d -= 1;
                 if *d == 0 {
@@ -439,6 +485,8 @@ fn topological_order(graph: &Graph, needed: &BTreeSet<NodeId>) -> Vec<NodeId> {
             }
         }
     }
-    order.extend(indegree.keys().map(|n| n.to_string()));
+    let mut rest: Vec<&str> = indegree.into_keys().collect();
+    rest.sort_unstable();
+    order.extend(rest.into_iter().map(str::to_string));
     order
 }

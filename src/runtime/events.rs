@@ -27,6 +27,9 @@ pub enum Command {
     ClearCache {
         models: bool,
     },
+    /// Replace the engine's access policy (what graphs may read and write); the current graph is checked
+    /// again.
+    SetAccess(Box<crate::graph::AccessPolicy>),
     /// Stop the current run at the next step (the flag is set by the handle; this only wakes an idle worker).
     Cancel,
     Shutdown,

@@ -12,10 +12,10 @@ pub mod worker;
 
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::graph::{KindSpec, ResolvedParams};
+use crate::graph::{AccessPolicy, KindSpec, ParamType, ResolvedParams, Verdict};
 
 pub use cache::{CacheKey, ModelCache, ResultCache};
 pub use engine::{Engine, NodeStatus, Plan, PlanError};
@@ -87,10 +87,22 @@ where
     }
 }
 
-/// Evaluators by kind id.
+/// What a kind's check before a run can see: the node, its parameters and the access policy.
+pub struct CheckContext<'a> {
+    pub node: &'a str,
+    pub params: &'a ResolvedParams,
+    pub access: &'a AccessPolicy,
+}
+
+/// A kind's check of what it will touch (an output path), run when a graph is planned, before any node
+/// computes: the error text blocks the node.
+pub type Check = fn(&CheckContext<'_>) -> Result<(), String>;
+
+/// Evaluators by kind id, and the kinds' checks before a run.
 #[derive(Clone, Default)]
 pub struct Evaluators {
     map: BTreeMap<String, Arc<dyn Evaluator>>,
+    checks: BTreeMap<String, Check>,
 }
 
 impl Evaluators {
@@ -114,6 +126,16 @@ impl Evaluators {
     pub fn get(&self, kind: &str) -> Option<Arc<dyn Evaluator>> {
         self.map.get(kind).cloned()
     }
+
+    /// Registers the check `kind` runs when a graph is planned (see [`Check`]).
+    pub fn register_check(&mut self, kind: &str, check: Check) {
+        self.checks.insert(kind.to_string(), check);
+    }
+
+    /// The check of `kind`, if it has one.
+    pub fn check(&self, kind: &str) -> Option<Check> {
+        self.checks.get(kind).copied()
+    }
 }
 
 /// What a node's evaluation can see and do.
@@ -124,7 +146,9 @@ pub struct EvalContext<'a> {
     pub kind: &'a KindSpec,
     pub params: &'a ResolvedParams,
     pub key: CacheKey,
-    pub models_dir: &'a Path,
+    /// Where paths resolve and what the graph may read and write: resolve path parameters with
+    /// [`EvalContext::file`].
+    pub access: &'a AccessPolicy,
     pub models: &'a ModelCache,
     /// The device models are loaded on and tensors computed on.
     pub device: &'a burn::tensor::Device,
@@ -201,6 +225,22 @@ impl EvalContext<'_> {
     }
     pub fn param_f64_list(&self, name: &str) -> Result<Vec<f64>, NodeError> {
         self.params.f64_list(name).ok_or_else(|| self.param_error(name))
+    }
+
+    /// A path parameter resolved by the access policy: where it points, or why it may not be used.
+    pub fn file(&self, name: &str) -> Result<std::path::PathBuf, NodeError> {
+        let value = self.param_str(name)?;
+        let role = match self.kind.param(name).map(|p| p.ty) {
+            Some(ParamType::Path { role, .. }) => role,
+            _ => return Err(self.param_error(name)),
+        };
+        let file = self.access.resolve(self.node, name, role, value);
+        match file.verdict {
+            Verdict::Allowed => Ok(file.path),
+            Verdict::NeedsPermission(why) | Verdict::Refused(why) => {
+                Err(NodeError::Param { name: name.to_string(), message: format!("'{value}': {why}") })
+            }
+        }
     }
 
     fn param_error(&self, name: &str) -> NodeError {

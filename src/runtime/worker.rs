@@ -80,6 +80,11 @@ impl Worker {
         if was_empty { self.send(Command::GraphChanged) } else { Ok(()) }
     }
 
+    /// Replaces the engine's access policy; the worker checks the current graph again (`Event::GraphChecked`).
+    pub fn set_access(&self, access: crate::graph::AccessPolicy) -> Result<(), WorkerError> {
+        self.send(Command::SetAccess(Box::new(access)))
+    }
+
     /// Asks for a run of `targets` (all output nodes when empty) of the current graph.
     pub fn run(&mut self, targets: Vec<NodeId>) -> Result<RunId, WorkerError> {
         let run_id = self.next_run;
@@ -198,6 +203,12 @@ impl WorkerState {
                 Command::ClearCache { models } => {
                     engine.clear_cache(models);
                     self.emit(Event::CacheCleared { models });
+                }
+                Command::SetAccess(access) => {
+                    engine.set_access(*access);
+                    let report = validate(&graph, engine.registry(), &engine.validate_options());
+                    let plan = engine.plan(&graph, &[]).ok();
+                    self.emit(Event::GraphChecked { report, plan });
                 }
                 Command::Cancel => {}
                 Command::Shutdown => break,

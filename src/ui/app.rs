@@ -12,7 +12,7 @@ use super::document::Document;
 use super::session::{Level, Notice, Session};
 use super::thumbs::Textures;
 use super::viewer::GraphViewer;
-use crate::graph::{Graph, KindRegistry, NodeId, Severity, save_preset};
+use crate::graph::{AccessPolicy, FileUse, Graph, KindRegistry, NodeId, Severity, Verdict, file_uses, save_preset};
 use crate::open::{CLIP_EXTENSIONS, GraphSource, open_graph};
 use crate::runtime::worker::Worker;
 
@@ -65,11 +65,19 @@ pub struct Studio {
     confirm_close: bool,
     /// The artist chose to close without saving.
     close_confirmed: bool,
+    /// What graphs may read and write (models and output folders, the artist's own choices).
+    access: AccessPolicy,
+    /// Whether the files the graph reads and writes have been shown and accepted (a graph opened from a
+    /// file is someone else's data until then).
+    files_confirmed: bool,
+    /// A run waiting for the artist to accept the list of files it reads and writes.
+    confirm_run: Option<(Vec<NodeId>, Vec<FileUse>)>,
 }
 
 impl Studio {
     /// An editor with an empty graph and no worker (runs are refused until one is attached).
     pub fn new(registry: KindRegistry, models_dir: PathBuf) -> Studio {
+        let models_dir_for_access = models_dir.clone();
         Studio {
             registry,
             models_dir,
@@ -90,12 +98,59 @@ impl Studio {
             title_shown: String::new(),
             confirm_close: false,
             close_confirmed: false,
+            access: AccessPolicy::new(models_dir_for_access, crate::graph::access::DEFAULT_OUTPUT_DIR),
+            files_confirmed: true,
+            confirm_run: None,
+        }
+    }
+
+    /// The output folder export paths resolve in (default `./out`).
+    pub fn with_output_dir(mut self, dir: PathBuf) -> Studio {
+        self.access.output_dir = dir;
+        self.send_access();
+        self
+    }
+
+    /// The rules for the files the graph may read and write.
+    pub fn access(&self) -> &AccessPolicy {
+        &self.access
+    }
+
+    /// The files a run waits for the artist to accept, if a run is waiting.
+    pub fn pending_confirmation(&self) -> Option<&[FileUse]> {
+        self.confirm_run.as_ref().map(|(_, files)| files.as_slice())
+    }
+
+    /// Accepts the files the graph reads and writes (as the confirmation dialog's Run button does): its
+    /// input files may be read; outputs outside the output folder stay refused unless chosen in a dialog.
+    /// A waiting run starts.
+    pub fn confirm_files(&mut self) {
+        self.files_confirmed = true;
+        self.access.allow_inputs = true;
+        self.send_access();
+        if let Some((targets, _)) = self.confirm_run.take() {
+            self.start_run(targets);
+        }
+    }
+
+    /// Accepts the graph's model and output paths without allowing its input files (`edit --run` without
+    /// `--allow-paths`: the artist asked for the run on the command line).
+    pub fn accept_outputs_only(&mut self) {
+        self.files_confirmed = true;
+    }
+
+    fn send_access(&mut self) {
+        if let Some(worker) = &self.worker
+            && let Err(e) = worker.set_access(self.access.clone())
+        {
+            self.session.push(Notice::error(format!("the worker did not take the file rules: {e}")));
         }
     }
 
     /// Attaches the background worker that evaluates the graph.
     pub fn with_worker(mut self, worker: Worker) -> Studio {
         self.worker = Some(worker);
+        self.send_access();
         self.send_graph();
         self
     }
@@ -178,7 +233,14 @@ impl Studio {
         self.set_document(graph);
         self.saved = self.current.clone();
         self.path = path;
+        // A graph from a file is someone else's data: its files are shown before its first run, and
+        // nothing chosen for the previous graph carries over.
+        self.files_confirmed = opened_from.is_none();
         self.opened_from = opened_from;
+        self.access.allow_inputs = false;
+        self.access.chosen.clear();
+        self.confirm_run = None;
+        self.send_access();
         self.session.nodes.clear();
         self.textures = Textures::default();
     }
@@ -259,9 +321,19 @@ impl Studio {
         }
     }
 
-    /// Asks the worker to run `targets` (every output node when empty).
+    /// Asks the worker to run `targets` (every output node when empty). The first run of a graph opened from
+    /// a file waits until the artist has seen and accepted the files it reads and writes.
     pub fn run(&mut self, targets: Vec<NodeId>) {
         self.commit_pending(None);
+        if !self.files_confirmed {
+            let files = file_uses(&self.current, &self.registry, &self.access);
+            self.confirm_run = Some((targets, files));
+            return;
+        }
+        self.start_run(targets);
+    }
+
+    fn start_run(&mut self, targets: Vec<NodeId>) {
         let Some(worker) = self.worker.as_mut() else {
             self.session.push(Notice::error("no worker is attached: this editor cannot run graphs"));
             return;
@@ -403,6 +475,7 @@ impl Studio {
         self.drop_overlay(ui);
 
         self.guard_close(ui);
+        self.confirm_files_dialog(ui);
 
         let dragging = ui.input(|i| i.pointer.any_down());
         if !dragging {
@@ -563,6 +636,10 @@ impl Studio {
         for notice in requests.notices {
             self.session.push(notice);
         }
+        if !requests.chosen.is_empty() {
+            self.access.chosen.extend(requests.chosen);
+            self.send_access();
+        }
         if let Some(node) = requests.run_node {
             self.run(vec![node]);
         }
@@ -615,6 +692,53 @@ impl Studio {
         });
         if modal.should_close() {
             self.confirm_close = false;
+        }
+    }
+
+    /// Before the first run of a graph opened from a file: every file it will read and write, and what is
+    /// refused, with Run and Cancel.
+    fn confirm_files_dialog(&mut self, ui: &Ui) {
+        let Some((_, files)) = &self.confirm_run else { return };
+        let mut decision = None;
+        let source = self.opened_from.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let modal = egui::Modal::new(egui::Id::new("confirm-files")).show(ui.ctx(), |ui| {
+            ui.heading("Run a graph from a file?");
+            ui.label(format!("The graph from {source} will read and write these files:"));
+            egui::ScrollArea::vertical().max_height(320.0).show(ui, |ui| {
+                if files.is_empty() {
+                    ui.label(RichText::new("no files").weak());
+                }
+                for file in files {
+                    let colour = match file.verdict {
+                        Verdict::Allowed => Color32::GRAY,
+                        Verdict::NeedsPermission(_) => level_colour(Level::Warning),
+                        Verdict::Refused(_) => level_colour(Level::Error),
+                    };
+                    ui.label(RichText::new(file.describe()).color(colour));
+                }
+            });
+            ui.label(
+                RichText::new(
+                    "Run lets it read the files listed; writes outside the output folder stay refused unless you                      choose the path in a file dialog.",
+                )
+                .weak(),
+            );
+            ui.horizontal(|ui| {
+                if ui.button("Run").clicked() {
+                    decision = Some(true);
+                }
+                if ui.button("Cancel").clicked() {
+                    decision = Some(false);
+                }
+            });
+        });
+        if modal.should_close() && decision.is_none() {
+            decision = Some(false);
+        }
+        match decision {
+            Some(true) => self.confirm_files(),
+            Some(false) => self.confirm_run = None,
+            None => {}
         }
     }
 

@@ -78,6 +78,9 @@ impl Default for Document {
     }
 }
 
+/// How far from the origin a node from a file is drawn (canvas units); positions beyond are clamped.
+pub const CANVAS_REACH: f64 = 100_000.0;
+
 impl Document {
     /// The editor's copy of `graph`. Nodes without a stored position are laid out in columns by their
     /// depth along the links.
@@ -90,9 +93,14 @@ impl Document {
                 Some(kind) => slots_of(kind),
                 None => (Vec::new(), Vec::new()),
             };
+            // A position from the file is drawn only when finite, and within the canvas's reach (a preset may
+            // hold any number: 1e308 overflows egui's layout); the stored value is kept as it is.
             let placed_at = match node.pos {
-                Some([x, y]) => Pos2::new(x as f32, y as f32),
-                None => layout.get(id.as_str()).copied().unwrap_or(Pos2::new(LAYOUT_ORIGIN[0], LAYOUT_ORIGIN[1])),
+                Some([x, y]) if x.is_finite() && y.is_finite() => Pos2::new(
+                    x.clamp(-CANVAS_REACH, CANVAS_REACH) as f32,
+                    y.clamp(-CANVAS_REACH, CANVAS_REACH) as f32,
+                ),
+                _ => layout.get(id.as_str()).copied().unwrap_or(Pos2::new(LAYOUT_ORIGIN[0], LAYOUT_ORIGIN[1])),
             };
             let editor_node = EditorNode { id: id.clone(), node: node.clone(), inputs, outputs, placed_at };
             index.insert(id.clone(), doc.snarl.insert_node(placed_at, editor_node));

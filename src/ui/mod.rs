@@ -28,6 +28,10 @@ use crate::runtime::worker::Worker;
 #[derive(Clone, Debug)]
 pub struct LaunchOptions {
     pub models_dir: PathBuf,
+    /// The output folder export paths resolve in.
+    pub output_dir: PathBuf,
+    /// With `run`: let the graph read the input files it names (`--allow-paths`).
+    pub allow_paths: bool,
     pub device: DeviceChoice,
     /// A preset or clip to open.
     pub open: Option<PathBuf>,
@@ -44,6 +48,7 @@ const SCREENSHOT_AFTER_FRAMES: u64 = 5;
 struct StudioApp {
     studio: Studio,
     run: bool,
+    allow_paths: bool,
     screenshot: Option<PathBuf>,
     shot_requested: bool,
     frames: u64,
@@ -59,6 +64,13 @@ impl eframe::App for StudioApp {
         self.studio.ui(ui);
         self.frames += 1;
         if self.run && self.frames == 1 {
+            // The run was asked for on the command line: the graph's model and output paths are accepted
+            // (they are confined to the models and output folders); its input files only with --allow-paths.
+            if self.allow_paths {
+                self.studio.confirm_files();
+            } else {
+                self.studio.accept_outputs_only();
+            }
             self.studio.run(Vec::new());
         }
         let Some(path) = self.screenshot.clone() else { return };
@@ -118,13 +130,16 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
                 move || crate::builtin_engine(models_dir).with_device(device.device()),
                 Some(Box::new(move || ctx.request_repaint())),
             )?;
-            let mut studio = Studio::new(KindRegistry::builtin(), options.models_dir).with_worker(worker);
+            let mut studio = Studio::new(KindRegistry::builtin(), options.models_dir)
+                .with_output_dir(options.output_dir.clone())
+                .with_worker(worker);
             if let Some(path) = &options.open {
                 studio.open(path);
             }
             Ok(Box::new(StudioApp {
                 studio,
                 run: options.run,
+                allow_paths: options.allow_paths,
                 screenshot: options.screenshot,
                 shot_requested: false,
                 frames: 0,

@@ -133,9 +133,20 @@ fn path_editor(ui: &mut Ui, current: &str, role: PathRole, models_dir: &Path) ->
         };
         if let Some(p) = picked {
             out = Some(Value::from(p.to_string_lossy().into_owned()));
+            ui.ctx().data_mut(|d| d.insert_temp(picked_id(), true));
         }
     });
     out
+}
+
+fn picked_id() -> egui::Id {
+    egui::Id::new("stepstone-path-picked-in-dialog")
+}
+
+/// Whether the path value the last [`param_editor`] call returned was chosen in a file dialog (the artist's
+/// own choice, which may point outside the models and output folders; see `graph::access`). Reading clears it.
+pub fn take_picked_in_dialog(ui: &Ui) -> bool {
+    ui.ctx().data_mut(|d| d.remove_temp::<bool>(picked_id())).unwrap_or(false)
 }
 
 /// A list of numbers typed as `10, 10, 10, 1`. While the text does not parse or is out of range it is shown

@@ -263,6 +263,7 @@ mod tests {
                     status: NodeStatus::Stale,
                     inputs: Default::default(),
                     pulled: true,
+                    own_error: false,
                 })
                 .collect(),
         }

@@ -40,6 +40,8 @@ pub struct Requests {
     /// Run this node (and what it needs).
     pub run_node: Option<NodeId>,
     pub notices: Vec<Notice>,
+    /// Path values the artist chose in a file dialog.
+    pub chosen: Vec<crate::graph::access::Chosen>,
 }
 
 /// Draws the document's nodes.
@@ -216,6 +218,15 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
                         let changed =
                             ui.add_enabled_ui(enabled, |ui| param_editor(ui, spec, stored, self.models_dir)).inner;
                         if let Some(value) = changed {
+                            if super::params::take_picked_in_dialog(ui)
+                                && let Some(text) = value.as_str()
+                            {
+                                self.requests.chosen.push(crate::graph::access::Chosen {
+                                    node: editor_node.id.clone(),
+                                    param: spec.name.to_string(),
+                                    value: text.to_string(),
+                                });
+                            }
                             editor_node.node.params.insert(spec.name.to_string(), value);
                         }
                         ui.end_row();

@@ -144,31 +144,32 @@ pub fn export(
     options: &EncodeOptions,
     progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
 ) -> Result<Format, ExportError> {
-    let format = Format::from_path(path)?;
     if video.frames.is_empty() {
         return Err(ExportError::NoFrames);
-    }
-    if path.exists() && !options.overwrite {
-        return Err(ExportError::Exists { path: path.to_path_buf() });
     }
     if !(options.fps > 0.0 && options.fps.is_finite()) {
         return Err(ExportError::Settings(format!("frame rate {} is not a positive number", options.fps)));
     }
+    // The format, what is there now (overwrite replaces a regular file only) and the folder it goes in.
+    let format = super::output::preflight(path, options.overwrite)?;
     let frames = sequence(&video.frames, options.pingpong, options.repeat);
     if format == Format::PngSequence {
         let clip = Video { frames: frames.into_iter().cloned().collect(), ..video.clone() };
         super::write_png_sequence_with(&clip, path, options.overwrite, options.graph.as_deref(), progress)?;
         return Ok(format);
     }
-    let tmp = super::staging_path(path)?;
-    let result = encode(&frames, &tmp, format, options, progress).and_then(|()| {
-        embed_after(&tmp, format, options.graph.as_deref())?;
-        std::fs::rename(&tmp, path).map_err(|e| ExportError::Write { path: path.to_path_buf(), message: e.to_string() })
+    let tmp = super::output::Temporary::register(super::staging_path(path)?);
+    let result = encode(&frames, &tmp.path, format, options, progress).and_then(|()| {
+        embed_after(&tmp.path, format, options.graph.as_deref())?;
+        // Checked again just before the rename: only a regular file is ever replaced.
+        super::output::preflight(path, options.overwrite)?;
+        std::fs::rename(&tmp.path, path)
+            .map_err(|e| ExportError::Write { path: path.to_path_buf(), message: e.to_string() })
     });
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        tmp.remove();
     }
-    result.map(|()| format)
+    result.map(|()| format).map_err(|e| e.naming_output(&tmp.path, path))
 }
 
 /// GIF and APNG carry the graph in their own structures, added after FFmpeg has written the file.

@@ -3,6 +3,7 @@
 
 pub mod encode;
 pub mod meta;
+pub mod output;
 pub mod palette;
 
 use std::ops::ControlFlow;
@@ -28,6 +29,12 @@ pub enum ExportError {
     NoFrames,
     #[error("{path} already exists (set overwrite to replace it)")]
     Exists { path: PathBuf },
+    #[error("{path} cannot be replaced: {reason}")]
+    NotReplaceable { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {parent} is a file, not a folder")]
+    ParentNotFolder { path: PathBuf, parent: PathBuf },
+    #[error("cannot write {path}: the folder {dir} is not writable")]
+    NotWritable { path: PathBuf, dir: PathBuf },
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
     #[error(
@@ -45,6 +52,20 @@ pub enum ExportError {
     Settings(String),
     #[error("the export was cancelled")]
     Cancelled,
+}
+
+impl ExportError {
+    /// The same error naming `output` where it named the temporary file `tmp` an output is written under
+    /// (what the user knows is the output, not our temporary name).
+    pub fn naming_output(self, tmp: &Path, output: &Path) -> ExportError {
+        let fix = |path: PathBuf| if path == tmp { output.to_path_buf() } else { path };
+        let fix_text = |text: String| text.replace(&tmp.display().to_string(), &output.display().to_string());
+        match self {
+            ExportError::Write { path, message } => ExportError::Write { path: fix(path), message: fix_text(message) },
+            ExportError::Ffmpeg { path, message } => ExportError::Ffmpeg { path: fix(path), message: fix_text(message) },
+            other => other,
+        }
+    }
 }
 
 /// Fills `{prompt}`, `{seed}`, `{date}` and `{n}` in an output path template. The prompt is shortened and
@@ -82,14 +103,27 @@ pub fn output_path(template: &str, prompt: &str, seed: u64, date: &str) -> PathB
 /// The temporary name an output is written under before it is renamed into place: beside it in the same
 /// folder (created here), so the rename stays on one file system.
 pub(crate) fn staging_path(path: &Path) -> Result<PathBuf, ExportError> {
+    staging_name(path, "partial")
+}
+
+fn staging_name(path: &Path, what: &str) -> Result<PathBuf, ExportError> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent)
-        .map_err(|e| ExportError::Write { path: parent.clone(), message: e.to_string() })?;
+    if let Err(e) = std::fs::create_dir_all(&parent) {
+        // Name the part of the path that is in the way, not only "File exists".
+        let mut up = Some(parent.as_path());
+        while let Some(p) = up {
+            if p.exists() && !p.is_dir() {
+                return Err(ExportError::ParentNotFolder { path: path.to_path_buf(), parent: p.to_path_buf() });
+            }
+            up = p.parent();
+        }
+        return Err(ExportError::Write { path: path.to_path_buf(), message: format!("cannot make its folder: {e}") });
+    }
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "clip".into());
-    Ok(parent.join(format!(".{name}.{}.partial", std::process::id())))
+    Ok(parent.join(format!(".{name}.{}.{what}", std::process::id())))
 }
 
 /// Writes the frames as `frame_0000.png`, ... into the folder `dir`. The frames go to a temporary folder
@@ -100,6 +134,10 @@ pub fn write_png_sequence(video: &Video, dir: &Path, overwrite: bool) -> Result<
 
 /// [`write_png_sequence`] with the graph preset embedded in the first frame (an `iTXt` chunk) and progress per
 /// frame (`Break` cancels and removes what was written).
+///
+/// The folder gets a marker file ([`output::FRAMES_MARKER`]). An existing folder is replaced (with
+/// `overwrite`) only when it holds nothing but such frames and the marker; the old frames are then removed
+/// one by one, never the folder's other contents (there are none, as checked).
 pub fn write_png_sequence_with(
     video: &Video,
     dir: &Path,
@@ -110,40 +148,57 @@ pub fn write_png_sequence_with(
     if video.frames.is_empty() {
         return Err(ExportError::NoFrames);
     }
-    if dir.exists() && !overwrite {
-        return Err(ExportError::Exists { path: dir.to_path_buf() });
-    }
-    let write_err = |path: &Path, e: &dyn std::fmt::Display| ExportError::Write {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    let tmp = staging_path(dir)?;
+    output::preflight_as(dir, encode::Format::PngSequence, overwrite)?;
+    let write_err = |e: &dyn std::fmt::Display| ExportError::Write { path: dir.to_path_buf(), message: e.to_string() };
+    let tmp = output::Temporary::register(staging_path(dir)?);
     let total = video.frames.len();
     let result = (|| {
-        std::fs::create_dir_all(&tmp).map_err(|e| write_err(&tmp, &e))?;
+        std::fs::create_dir(&tmp.path).map_err(|e| write_err(&e))?;
+        std::fs::write(tmp.path.join(output::FRAMES_MARKER), b"PNG frames written by stepstone\n")
+            .map_err(|e| write_err(&e))?;
         for (i, frame) in video.frames.iter().enumerate() {
-            let path = tmp.join(format!("frame_{i:04}.png"));
+            let name = format!("frame_{i:04}.png");
+            let frame_err = |e: &dyn std::fmt::Display| ExportError::Write {
+                path: dir.join(&name),
+                message: e.to_string(),
+            };
             let mut bytes = Vec::new();
             frame
                 .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-                .map_err(|e| write_err(&path, &e))?;
+                .map_err(|e| frame_err(&e))?;
             if let (0, Some(graph)) = (i, graph) {
-                bytes = meta::png_with_text(&bytes, meta::GRAPH_KEY, graph).map_err(|e| write_err(&path, &e))?;
+                bytes = meta::png_with_text(&bytes, meta::GRAPH_KEY, graph).map_err(|e| frame_err(&e))?;
             }
-            std::fs::write(&path, bytes).map_err(|e| write_err(&path, &e))?;
+            std::fs::write(tmp.path.join(&name), bytes).map_err(|e| frame_err(&e))?;
             if progress(i + 1, total).is_break() {
                 return Err(ExportError::Cancelled);
             }
         }
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| write_err(dir, &e))?;
-        }
-        std::fs::rename(&tmp, dir).map_err(|e| write_err(dir, &e))
+        replace_folder(&tmp.path, dir, overwrite)
     })();
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+        tmp.remove();
     }
     result
+}
+
+/// Moves the finished frame folder `tmp` to `dir`. An old frame folder there (checked again: stepstone's
+/// frames and marker only) is first moved aside, then emptied file by file and removed.
+fn replace_folder(tmp: &Path, dir: &Path, overwrite: bool) -> Result<(), ExportError> {
+    let write_err = |e: &dyn std::fmt::Display| ExportError::Write { path: dir.to_path_buf(), message: e.to_string() };
+    if std::fs::symlink_metadata(dir).is_err() {
+        return std::fs::rename(tmp, dir).map_err(|e| write_err(&e));
+    }
+    output::preflight_as(dir, encode::Format::PngSequence, overwrite)?;
+    let old = output::Temporary::register(staging_name(dir, "old")?);
+    std::fs::rename(dir, &old.path).map_err(|e| write_err(&e))?;
+    if let Err(e) = std::fs::rename(tmp, dir) {
+        // Put the old folder back; the new frames are removed by the caller.
+        let _ = std::fs::rename(&old.path, dir);
+        return Err(write_err(&e));
+    }
+    output::remove_frame_folder(&old.path);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -162,6 +217,8 @@ mod tests {
             "out/A_cat_on_the_moon-7-0003"
         );
         assert_eq!(fill_template("{prompt}", "", 0, "", 0), "untitled");
+        // A prompt cannot lead the path anywhere: separators and dots become '_'.
+        assert_eq!(fill_template("out/{prompt}.mp4", "../../etc/x", 0, "", 0), "out/etc_x.mp4");
         assert_eq!(fill_template("{date}", "x", 0, "2026-11-21", 0), "2026-11-21");
     }
 
@@ -184,10 +241,11 @@ mod tests {
         write_png_sequence(&clip(3), &out, false).unwrap();
         let back = image::open(out.join("frame_0002.png")).unwrap().to_rgb8();
         assert_eq!(back, clip(3).frames[2]);
-        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3);
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 4, "three frames and the marker");
+        assert!(out.join(output::FRAMES_MARKER).is_file());
         assert!(matches!(write_png_sequence(&clip(1), &out, false), Err(ExportError::Exists { .. })));
         write_png_sequence(&clip(1), &out, true).unwrap();
-        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2, "one frame and the marker");
         assert!(matches!(write_png_sequence(&clip(0), &dir.path().join("e"), false), Err(ExportError::NoFrames)));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary folder may remain");
     }
