@@ -9,7 +9,7 @@
 //! - [`video`]: clips and writing them out;
 //! - [`open`]: reading a graph from a preset or from a clip that carries one;
 //! - [`ui`]: the graph editor window (egui, egui-snarl);
-//! - [`cli`]: the command-line front end.
+//! - [`cli`]: the command-line front end; [`signals`]: Ctrl-C and SIGTERM for both front ends.
 
 pub mod cli;
 pub mod graph;
@@ -20,6 +20,7 @@ pub mod paths;
 pub mod pipelines;
 pub mod runtime;
 pub mod schedulers;
+pub mod signals;
 pub mod ui;
 pub mod video;
 

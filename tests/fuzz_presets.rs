@@ -135,6 +135,25 @@ fn exercise(bytes: &[u8], registry: &KindRegistry, engine: &stepstone::runtime::
     let _ = doc.to_graph();
 }
 
+/// Opens the graph in the editor and draws two frames (headless egui, debug assertions on).
+fn draw(bytes: &[u8], dir: &std::path::Path, ctx: &egui::Context) {
+    let path = dir.join("fuzzed.json");
+    std::fs::write(&path, bytes).unwrap();
+    let mut studio = stepstone::ui::Studio::new(KindRegistry::builtin(), dir.to_path_buf());
+    if !studio.open(&path) {
+        return;
+    }
+    for frame in 0..2 {
+        let raw = egui::RawInput {
+            screen_rect: Some(egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1280.0, 800.0))),
+            time: Some(f64::from(frame) * 0.1),
+            ..Default::default()
+        };
+        let mut output = ctx.run_ui(raw, |ui| studio.ui(ui));
+        output.textures_delta.clear();
+    }
+}
+
 #[test]
 fn mutated_presets_never_panic_or_allocate_without_bound() {
     // The cap check can fail: an allocation above the cap is recorded.
@@ -150,8 +169,12 @@ fn mutated_presets_never_panic_or_allocate_without_bound() {
     let mut panics = Vec::new();
     let mut over_cap = Vec::new();
     let mut inputs = 0usize;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    let mut drawn = 0usize;
+    let mut parsed = 0usize;
     let start = std::time::Instant::now();
-    for round in 0..300 {
+    for round in 0..1500 {
         for (i, seed) in corpus.iter().enumerate() {
             // Stack a few mutations on each other.
             let mut input = seed.clone();
@@ -167,12 +190,26 @@ fn mutated_presets_never_panic_or_allocate_without_bound() {
             if result.is_err() {
                 panics.push((round, i));
             }
+            // Every 4th input that is still a graph is also drawn in the editor.
+            let parses = preset_text(&input, "fuzz").ok().and_then(|t| parse_preset(t, "fuzz").ok()).is_some();
+            parsed += usize::from(parses);
+            if result.is_ok() && parses && parsed % 4 == 0 {
+                drawn += 1;
+                let drew = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| draw(&input, dir.path(), &ctx)));
+                if drew.is_err() {
+                    panics.push((round, i));
+                }
+            }
             if largest > CAP {
                 over_cap.push((round, i, largest));
             }
         }
     }
-    println!("{inputs} mutated presets in {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "{inputs} mutated presets, {parsed} still graphs ({drawn} drawn in the editor) in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(drawn > 20, "too few mutated presets parsed to exercise the editor ({drawn})");
     assert!(
         panics.is_empty(),
         "{} inputs panicked (round, corpus entry): {:?}",

@@ -1,7 +1,6 @@
 //! The command-line front end: `stepstone run`, `stepstone validate`, `stepstone nodes`.
 
 mod run;
-pub mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -174,9 +173,9 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<signals::Interrupted>() => {
+        Err(e) if e.is::<crate::signals::Interrupted>() => {
             eprintln!("{e}");
-            ExitCode::from(signals::EXIT_INTERRUPTED)
+            ExitCode::from(crate::signals::EXIT_INTERRUPTED)
         }
         Err(e) => {
             eprintln!("error: {e:#}");

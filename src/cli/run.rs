@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::signals::{self, Action, Interrupted};
+use crate::signals::{self, Action, Interrupted};
 use super::{RunArgs, apply_override, describe_models_dir};
 use crate::graph::kinds::EXPORT;
 use crate::graph::{AccessPolicy, KindRegistry, validate};

@@ -47,6 +47,7 @@ const SCREENSHOT_AFTER_FRAMES: u64 = 5;
 
 struct StudioApp {
     studio: Studio,
+    signals: crate::signals::Watch,
     run: bool,
     allow_paths: bool,
     screenshot: Option<PathBuf>,
@@ -56,8 +57,21 @@ struct StudioApp {
 }
 
 impl eframe::App for StudioApp {
-    fn logic(&mut self, _ctx: &egui::Context, _frame: &mut eframe::Frame) {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         self.studio.poll_worker();
+        // Ctrl-C in the terminal: cancel the run (its export removes its temporaries) and close the window
+        // (which asks first when there are unsaved changes); a second one exits at once.
+        match self.signals.poll() {
+            crate::signals::Action::None => {}
+            crate::signals::Action::Cancel => {
+                self.studio.cancel();
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            }
+            crate::signals::Action::Exit => crate::signals::exit_now(),
+        }
+        if self.signals.interrupted() {
+            ctx.request_repaint_after(std::time::Duration::from_millis(100));
+        }
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
@@ -117,6 +131,9 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
         ..Default::default()
     };
     let screenshot_wanted = options.screenshot.is_some();
+    if let Err(e) = crate::signals::install() {
+        tracing::warn!("Ctrl-C will end the editor without cleaning up: {e}");
+    }
     let result = std::sync::Arc::new(std::sync::Mutex::new(None));
     let app_result = result.clone();
     eframe::run_native(
@@ -138,6 +155,7 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
             }
             Ok(Box::new(StudioApp {
                 studio,
+                signals: crate::signals::Watch::default(),
                 run: options.run,
                 allow_paths: options.allow_paths,
                 screenshot: options.screenshot,

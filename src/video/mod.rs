@@ -223,6 +223,15 @@ mod tests {
     }
 
     #[test]
+    fn errors_name_the_output_not_the_temporary_file() {
+        let (tmp, out) = (Path::new("out/.clip.mp4.7.partial"), Path::new("out/clip.mp4"));
+        let e = ExportError::Ffmpeg { path: tmp.to_path_buf(), message: "cannot write a packet: disk full".into() };
+        assert_eq!(e.naming_output(tmp, out).to_string(), "out/clip.mp4: cannot write a packet: disk full");
+        let e = ExportError::Write { path: tmp.to_path_buf(), message: format!("{} is gone", tmp.display()) };
+        assert_eq!(e.naming_output(tmp, out).to_string(), "cannot write out/clip.mp4: out/clip.mp4 is gone");
+    }
+
+    #[test]
     fn n_counts_up_to_the_first_free_name() {
         let dir = tempfile::tempdir().unwrap();
         let t = format!("{}/clip-{{seed}}-{{n}}.gif", dir.path().display());

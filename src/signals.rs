@@ -1,9 +1,10 @@
 //! Ctrl-C (SIGINT) and SIGTERM: the first asks the run to stop through the engine's cancel path (the same as
 //! the editor's Cancel), so exports remove their temporary files; a second one removes every temporary output
-//! and exits at once. Either way the process exits with [`EXIT_INTERRUPTED`].
+//! and exits at once. `stepstone run` then exits with [`EXIT_INTERRUPTED`]; the editor cancels its run and
+//! closes its window (asking first when the graph has unsaved changes).
 //!
-//! The handler only increments a counter (async-signal-safe); the command's own loop, which polls the
-//! worker every 100 ms, does the rest.
+//! The handler only increments a counter (async-signal-safe); the front end's own loop (the command's
+//! 100 ms poll of the worker, the editor's frame) does the rest.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
