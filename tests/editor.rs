@@ -365,3 +365,42 @@ fn a_graph_from_a_file_lists_its_files_before_its_first_run() {
     studio.run(Vec::new());
     assert!(studio.pending_confirmation().is_some());
 }
+
+#[test]
+fn running_a_shared_clip_in_the_editor_never_empties_a_folder() {
+    // Issue 11, defect 1 through the editor (`stepstone edit CLIP --run`): a clip whose export path is `.` or
+    // `..`, with overwrite on, emptied the working folder or its parent.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), b"mine").unwrap();
+    std::fs::write(dir.path().join("also-mine.txt"), b"mine").unwrap();
+    for path in [".", ".."] {
+        let (_, text) = edited_demo();
+        let text = text
+            .replace("\"path\": \"i4vgen-demo-{seed}.mp4\"", &format!("\"path\": {path:?}"))
+            .replace("\"count\": 16", "\"count\": 1")
+            .replace("\"steps\": 25", "\"steps\": 1");
+        let clip = dir.path().join(format!("shared-{}.gif", path.len()));
+        write_clip(&clip, Some(text));
+        let engine = stepstone::builtin_engine(repo("assets/demo-models"));
+        let worker = stepstone::runtime::Worker::spawn(move || engine, None).unwrap();
+        let mut studio = studio().with_output_dir(out.clone()).with_worker(worker);
+        assert!(studio.open(&clip));
+        studio.accept_outputs_only();
+        studio.run(Vec::new());
+        let start = std::time::Instant::now();
+        while studio.session().last_outcome.is_none() && start.elapsed() < std::time::Duration::from_secs(120) {
+            studio.poll_worker();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let export = studio.session().node("export").and_then(|n| n.activity.clone());
+        let Some(stepstone::ui::session::Activity::Skipped { reason }) = export else {
+            panic!("{path}: the export must be refused, got {export:?}");
+        };
+        assert!(reason.contains("names the output folder") || reason.contains("only inside the output folder"), "{reason}");
+        assert_eq!(std::fs::read(out.join("keep.txt")).unwrap(), b"mine", "{path}");
+        assert_eq!(std::fs::read(dir.path().join("also-mine.txt")).unwrap(), b"mine", "{path}");
+        assert!(clip.is_file());
+    }
+}
