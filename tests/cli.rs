@@ -1,30 +1,10 @@
 //! The command line: failures exit non-zero with messages that name what is wrong.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn stepstone(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stepstone"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("STEPSTONE_MODELS")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn repo(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel).display().to_string()
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
+mod cli_support;
+use cli_support::{repo, stderr, stepstone, write};
 
 /// A models directory holding (empty) files under the names the shipped presets use.
 fn fake_models(dir: &Path) -> PathBuf {

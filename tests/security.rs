@@ -6,26 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn stepstone(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stepstone"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("STEPSTONE_MODELS")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn repo(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel).display().to_string()
-}
+mod cli_support;
+use cli_support::{repo, stderr, stdout, stepstone};
 
 /// Every file under `dir` (relative names, sorted), hidden ones included.
 fn tree(dir: &Path) -> Vec<String> {

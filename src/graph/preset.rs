@@ -66,7 +66,7 @@ pub fn load_preset(path: &Path) -> Result<Graph, PresetError> {
     file.take(MAX_PRESET_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(read_err)?;
     if bytes.len() > MAX_PRESET_BYTES {
         let found = std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(bytes.len());
-        return Err(PresetError::TooLarge { origin, what: "the preset (bytes)", found, limit: MAX_PRESET_BYTES });
+        return Err(too_large(&origin, "the preset (bytes)", found, MAX_PRESET_BYTES));
     }
     let text = preset_text(&bytes, &origin)?;
     parse_preset(text, &origin)
@@ -91,12 +91,7 @@ pub fn preset_text<'a>(bytes: &'a [u8], origin: &str) -> Result<&'a str, PresetE
 pub fn parse_preset(text: &str, origin: &str) -> Result<Graph, PresetError> {
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     if text.len() > MAX_PRESET_BYTES {
-        return Err(PresetError::TooLarge {
-            origin: origin.to_string(),
-            what: "the preset (bytes)",
-            found: text.len(),
-            limit: MAX_PRESET_BYTES,
-        });
+        return Err(too_large(origin, "the preset (bytes)", text.len(), MAX_PRESET_BYTES));
     }
     let value: Value = serde_json::from_str(text).map_err(|e| PresetError::Json {
         origin: origin.to_string(),
@@ -114,6 +109,10 @@ fn strip_position(message: &str) -> String {
         Some(i) => message[..i].to_string(),
         None => message.to_string(),
     }
+}
+
+fn too_large(origin: &str, what: &'static str, found: usize, limit: usize) -> PresetError {
+    PresetError::TooLarge { origin: origin.to_string(), what, found, limit }
 }
 
 fn not_a_preset(origin: &str, message: impl Into<String>) -> PresetError {
@@ -185,12 +184,7 @@ fn from_value(value: Value, origin: &str) -> Result<Graph, PresetError> {
         None => Vec::new(),
     };
     if nodes.len() > MAX_NODES {
-        return Err(PresetError::TooLarge {
-            origin: origin.to_string(),
-            what: "the number of nodes",
-            found: nodes.len(),
-            limit: MAX_NODES,
-        });
+        return Err(too_large(origin, "the number of nodes", nodes.len(), MAX_NODES));
     }
     for (i, node) in nodes.into_iter().enumerate() {
         let Value::Object(mut fields) = node else {
@@ -235,12 +229,7 @@ fn from_value(value: Value, origin: &str) -> Result<Graph, PresetError> {
         None => Vec::new(),
     };
     if links.len() > MAX_LINKS {
-        return Err(PresetError::TooLarge {
-            origin: origin.to_string(),
-            what: "the number of links",
-            found: links.len(),
-            limit: MAX_LINKS,
-        });
+        return Err(too_large(origin, "the number of links", links.len(), MAX_LINKS));
     }
     for (i, link) in links.into_iter().enumerate() {
         let end = |key: &str| -> Result<PortRef, PresetError> {

@@ -1,0 +1,34 @@
+//! Helpers for the tests that run the `stepstone` binary (tests/cli.rs, tests/security.rs).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs `stepstone ARGS` in `dir`, with no models directory from the environment.
+pub fn stepstone(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stepstone"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("STEPSTONE_MODELS")
+        .output()
+        .unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A path in the repository, as text.
+pub fn repo(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel).display().to_string()
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
