@@ -96,6 +96,9 @@ fn validation_and_planning_grow_linearly() {
 #[ignore = "benchmark: run with --ignored --nocapture"]
 fn bench_validate_a_100k_node_chain() {
     let reg = registry();
+    let g16 = chain(16_000);
+    let (v16, p16) = (validate_time(&g16, &reg), plan_time(&g16, &reg));
+    println!("16k-node chain: validate {:.3} s, plan {:.3} s (best of 3)", v16.as_secs_f64(), p16.as_secs_f64());
     let g = chain(100_000);
     let v = validate_time(&g, &reg);
     let p = plan_time(&g, &reg);
