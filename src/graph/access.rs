@@ -165,7 +165,13 @@ impl AccessPolicy {
     pub fn resolve(&self, node: &str, param: &str, role: PathRole, value: &str) -> FileUse {
         let chosen = self.is_chosen(node, param, value);
         let (path, verdict) = if chosen {
-            (self.user_path(value), Verdict::Allowed)
+            // The user's own value: allowed wherever it points. A relative model path still means a file in
+            // the models folder (as everywhere else); other relative paths are relative to the working folder.
+            let path = match role {
+                PathRole::Model if Path::new(value).is_relative() => self.models_dir.join(value),
+                _ => self.user_path(value),
+            };
+            (path, Verdict::Allowed)
         } else {
             match role {
                 PathRole::Model => match confined(value) {
@@ -277,6 +283,9 @@ mod tests {
         policy.choose("export", "path", "/tmp/x.mp4");
         let chosen = policy.resolve("export", "path", PathRole::Output, "/tmp/x.mp4");
         assert_eq!((chosen.path, chosen.verdict, chosen.chosen), (PathBuf::from("/tmp/x.mp4"), Verdict::Allowed, true));
+        // A relative output path the user typed is relative to the working folder, like any command-line path.
+        policy.choose("export", "path", "clip.mp4");
+        assert_eq!(policy.resolve("export", "path", PathRole::Output, "clip.mp4").path, PathBuf::from("clip.mp4"));
         // The choice is for that node and parameter only.
         let other = policy.resolve("export_2", "path", PathRole::Output, "/tmp/x.mp4");
         assert!(matches!(other.verdict, Verdict::Refused(_)));
@@ -294,5 +303,14 @@ mod tests {
         assert!(matches!(i.verdict, Verdict::NeedsPermission(_)), "{i}");
         policy.allow_inputs = true;
         assert_eq!(policy.resolve("img", "path", PathRole::InputFile, "/home/u/me.png").verdict, Verdict::Allowed);
+        // A model path the user typed: relative ones are still in the models folder, absolute ones anywhere.
+        policy.choose("ckpt", "path", "other/sd15");
+        policy.choose("ckpt", "path", "/disk/sd15.safetensors");
+        assert_eq!(
+            policy.resolve("ckpt", "path", PathRole::Model, "other/sd15").path,
+            PathBuf::from("models/other/sd15")
+        );
+        let abs = policy.resolve("ckpt", "path", PathRole::Model, "/disk/sd15.safetensors");
+        assert_eq!((abs.path, abs.verdict), (PathBuf::from("/disk/sd15.safetensors"), Verdict::Allowed));
     }
 }
