@@ -26,6 +26,9 @@ pub fn gif_comment_from<R: BufRead>(mut reader: R) -> Result<Option<String>, Met
     let mut offset = 0u64;
     let mut comment: Option<Vec<u8>> = None;
     let mut comment_done = false;
+    // Whether the decoder has just taken the trailer right after the screen descriptor and colour table:
+    // it then waits for one more byte before it reports the trailer (gif 0.14.2).
+    let mut trailer_after_header = false;
     loop {
         let buf = reader.fill_buf().map_err(MetaError::Io)?;
         if offset == 0 {
@@ -35,10 +38,16 @@ pub fn gif_comment_from<R: BufRead>(mut reader: R) -> Result<Option<String>, Met
             }
         }
         if buf.is_empty() {
+            if trailer_after_header {
+                // A file of no blocks at all: nothing to read, and complete.
+                break;
+            }
             return Err(MetaError::GifTruncated { offset });
         }
         let (consumed, event) =
             decoder.update(buf, &mut OutputBuffer::None).map_err(|source| MetaError::GifDamaged { offset, source })?;
+        let last = consumed.checked_sub(1).and_then(|i| buf.get(i)).copied();
+        trailer_after_header = matches!(event, Decoded::GlobalPalette(_)) && last == Some(0x3b);
         reader.consume(consumed);
         offset += consumed as u64;
         match event {
@@ -109,6 +118,16 @@ mod tests {
             frames += 1;
         }
         assert_eq!(frames, 2);
+    }
+
+    #[test]
+    fn a_gif_of_no_blocks_has_no_comment() {
+        assert_eq!(gif_comment(b"GIF89a\x01\x00\x01\x00\x00\x00\x00\x3b").unwrap(), None);
+        let with_table = b"GIF87a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x3b";
+        assert_eq!(gif_comment(with_table).unwrap(), None);
+        // Without the trailer it is cut short.
+        let err = gif_comment(&with_table[..with_table.len() - 1]).unwrap_err();
+        assert!(matches!(err, MetaError::GifTruncated { offset: 19 }), "{err}");
     }
 
     #[test]
