@@ -432,7 +432,7 @@ fn clip_readers_survive_damaged_and_hostile_files() {
     let (mut problems, mut inputs) = (Vec::new(), 0usize);
     let (mut found, mut none, mut errors) = (0usize, 0usize, 0usize);
     for seed in &seeds {
-        let random = if matches!(seed.kind, Kind::Mp4 | Kind::WebM) { 120 } else { 1000 };
+        let random = if matches!(seed.kind, Kind::Mp4 | Kind::WebM) { 80 } else { 600 };
         let path = dir.path().join(format!("input.{}", seed.ext));
         let seed_started = (Instant::now(), inputs);
         for (label, bytes) in mutations(seed, random, &mut rng) {

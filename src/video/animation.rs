@@ -200,6 +200,113 @@ pub fn write_apng<W: Write>(
 mod tests {
     use super::*;
 
+    fn go(_: usize, _: usize) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+
+    /// Three 20x15 frames of 4 colours, or with `gradient` the third one of 300 colours.
+    fn clip(gradient: bool) -> Vec<RgbImage> {
+        let colours = [[255, 0, 0], [0, 0, 255], [10, 200, 30], [250, 250, 250]];
+        (0..3u32)
+            .map(|f| {
+                RgbImage::from_fn(20, 15, |x, y| match (gradient && f == 2, x, y) {
+                    (true, ..) => image::Rgb([(x * 12) as u8, (y * 17) as u8, 7]),
+                    (false, x, y) => image::Rgb(colours[((x + y + f) % 4) as usize]),
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gif_holds_the_frames_delays_loop_and_graph() {
+        let frames = clip(false);
+        let refs: Vec<&RgbImage> = frames.iter().collect();
+        let graph = "{\"graph\": \"✓\"}".repeat(100);
+        for (gif_loop, want) in [
+            (GifLoop::Forever, gif::Repeat::Infinite),
+            (GifLoop::Times(2), gif::Repeat::Finite(2)),
+            (GifLoop::Once, gif::Repeat::Finite(0)),
+        ] {
+            let mut out = Vec::new();
+            write_gif(&mut out, &refs, 8.0, gif_loop, Some(&graph), Path::new("x.gif"), &mut go).unwrap();
+            assert_eq!(out.windows(11).any(|w| w == b"NETSCAPE2.0"), gif_loop != GifLoop::Once, "{gif_loop:?}");
+            assert_eq!(super::super::meta::gif_comment(&out).unwrap().as_deref(), Some(graph.as_str()));
+            let mut options = gif::DecodeOptions::new();
+            options.set_color_output(gif::ColorOutput::RGBA);
+            let mut decoder = options.read_info(out.as_slice()).unwrap();
+            assert_eq!(decoder.repeat(), want, "{gif_loop:?}");
+            let mut delays = Vec::new();
+            for want in &frames {
+                let frame = decoder.read_next_frame().unwrap().unwrap();
+                delays.push(frame.delay);
+                let rgb: Vec<u8> = frame.buffer.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+                assert_eq!(rgb, want.as_raw().as_slice(), "four colours are kept exactly");
+            }
+            assert_eq!(delays, [13, 12, 13]);
+            assert!(decoder.read_next_frame().unwrap().is_none());
+        }
+        // Without a graph there is no comment; with more than 256 colours the palette is quantized.
+        let frames = clip(true);
+        let refs: Vec<&RgbImage> = frames.iter().collect();
+        let mut out = Vec::new();
+        write_gif(&mut out, &refs, 10.0, GifLoop::Forever, None, Path::new("x.gif"), &mut go).unwrap();
+        assert_eq!(super::super::meta::gif_comment(&out).unwrap(), None);
+        let decoder = gif::DecodeOptions::new().read_info(out.as_slice()).unwrap();
+        assert_eq!(decoder.global_palette().map(<[u8]>::len), Some(256 * 3));
+    }
+
+    #[test]
+    fn an_apng_holds_the_frames_delay_plays_and_graph() {
+        let frames = clip(true);
+        let refs: Vec<&RgbImage> = frames.iter().collect();
+        for (gif_loop, plays) in [(GifLoop::Forever, 0), (GifLoop::Times(2), 3), (GifLoop::Once, 1)] {
+            let mut out = Vec::new();
+            write_apng(&mut out, &refs, 8.0, gif_loop, Some("café ✓"), Path::new("x.png"), &mut go).unwrap();
+            assert_eq!(super::super::meta::png_text(&out, GRAPH_KEY).unwrap().as_deref(), Some("café ✓"));
+            let mut reader = png::Decoder::new(std::io::Cursor::new(&out)).read_info().unwrap();
+            let actl = reader.info().animation_control.unwrap();
+            assert_eq!((actl.num_frames, actl.num_plays), (3, plays), "{gif_loop:?}");
+            let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+            for want in &frames {
+                reader.next_frame(&mut buf).unwrap();
+                let fctl = reader.info().frame_control.unwrap();
+                assert_eq!((fctl.delay_num, fctl.delay_den), (1, 8));
+                assert_eq!(&buf[..], want.as_raw().as_slice(), "lossless");
+            }
+        }
+    }
+
+    #[test]
+    fn writers_stop_when_cancelled_and_refuse_bad_input() {
+        let frames = clip(false);
+        let refs: Vec<&RgbImage> = frames.iter().collect();
+        let mut seen = Vec::new();
+        let mut cancel = |done: usize, total: usize| {
+            seen.push((done, total));
+            if done == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        };
+        let err = write_gif(&mut Vec::new(), &refs, 8.0, GifLoop::Once, None, Path::new("x.gif"), &mut cancel);
+        assert!(matches!(err, Err(ExportError::Cancelled)), "{err:?}");
+        let err = write_apng(&mut Vec::new(), &refs, 8.0, GifLoop::Once, None, Path::new("x.png"), &mut cancel);
+        assert!(matches!(err, Err(ExportError::Cancelled)), "{err:?}");
+        assert_eq!(seen, [(1, 3), (2, 3), (1, 3), (2, 3)]);
+
+        let big = "x".repeat(MAX_TEXT + 1);
+        let err = write_gif(&mut Vec::new(), &refs, 8.0, GifLoop::Once, Some(&big), Path::new("x.gif"), &mut go);
+        assert!(err.unwrap_err().to_string().contains("x.gif: the GIF comment is larger than 8388608 bytes"));
+        let err = write_apng(&mut Vec::new(), &refs, 8.0, GifLoop::Once, Some(&big), Path::new("x.png"), &mut go);
+        assert!(err.unwrap_err().to_string().contains("x.png: the PNG iTXt text is larger than 8388608 bytes"));
+        let wide = [RgbImage::new(70_000, 1)];
+        let err = write_gif(&mut Vec::new(), &[&wide[0]], 8.0, GifLoop::Once, None, Path::new("x.gif"), &mut go);
+        assert!(err.unwrap_err().to_string().contains("at most 65535 pixels"));
+        let mixed = [RgbImage::new(2, 2), RgbImage::new(3, 2)];
+        let err =
+            write_apng(&mut Vec::new(), &[&mixed[0], &mixed[1]], 8.0, GifLoop::Once, None, Path::new("x"), &mut go);
+        assert!(err.unwrap_err().to_string().contains("differ in size"));
+        let err = write_apng(&mut Vec::new(), &refs, 1e6, GifLoop::Once, None, Path::new("x.png"), &mut go);
+        assert!(err.unwrap_err().to_string().contains("frame rate"));
+    }
+
     #[test]
     fn gif_delays_follow_the_rounded_timestamps() {
         assert_eq!(gif_delays(6, 8.0), [13, 12, 13, 12, 13, 13]);
