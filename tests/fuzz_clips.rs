@@ -393,15 +393,15 @@ fn run(path: &Path, bytes: &[u8]) -> (std::thread::Result<Results>, usize) {
 /// `gif` with an extension (`label`) of `count` sub-blocks of `size` bytes right after the colour table (so it
 /// is the first comment, when it is one).
 fn gif_with_sub_blocks(gif: &[u8], label: u8, count: usize, size: u8) -> Vec<u8> {
-    let first_image = gif_layout(gif).spans[3].start;
-    let mut out = gif[..first_image].to_vec();
+    let at = gif_layout(gif).spans[3].start;
+    let mut out = gif[..at].to_vec();
     out.extend_from_slice(&[0x21, label]);
     for i in 0..count {
         out.push(size);
         out.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, usize::from(size)));
     }
     out.push(0);
-    out.extend_from_slice(&gif[first_image..]);
+    out.extend_from_slice(&gif[at..]);
     out
 }
 
