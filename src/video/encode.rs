@@ -1,11 +1,13 @@
-//! Writing clips with FFmpeg (through ffmpeg-next, against the system libraries) and reading them back.
+//! Writing clips (MP4 and WebM with FFmpeg through ffmpeg-next, against the system libraries; GIF and APNG
+//! with the `gif` and `png` crates) and reading them back.
 //!
 //! Formats, picked from the output path's extension:
 //! - `.mp4` / `.m4v`: H.264 (libx264), yuv420p, CRF and preset; odd sizes are padded to even by repeating
 //!   the last row/column (yuv420p needs even sizes);
 //! - `.webm`: VP9 (libvpx-vp9), constant quality (CRF);
-//! - `.gif`: a palette generated from all frames ([`super::palette`]), loop forever / N times / once;
-//! - `.png` / `.apng`: animated PNG (lossless);
+//! - `.gif`: one palette for all frames ([`super::palette`]), loop forever / N times / once
+//!   ([`super::animation`]);
+//! - `.png` / `.apng`: animated PNG (lossless, [`super::animation`]);
 //! - no extension: a folder of PNG frames.
 //!
 //! Every format carries the graph preset that made the clip: a `comment` tag (MP4, WebM), an `iTXt` chunk
@@ -55,14 +57,12 @@ impl Format {
         }
     }
 
-    /// FFmpeg's muxer and encoder names.
+    /// FFmpeg's muxer and encoder names, for the formats FFmpeg writes.
     fn ffmpeg_names(self) -> Option<(&'static str, &'static str)> {
         match self {
             Format::Mp4 => Some(("mp4", "libx264")),
             Format::WebM => Some(("webm", "libvpx-vp9")),
-            Format::Gif => Some(("gif", "gif")),
-            Format::Apng => Some(("apng", "apng")),
-            Format::PngSequence => None,
+            Format::Gif | Format::Apng | Format::PngSequence => None,
         }
     }
 }
@@ -159,8 +159,11 @@ pub fn export(
         return Ok(format);
     }
     let tmp = super::output::Temporary::register(super::staging_path(path)?);
-    let result = encode(&frames, &tmp.path, format, options, progress).and_then(|()| {
-        embed_after(&tmp.path, format, options.graph.as_deref())?;
+    let written = match format {
+        Format::Gif | Format::Apng => super::animation::write_file(&frames, &tmp.path, format, options, progress),
+        _ => encode(&frames, &tmp.path, format, options, progress),
+    };
+    let result = written.and_then(|()| {
         // Checked again just before the rename: only a regular file is ever replaced.
         super::output::preflight(path, options.overwrite)?;
         std::fs::rename(&tmp.path, path)
@@ -170,20 +173,6 @@ pub fn export(
         tmp.remove();
     }
     result.map(|()| format).map_err(|e| e.naming_output(&tmp.path, path))
-}
-
-/// GIF and APNG carry the graph in their own structures, added after FFmpeg has written the file.
-fn embed_after(path: &Path, format: Format, graph: Option<&str>) -> Result<(), ExportError> {
-    let Some(graph) = graph else { return Ok(()) };
-    let io = |e: std::io::Error| ExportError::Write { path: path.to_path_buf(), message: e.to_string() };
-    let meta = |e: super::meta::MetaError| ExportError::Ffmpeg { path: path.to_path_buf(), message: e.to_string() };
-    let bytes = match format {
-        Format::Gif => super::meta::gif_with_comment(&std::fs::read(path).map_err(io)?, graph).map_err(meta)?,
-        Format::Apng => super::meta::png_with_text(&std::fs::read(path).map_err(io)?, super::meta::GRAPH_KEY, graph)
-            .map_err(meta)?,
-        _ => return Ok(()),
-    };
-    std::fs::write(path, bytes).map_err(io)
 }
 
 fn encode(
@@ -197,7 +186,9 @@ fn encode(
     use ffmpeg::{Dictionary, Packet, Rational, codec, encoder};
 
     init()?;
-    let Some((muxer, default_encoder)) = format.ffmpeg_names() else { return Ok(()) };
+    let Some((muxer, default_encoder)) = format.ffmpeg_names() else {
+        return Err(ExportError::Settings(format!("{} is not written with FFmpeg", format.name())));
+    };
     let encoder_name = options.encoder.as_deref().unwrap_or(default_encoder);
     let codec = encoder::find_by_name(encoder_name)
         .ok_or_else(|| ExportError::MissingCodec { codec: encoder_name.to_string(), format: format.name() })?;
@@ -208,19 +199,11 @@ fn encode(
         return Err(ExportError::Settings("the frames of the clip differ in size".to_string()));
     }
     // yuv420p needs even sizes: pad by repeating the last row/column.
-    let (width, height) = match format {
-        Format::Mp4 | Format::WebM => (w0 + w0 % 2, h0 + h0 % 2),
-        _ => (w0, h0),
-    };
-    let pixel = match format {
-        Format::Mp4 | Format::WebM => Pixel::YUV420P,
-        Format::Gif => Pixel::PAL8,
-        _ => Pixel::RGB24,
-    };
-    // Time base: 1/100 s for GIF (its delays are in centiseconds), otherwise the frame rate itself.
+    let (width, height) = (w0 + w0 % 2, h0 + h0 % 2);
+    let pixel = Pixel::YUV420P;
+    // Time base: the frame rate itself, so every frame lasts one tick.
     let rate = Rational::from(options.fps).reduce();
-    let time_base = if format == Format::Gif { Rational::new(1, 100) } else { rate.invert() };
-    let frame_ticks = if format == Format::Gif { (100.0 / options.fps).round().max(1.0) as i64 } else { 1 };
+    let time_base = rate.invert();
 
     let mut octx = ffmpeg::format::output_as(tmp, muxer)
         .map_err(|e| ExportError::Write { path: tmp.to_path_buf(), message: format!("cannot create the file: {e}") })?;
@@ -263,30 +246,18 @@ fn encode(
         meta.set("comment", graph);
         octx.set_metadata(meta);
     }
-    let mut header = Dictionary::new();
-    match (format, options.gif_loop) {
-        (Format::Gif, GifLoop::Forever) => header.set("loop", "0"),
-        (Format::Gif, GifLoop::Times(n)) => header.set("loop", &n.to_string()),
-        (Format::Gif, GifLoop::Once) => header.set("loop", "-1"),
-        (Format::Apng, GifLoop::Forever) => header.set("plays", "0"),
-        (Format::Apng, GifLoop::Times(n)) => header.set("plays", &(u32::from(n) + 1).to_string()),
-        (Format::Apng, GifLoop::Once) => header.set("plays", "1"),
-        _ => {}
-    }
-    octx.write_header_with(header).map_err(|e| fail("cannot write the header", e))?;
+    octx.write_header().map_err(|e| fail("cannot write the header", e))?;
     let stream_time_base = octx.stream(stream_index).map(|s| s.time_base()).unwrap_or(time_base);
 
-    let palette = (format == Format::Gif).then(|| super::palette::palette_for(frames, 256));
-    let mut palette_map = palette.as_ref().map(super::palette::PaletteMap::new);
     let mut scaler = None;
     let write_packets = |enc: &mut encoder::video::Encoder, octx: &mut ffmpeg::format::context::Output| {
         let mut packet = Packet::empty();
         while enc.receive_packet(&mut packet).is_ok() {
             packet.set_stream(stream_index);
-            // Every frame lasts one frame period: muxers derive frame delays (APNG, GIF) and the clip's
-            // length (MP4 edit lists: a last frame of duration 0 is dropped by players) from it.
+            // Every frame lasts one frame period: muxers derive the clip's length from it (MP4 edit lists:
+            // a last frame of duration 0 is dropped by players).
             if packet.duration() <= 0 {
-                packet.set_duration(frame_ticks);
+                packet.set_duration(1);
             }
             packet.rescale_ts(time_base, stream_time_base);
             packet.write_interleaved(octx).map_err(|e| fail("cannot write a packet", e))?;
@@ -295,24 +266,15 @@ fn encode(
     };
     let total = frames.len();
     for (i, image) in frames.iter().enumerate() {
-        let mut frame = match (&palette, &mut palette_map) {
-            (Some(palette), Some(map)) => paletted_frame(image, &map.map_frame(image), palette),
-            _ if pixel == Pixel::RGB24 => rgb_frame(image, width, height),
-            _ => {
-                let rgb = rgb_frame(image, width, height);
-                let scaler = match &mut scaler {
-                    Some(s) => s,
-                    None => scaler.insert(
-                        converter(Pixel::RGB24, pixel, width, height).map_err(|e| fail("cannot convert to YUV", e))?,
-                    ),
-                };
-                let mut yuv = ffmpeg::frame::Video::empty();
-                scaler.run(&rgb, &mut yuv).map_err(|e| fail("cannot convert to YUV", e))?;
-                yuv
-            }
+        let rgb = rgb_frame(image, width, height);
+        let scaler = match &mut scaler {
+            Some(s) => s,
+            None => scaler
+                .insert(converter(Pixel::RGB24, pixel, width, height).map_err(|e| fail("cannot convert to YUV", e))?),
         };
-        let pts = if format == Format::Gif { (i as f64 * 100.0 / options.fps).round() as i64 } else { i as i64 };
-        frame.set_pts(Some(pts));
+        let mut frame = ffmpeg::frame::Video::empty();
+        scaler.run(&rgb, &mut frame).map_err(|e| fail("cannot convert to YUV", e))?;
+        frame.set_pts(Some(i as i64));
         enc.send_frame(&frame).map_err(|e| fail("cannot encode a frame", e))?;
         write_packets(&mut enc, &mut octx)?;
         if progress(i + 1, total).is_break() {
@@ -347,31 +309,6 @@ fn rgb_frame(image: &RgbImage, width: u32, height: u32) -> ffmpeg::frame::Video 
         for x in 0..width {
             let p = image.get_pixel(x.min(w - 1), y.min(h - 1)).0;
             row[x as usize * 3..x as usize * 3 + 3].copy_from_slice(&p);
-        }
-    }
-    frame
-}
-
-/// A PAL8 frame: palette indices and the palette (256 entries, 0xAARRGGBB in native byte order).
-fn paletted_frame(image: &RgbImage, indices: &[u8], palette: &super::palette::Palette) -> ffmpeg::frame::Video {
-    let (w, h) = image.dimensions();
-    let mut frame = ffmpeg::frame::Video::new(ffmpeg::format::Pixel::PAL8, w, h);
-    let stride = frame.stride(0);
-    let data = frame.data_mut(0);
-    for y in 0..h as usize {
-        data[y * stride..y * stride + w as usize].copy_from_slice(&indices[y * w as usize..(y + 1) * w as usize]);
-    }
-    let mut table = [0u8; 1024];
-    for (i, c) in palette.colors.iter().take(256).enumerate() {
-        let argb = 0xFF00_0000u32 | (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
-        table[i * 4..i * 4 + 4].copy_from_slice(&argb.to_ne_bytes());
-    }
-    // SAFETY: av_frame_get_buffer allocates data[1] as the 1024-byte palette of a PAL8 frame.
-    unsafe {
-        let raw = frame.as_mut_ptr();
-        let pal = (*raw).data[1];
-        if !pal.is_null() {
-            std::ptr::copy_nonoverlapping(table.as_ptr(), pal, table.len());
         }
     }
     frame
@@ -480,24 +417,40 @@ fn open_input(path: &Path) -> Result<ffmpeg::format::context::Input, ffmpeg::Err
     }
 }
 
-/// The graph preset embedded in a clip (any format [`export`] writes), if there is one.
+/// The graph preset embedded in a clip (any format [`export`] writes), if there is one. Clips are shared, so
+/// this reads untrusted bytes: GIF and PNG are streamed through bounded readers ([`super::meta`]), which stop
+/// at the image data (PNG) or skip it (GIF); MP4/WebM tags come from FFmpeg. Errors name the file and what is
+/// wrong in it; an embedded text over [`super::meta::MAX_TEXT`] bytes is an error.
 pub fn embedded_graph(path: &Path) -> Result<Option<String>, ExportError> {
-    let io = |e: std::io::Error| ExportError::Write { path: path.to_path_buf(), message: e.to_string() };
-    let meta = |e: super::meta::MetaError| ExportError::Ffmpeg { path: path.to_path_buf(), message: e.to_string() };
+    use super::meta::{self, GRAPH_KEY, MetaError};
+    let error = |file: &Path, message: String| ExportError::Ffmpeg { path: file.to_path_buf(), message };
+    let open = |file: &Path| {
+        std::fs::File::open(file).map(std::io::BufReader::new).map_err(|e| error(file, format!("cannot read: {e}")))
+    };
     if path.is_dir() {
-        let first = path.join("frame_0000.png");
-        return super::meta::png_text(&std::fs::read(&first).map_err(io)?, super::meta::GRAPH_KEY).map_err(meta);
+        // The folder is what the user named; the message says which file in it is at fault.
+        let in_first = |message: String| error(path, format!("frame_0000.png: {message}"));
+        let first =
+            std::fs::File::open(path.join("frame_0000.png")).map_err(|e| in_first(format!("cannot read: {e}")))?;
+        return meta::png_text_from(std::io::BufReader::new(first), GRAPH_KEY).map_err(|e| in_first(e.to_string()));
     }
+    let damaged = |e: MetaError| error(path, e.to_string());
     match Format::from_path(path)? {
-        Format::Gif => super::meta::gif_comment(&std::fs::read(path).map_err(io)?).map_err(meta),
-        Format::Apng | Format::PngSequence => {
-            super::meta::png_text(&std::fs::read(path).map_err(io)?, super::meta::GRAPH_KEY).map_err(meta)
-        }
+        Format::Gif => meta::gif_comment_from(open(path)?).map_err(damaged),
+        Format::Apng | Format::PngSequence => meta::png_text_from(open(path)?, GRAPH_KEY).map_err(damaged),
         Format::Mp4 | Format::WebM => {
+            // ffmpeg-next panics on a path that is not UTF-8.
+            if path.to_str().is_none() {
+                return Err(error(path, "cannot open: the path is not valid UTF-8".to_string()));
+            }
             init()?;
-            let ictx = ffmpeg::format::input(path)
-                .map_err(|e| ExportError::Ffmpeg { path: path.to_path_buf(), message: format!("cannot open: {e}") })?;
-            Ok(ictx.metadata().get("comment").map(str::to_string))
+            let ictx = ffmpeg::format::input(path).map_err(|e| error(path, format!("cannot open: {e}")))?;
+            match ictx.metadata().get("comment") {
+                Some(text) if text.len() > meta::MAX_TEXT => {
+                    Err(error(path, MetaError::TextTooLarge { format: "comment tag" }.to_string()))
+                }
+                text => Ok(text.map(str::to_string)),
+            }
         }
     }
 }

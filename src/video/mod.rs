@@ -1,6 +1,8 @@
-//! Video clips as frames, and writing them out: [`encode`] (MP4, WebM, GIF, animated PNG through FFmpeg, PNG
-//! frame sequences), with the graph preset embedded ([`meta`]) and GIF palettes ([`palette`]).
+//! Video clips as frames, and writing them out: [`encode`] (MP4 and WebM through FFmpeg, GIF and animated PNG
+//! through the `gif` and `png` crates in [`animation`], PNG frame sequences), with the graph preset embedded
+//! ([`meta`]) and GIF palettes ([`palette`]).
 
+pub mod animation;
 pub mod encode;
 pub mod meta;
 pub mod output;
@@ -167,7 +169,7 @@ pub fn write_png_sequence_with(
                 .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
                 .map_err(|e| frame_err(&e))?;
             if let (0, Some(graph)) = (i, graph) {
-                bytes = meta::png_with_text(&bytes, meta::GRAPH_KEY, graph).map_err(|e| frame_err(&e))?;
+                bytes = meta::encode_png_with_text(frame, meta::GRAPH_KEY, graph).map_err(|e| frame_err(&e))?;
             }
             std::fs::write(tmp.path.join(&name), bytes).map_err(|e| frame_err(&e))?;
             if progress(i + 1, total).is_break() {

@@ -1,47 +1,67 @@
 //! A text payload (the graph preset that made a clip) embedded in PNG and GIF files, and read back.
 //!
-//! PNG: an uncompressed `iTXt` chunk placed right after `IHDR`. GIF: a Comment Extension placed right after
-//! the Logical Screen Descriptor (and Global Color Table). Both readers walk the whole file and check its
-//! structure (PNG CRCs included), so a damaged file is reported as such instead of yielding a payload.
+//! The files are parsed by the `png` and `gif` crates (the ones `image` builds on), with memory limits:
+//! clips are shared, so these readers see untrusted bytes.
+//! - PNG: an `iTXt` chunk with keyword [`GRAPH_KEY`], written by `png::Encoder` before the image data and
+//!   read with `png::Decoder` up to the first image data chunk (the pixels are never decoded).
+//! - GIF: a Comment Extension, read with the `gif` crate's streaming decoder, which reports extension
+//!   sub-blocks (its frame decoder skips comments). Image data is skipped, not decompressed.
+//!
+//! Every payload is capped at [`MAX_TEXT`] bytes, when written and when read.
 
 /// The keyword under which stepstone stores its graph preset in PNG files.
 pub const GRAPH_KEY: &str = "stepstone-graph";
 
+/// The largest graph text written or read (8 MiB; a preset is a few KB).
+pub const MAX_TEXT: usize = 8 << 20;
+
 mod gif;
 mod png;
 
-pub use gif::{gif_comment, gif_with_comment};
-pub use png::{png_text, png_with_text};
+pub use self::gif::{gif_comment, gif_comment_from};
+pub use self::png::{PNG_MEMORY_LIMIT, encode_png_with_text, png_text, png_text_from};
 
-/// What is wrong with a file whose payload is read or written. Offsets are byte positions in the file.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+/// What is wrong with a file whose payload is read or written.
+#[derive(Debug, thiserror::Error)]
 pub enum MetaError {
+    #[error("cannot read the file: {0}")]
+    Io(#[source] std::io::Error),
     #[error("not a PNG file: the 8-byte PNG signature is missing")]
     NotPng,
-    #[error("PNG file is truncated at byte {offset}: {what} is missing or incomplete")]
-    PngTruncated { what: String, offset: usize },
-    #[error("PNG file is damaged: {what} at byte {offset}")]
-    PngMalformed { what: String, offset: usize },
+    #[error("PNG file is truncated: it ends before its image data")]
+    PngTruncated,
+    #[error("PNG file is damaged: {0}")]
+    PngDamaged(#[source] ::png::DecodingError),
     #[error(
-        "PNG file is damaged: CRC mismatch in the {chunk} chunk at byte {offset} (stored {stored:08x}, computed {computed:08x})"
+        "PNG file needs more than {limit} bytes of memory for the chunks before its image data (an embedded graph \
+         may be at most {cap} bytes)",
+        limit = PNG_MEMORY_LIMIT,
+        cap = MAX_TEXT
     )]
-    PngBadCrc { chunk: String, offset: usize, stored: u32, computed: u32 },
-    #[error("PNG iTXt chunk {keyword:?} at byte {offset} is compressed, which is not supported")]
-    PngCompressedText { keyword: String, offset: usize },
-    #[error("invalid PNG text keyword {keyword:?}: {why}")]
-    BadKeyword { keyword: String, why: &'static str },
-    #[error("PNG text for {keyword:?} is too large for one chunk ({len} bytes)")]
-    PngTextTooLarge { keyword: String, len: usize },
+    PngTooLarge,
+    #[error("PNG text chunk {keyword:?} is damaged: {why}")]
+    PngBadText { keyword: String, why: String },
+    #[error("cannot write the PNG file: {0}")]
+    PngEncode(#[source] ::png::EncodingError),
     #[error("not a GIF file: the header is {found:?}, expected \"GIF87a\" or \"GIF89a\"")]
     NotGif { found: String },
-    #[error("GIF file is truncated at byte {offset}: {what} is missing or incomplete")]
-    GifTruncated { what: &'static str, offset: usize },
-    #[error(
-        "GIF file is damaged: unexpected byte 0x{byte:02x} at byte {offset} (expected an extension, an image or the trailer)"
-    )]
-    GifBadBlock { byte: u8, offset: usize },
-    #[error("{format} text at byte {offset} is not valid UTF-8")]
-    NotUtf8 { format: &'static str, offset: usize },
+    #[error("GIF file is truncated at byte {offset}: it ends before the trailer")]
+    GifTruncated { offset: u64 },
+    #[error("GIF file is damaged after byte {offset}: {source}")]
+    GifDamaged {
+        offset: u64,
+        #[source]
+        source: ::gif::DecodingError,
+    },
+    #[error("the {format} is larger than {cap} bytes, the most an embedded graph may have", cap = MAX_TEXT)]
+    TextTooLarge { format: &'static str },
+    #[error("{format} text is not valid UTF-8: byte {at} of the text is the first bad one")]
+    NotUtf8 { format: &'static str, at: usize },
+}
+
+/// `bytes` as UTF-8 text, or an error naming the first bad byte.
+fn utf8(bytes: Vec<u8>, format: &'static str) -> Result<String, MetaError> {
+    String::from_utf8(bytes).map_err(|e| MetaError::NotUtf8 { format, at: e.utf8_error().valid_up_to() })
 }
 
 /// Shared by the PNG and GIF tests.
