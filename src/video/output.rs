@@ -59,6 +59,13 @@ pub fn preflight(path: &Path, overwrite: bool) -> Result<Format, ExportError> {
 
 /// [`preflight`] for an output of a known format (a frame folder whose name has a dot in it).
 pub fn preflight_as(path: &Path, format: Format, overwrite: bool) -> Result<(), ExportError> {
+    if matches!(format, Format::Mp4 | Format::WebM) && path.to_str().is_none() {
+        // FFmpeg takes file names as C strings through ffmpeg-next, which needs them in UTF-8.
+        return Err(ExportError::Write {
+            path: path.to_path_buf(),
+            message: "the name is not valid UTF-8, which FFmpeg needs for MP4 and WebM".to_string(),
+        });
+    }
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             if !overwrite {
@@ -242,6 +249,12 @@ mod tests {
         let e = preflight(&frames, true).unwrap_err();
         assert!(e.to_string().contains("notes.txt"), "{e}");
         assert!(preflight(&dir.path().join("new/deeper/clip.gif"), false).is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let odd = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.mp4"));
+            assert!(preflight(&odd, false).unwrap_err().to_string().contains("not valid UTF-8"));
+        }
     }
 
     #[test]
