@@ -1,0 +1,427 @@
+//! Crafted model files (issue 11, "shared graphs are untrusted input"): every size, count, offset and
+//! index a file declares is checked before it sizes anything, and the error names the file and the field.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::cpu;
+use stepstone::models::load::identify::read_shapes;
+use stepstone::models::{LoadError, MotionLoadOptions, load_clip_text_encoder, load_motion_module, load_vae};
+
+/// A safetensors file from a hand-written header (so that any field can be crafted) and `data_len` zero
+/// bytes of tensor data.
+fn write_raw_safetensors(path: &Path, header: &str, data_len: usize) {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.resize(bytes.len() + data_len, 0);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A well-formed f32 safetensors file of the given tensors (zeros).
+fn write_safetensors(path: &Path, tensors: &[(&str, Vec<u64>)]) {
+    let mut entries = Vec::new();
+    let mut at = 0u64;
+    for (name, shape) in tensors {
+        let bytes = 4 * shape.iter().product::<u64>();
+        entries.push(format!(r#""{name}":{{"dtype":"F32","shape":{shape:?},"data_offsets":[{at},{}]}}"#, at + bytes));
+        at += bytes;
+    }
+    write_raw_safetensors(path, &format!("{{{}}}", entries.join(",")), at as usize);
+}
+
+fn message(err: &dyn std::fmt::Display) -> String {
+    err.to_string()
+}
+
+/// Defect 1 (commit 3189878): `MotionAdapterConfig::infer` resized its level table to an index read from a
+/// key, so this file made the loader ask for ~1.6 TB and abort. Now the index is bounded first and the
+/// error names the file and the key.
+#[test]
+fn a_motion_module_with_a_huge_level_index_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    for level in ["99999999999", "99999999999999999999999"] {
+        let path = tmp.path().join(format!("mm_{}.safetensors", level.len()));
+        let key = format!("down_blocks.{level}.motion_modules.0.temporal_transformer.proj_in.weight");
+        write_safetensors(
+            &path,
+            &[
+                ("down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight", vec![32, 32]),
+                (&key, vec![32, 32]),
+            ],
+        );
+        let err = load_motion_module(&path, &cpu(), &MotionLoadOptions::default()).unwrap_err();
+        let text = message(&err);
+        assert!(text.contains(&path.display().to_string()), "names the file: {text}");
+        assert!(text.contains(&key), "names the key: {text}");
+        assert!(text.contains(&format!("level index {level} is out of range")), "names the field: {text}");
+    }
+}
+
+/// Further indices and sizes of a motion-module file: module index, channels from a shape, the stored
+/// positional table's length, a level missing between others.
+#[test]
+fn motion_module_indices_and_sizes_are_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = "temporal_transformer.proj_in.weight";
+    let module = |level: &str, index: &str, shape: Vec<u64>| (format!("{level}.motion_modules.{index}.{proj}"), shape);
+    let table =
+        "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe";
+    let cases: Vec<(Vec<(String, Vec<u64>)>, &str)> = vec![
+        (vec![module("down_blocks.0", "18446744073709551615", vec![8, 8])], "motion module index"),
+        (vec![module("mid_block", "4000000000", vec![8, 8])], "motion module index"),
+        (vec![module("down_blocks.0", "0", vec![1 << 20, 0])], "channels) is 1048576"),
+        (
+            vec![module("down_blocks.0", "0", vec![8, 8]), (table.to_string(), vec![1, 0, 8])],
+            "positional table's length (shape[1]) is 0",
+        ),
+        (
+            vec![module("down_blocks.0", "0", vec![8, 8]), module("down_blocks.2", "0", vec![8, 8])],
+            "down_blocks.1 has no motion modules",
+        ),
+    ];
+    for (i, (tensors, expected)) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("case{i}.safetensors"));
+        let tensors: Vec<(&str, Vec<u64>)> = tensors.iter().map(|(k, s)| (k.as_str(), s.clone())).collect();
+        write_safetensors(&path, &tensors);
+        let text = message(&load_motion_module(&path, &cpu(), &MotionLoadOptions::default()).unwrap_err());
+        assert!(text.contains(&path.display().to_string()) && text.contains(expected), "case {i}: {text}");
+    }
+}
+
+/// Defect 2 (commit 3189878): `read_shapes` added the largest `data_offsets` end to the header length
+/// unchecked; an end of 2^64 - 1 panicked with "attempt to add with overflow". Now it is an error naming the
+/// file, the tensor and the field.
+#[test]
+fn a_data_offsets_end_of_u64_max_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.safetensors");
+    write_raw_safetensors(&path, r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551615]}}"#, 8);
+    let err = read_shapes(&path).unwrap_err();
+    let text = message(&err);
+    assert!(matches!(err, LoadError::Corrupt { field: "data_offsets", .. }), "{text}");
+    assert!(text.contains(&path.display().to_string()) && text.contains("tensor 'w'"), "{text}");
+    assert!(text.contains("data_offsets") && text.contains("18446744073709551615"), "{text}");
+}
+
+/// Every other field of a safetensors header: each crafted value is an error naming the field.
+#[test]
+fn safetensors_header_fields_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.safetensors");
+    let entry = |dtype: &str, shape: &str, offsets: &str| {
+        format!(r#"{{"w":{{"dtype":{dtype},"shape":{shape},"data_offsets":{offsets}}}}}"#)
+    };
+    let cases = [
+        (entry(r#""F32""#, "[2]", "[0,8]"), 8, None),
+        (entry(r#""Q8""#, "[2]", "[0,8]"), 8, Some(("dtype", "unknown dtype"))),
+        (entry("7", "[2]", "[0,8]"), 8, Some(("dtype", "expected a string"))),
+        (entry(r#""F32""#, "[2.5]", "[0,8]"), 8, Some(("shape", "not a non-negative integer"))),
+        (entry(r#""F32""#, "[-2]", "[0,8]"), 8, Some(("shape", "not a non-negative integer"))),
+        (entry(r#""F32""#, "[4294967296,4294967296,4294967296]", "[0,8]"), 8, Some(("shape", "too many elements"))),
+        (entry(r#""F32""#, "[2]", "[8,0]"), 8, Some(("data_offsets", "after end"))),
+        (entry(r#""F32""#, "[2]", "[0,8,16]"), 8, Some(("data_offsets", "expected [begin, end]"))),
+        (entry(r#""F32""#, "[2]", "[0,-8]"), 8, Some(("data_offsets", "expected [begin, end]"))),
+        (entry(r#""F32""#, "[2]", "[0,16]"), 8, Some(("data_offsets", "truncated"))),
+        (entry(r#""F32""#, "[3]", "[0,8]"), 8, Some(("data_offsets", "takes 12"))),
+        (entry(r#""F32""#, "[2]", "[0,8]"), 12, Some(("data_offsets", "the file holds 12 bytes"))),
+        (entry(r#""F32""#, "[1]", "[4,8]"), 8, Some(("data_offsets", "leaving bytes 0..4"))),
+        (r#"{"w":[1,2]}"#.to_string(), 0, Some(("entry", "expected an object"))),
+        (r#"{"__metadata__":{"format":7}}"#.to_string(), 0, Some(("__metadata__", "object of strings"))),
+        (r#"{"__metadata__":{"format":"pt"}}"#.to_string(), 0, None),
+        (r#"[1]"#.to_string(), 0, Some(("header", "not a JSON object"))),
+        (r#"{"w":"#.to_string(), 0, Some(("header", "unreadable JSON"))),
+    ];
+    for (header, data, expected) in &cases {
+        write_raw_safetensors(&path, header, *data);
+        match (read_shapes(&path), expected) {
+            (Ok(_), None) => {}
+            (Err(LoadError::Corrupt { field, message, .. }), Some((want_field, want))) => {
+                assert_eq!(field, *want_field, "{header}: {message}");
+                assert!(message.contains(want), "{header}: {message}");
+            }
+            (other, _) => panic!("{header}: unexpected {other:?}"),
+        }
+    }
+    // Two tensors sharing bytes.
+    write_raw_safetensors(
+        &path,
+        concat!(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"#,
+            r#""b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#
+        ),
+        12,
+    );
+    let text = message(&read_shapes(&path).unwrap_err());
+    assert!(text.contains("tensor 'b'") && text.contains("inside the data of another tensor"), "{text}");
+    // Header lengths beyond the file or the format's limit.
+    for len in [u64::MAX, 1 << 63, 200_000_000, 9] {
+        let mut bytes = len.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        std::fs::write(&path, bytes).unwrap();
+        let err = read_shapes(&path).unwrap_err();
+        assert!(matches!(err, LoadError::Corrupt { field: "header length", .. }), "{len}: {err}");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    }
+}
+
+fn demo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-models").join(rel)
+}
+
+/// A copy of a demo component folder with one field of its config.json replaced.
+fn with_config(tmp: &Path, component: &str, field: &str, value: serde_json::Value) -> PathBuf {
+    let dir = tmp.join(format!("{component}-{field}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(demo(component)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    config[field] = value;
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// Sizes in a component's config.json are bounded before any module is built; the message names the file,
+/// the field, the value found and the range expected.
+#[test]
+fn config_sizes_are_bounded_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let huge = serde_json::json!(1u64 << 40);
+    for (component, field, found) in [
+        ("sd15-tiny/text_encoder", "num_hidden_layers", "1099511627776"),
+        ("sd15-tiny/text_encoder", "vocab_size", "1099511627776"),
+        ("sd15-tiny/vae", "layers_per_block", "1099511627776"),
+        ("sd15-tiny/vae", "norm_num_groups", "1099511627776"),
+    ] {
+        let dir = with_config(tmp.path(), component, field, huge.clone());
+        let text = if component.ends_with("vae") {
+            message(&load_vae(&dir, &cpu()).unwrap_err())
+        } else {
+            message(&load_clip_text_encoder(&dir, &cpu()).unwrap_err())
+        };
+        let config = dir.join("config.json").display().to_string();
+        assert!(text.contains(&config) && text.contains(&format!("{field} is {found}, outside")), "{text}");
+    }
+    let dir = with_config(tmp.path(), "sd15-tiny/vae", "block_out_channels", serde_json::json!([16, 16, 0, 32]));
+    let text = message(&load_vae(&dir, &cpu()).unwrap_err());
+    assert!(text.contains("block_out_channels[2] is 0, outside the supported range 1..=16384"), "{text}");
+    // A config.json far larger than any real one is not read.
+    let dir = with_config(tmp.path(), "sd15-tiny/vae", "padding", serde_json::json!("x".repeat(2 << 20)));
+    let text = message(&load_vae(&dir, &cpu()).unwrap_err());
+    assert!(text.contains("config.json") && text.contains("more than the 1048576 bytes"), "{text}");
+}
+
+/// ImageReward's image_reward_config.json: the prompt length sizes every encoding, so it is bounded.
+#[test]
+fn image_reward_prompt_length_is_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(demo("ImageReward-tiny")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    let path = tmp.path().join("image_reward_config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["max_length"] = serde_json::json!(1u64 << 50);
+    std::fs::write(&path, config.to_string()).unwrap();
+    let err = stepstone::models::image_reward::load_image_reward_dir(tmp.path(), &cpu()).unwrap_err();
+    let text = message(&err);
+    assert!(text.contains(&path.display().to_string()) && text.contains("max_length is 1125899906842624"), "{text}");
+}
+
+/// CRC-32 (IEEE), bit by bit.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// One zip entry: name, compression method, the bytes as stored, the uncompressed size and CRC declared.
+struct ZipEntry<'a> {
+    name: &'a str,
+    method: u16,
+    data: Vec<u8>,
+    size: u32,
+    crc: u32,
+}
+
+impl<'a> ZipEntry<'a> {
+    fn stored(name: &'a str, data: &[u8]) -> Self {
+        ZipEntry { name, method: 0, data: data.to_vec(), size: data.len() as u32, crc: crc32(data) }
+    }
+}
+
+/// A zip archive as `torch.save` writes one (local headers, central directory, end record).
+fn zip(entries: &[ZipEntry<'_>]) -> Vec<u8> {
+    let (mut out, mut central) = (Vec::new(), Vec::new());
+    for e in entries {
+        let offset = out.len() as u32;
+        let common = |buf: &mut Vec<u8>| {
+            for v in [e.method.to_le_bytes(), [0, 0], [0, 0x21]] {
+                buf.extend_from_slice(&v);
+            }
+            buf.extend_from_slice(&e.crc.to_le_bytes());
+            buf.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&e.size.to_le_bytes());
+            buf.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
+            buf.extend_from_slice(&0u16.to_le_bytes());
+        };
+        out.extend_from_slice(b"PK\x03\x04\x14\x00\x00\x00");
+        common(&mut out);
+        out.extend_from_slice(e.name.as_bytes());
+        out.extend_from_slice(&e.data);
+        central.extend_from_slice(b"PK\x01\x02\x14\x00\x14\x00\x00\x00");
+        common(&mut central);
+        central.extend_from_slice(&[0; 10]); // comment length, disk, internal and external attributes
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(e.name.as_bytes());
+    }
+    let (cd_offset, cd_size) = (out.len() as u32, central.len() as u32);
+    out.extend_from_slice(&central);
+    out.extend_from_slice(b"PK\x05\x06\x00\x00\x00\x00");
+    let n = (entries.len() as u16).to_le_bytes();
+    out.extend_from_slice(&[n[0], n[1], n[0], n[1]]);
+    out.extend_from_slice(&cd_size.to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+fn pickle_str(p: &mut Vec<u8>, s: &str) {
+    p.push(b'X');
+    p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    p.extend_from_slice(s.as_bytes());
+}
+
+fn pickle_int(p: &mut Vec<u8>, v: u64) {
+    match i32::try_from(v) {
+        Ok(v) => {
+            p.push(b'J');
+            p.extend_from_slice(&v.to_le_bytes());
+        }
+        Err(_) => {
+            p.extend_from_slice(&[0x8a, 8]);
+            p.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// `{"w": torch._utils._rebuild_tensor_v2(<FloatStorage '0' of `numel`>, 0, shape, stride, False,
+/// OrderedDict())}` as a protocol-2 pickle, the way `torch.save` writes a state dict.
+fn state_dict_pickle(numel: u64, shape: &[u64], stride: &[u64]) -> Vec<u8> {
+    let mut p = vec![0x80, 2, b'}'];
+    pickle_str(&mut p, "w");
+    p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+    p.push(b'(');
+    pickle_str(&mut p, "storage");
+    p.extend_from_slice(b"ctorch\nFloatStorage\n");
+    pickle_str(&mut p, "0");
+    pickle_str(&mut p, "cpu");
+    pickle_int(&mut p, numel);
+    p.extend_from_slice(b"tQ");
+    pickle_int(&mut p, 0);
+    for dims in [shape, stride] {
+        p.push(b'(');
+        dims.iter().for_each(|&d| pickle_int(&mut p, d));
+        p.push(b't');
+    }
+    p.push(0x89);
+    p.extend_from_slice(b"ccollections\nOrderedDict\n)RtRs.");
+    p
+}
+
+fn checkpoint(pickle: ZipEntry<'_>, storage: &[u8]) -> Vec<u8> {
+    zip(&[pickle, ZipEntry::stored("archive/byteorder", b"little"), ZipEntry::stored("archive/data/0", storage)])
+}
+
+/// Found by reading burn's pickle reader (not by the mutation fuzzer, which never combined a zero stride
+/// with a large shape): a broadcast view (stride 0) of a one-element storage may declare up to the reader's
+/// 10 GiB tensor limit, which a load into a parameter of that shape would materialise. Every tensor must
+/// fit the file.
+#[test]
+fn a_broadcast_view_larger_than_the_file_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("broadcast.ckpt");
+    // The reader takes a well-formed small tensor, so the checkpoint itself is sound.
+    let small = state_dict_pickle(4, &[2, 2], &[2, 1]);
+    std::fs::write(&path, checkpoint(ZipEntry::stored("archive/data.pkl", &small), &[0; 16])).unwrap();
+    assert_eq!(read_shapes(&path).unwrap(), vec![("w".to_string(), vec![2, 2])]);
+    let broadcast = state_dict_pickle(1, &[1 << 20, 1 << 10], &[0, 0]);
+    std::fs::write(&path, checkpoint(ZipEntry::stored("archive/data.pkl", &broadcast), &[0; 4])).unwrap();
+    let err = read_shapes(&path).unwrap_err();
+    let text = message(&err);
+    assert!(matches!(err, LoadError::Corrupt { field: "shape", .. }), "{text}");
+    assert!(text.contains(&path.display().to_string()) && text.contains("tensor 'w'"), "{text}");
+    assert!(text.contains("needs 4294967296 bytes, more than the whole file"), "{text}");
+}
+
+/// A deflate stream (one fixed-Huffman block) that inflates to `len` zero bytes from about `len / 160`.
+fn deflate_zeros(len: usize) -> Vec<u8> {
+    let (mut out, mut acc, mut bits) = (Vec::new(), 0u64, 0u32);
+    let mut put = |value: u64, n: u32, msb_first: bool| {
+        let value = if msb_first { (0..n).fold(0, |v, i| (v << 1) | ((value >> i) & 1)) } else { value };
+        acc |= value << bits;
+        bits += n;
+        while bits >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            bits -= 8;
+        }
+    };
+    put(0b011, 3, false); // final block, fixed Huffman
+    put(0b0011_0000, 8, true); // literal 0
+    let mut left = len - 1;
+    while left >= 258 {
+        put(0b1100_0101, 8, true); // length 258
+        put(0, 5, true); // distance 1
+        left -= 258;
+    }
+    for _ in 0..left {
+        put(0b0011_0000, 8, true);
+    }
+    put(0, 7, true); // end of block
+    put(0, 7, false);
+    out
+}
+
+/// Found by reading burn's pickle reader: a deflated `data.pkl` may declare up to its 100 MiB pickle limit
+/// whatever the file's size, and the reader holds that much before parsing. A deflated entry may declare at
+/// most four times the file.
+#[test]
+fn a_deflate_bomb_is_refused_before_it_is_inflated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bomb.pt");
+    let size = 100_000_000;
+    let bomb = ZipEntry { name: "archive/data.pkl", method: 8, data: deflate_zeros(size), size: size as u32, crc: 0 };
+    std::fs::write(&path, checkpoint(bomb, &[0; 4])).unwrap();
+    let err = read_shapes(&path).unwrap_err();
+    let text = message(&err);
+    assert!(matches!(err, LoadError::Corrupt { field: "uncompressed size", .. }), "{text}");
+    assert!(text.contains("zip entry 'archive/data.pkl'") && text.contains("100000000 bytes"), "{text}");
+    // A small deflated pickle is fine.
+    let small = state_dict_pickle(4, &[2, 2], &[2, 1]);
+    let stored_as_deflate = {
+        // A stored (uncompressed) deflate block: BFINAL=1, BTYPE=00, LEN, NLEN, bytes.
+        let mut d = vec![1];
+        d.extend_from_slice(&(small.len() as u16).to_le_bytes());
+        d.extend_from_slice(&(!(small.len() as u16)).to_le_bytes());
+        d.extend_from_slice(&small);
+        d
+    };
+    let entry = ZipEntry {
+        name: "archive/data.pkl",
+        method: 8,
+        data: stored_as_deflate,
+        size: small.len() as u32,
+        crc: crc32(&small),
+    };
+    std::fs::write(&path, checkpoint(entry, &[0; 16])).unwrap();
+    assert_eq!(read_shapes(&path).unwrap(), vec![("w".to_string(), vec![2, 2])]);
+}
