@@ -67,7 +67,8 @@ fn motion_module_indices_and_sizes_are_bounded() {
     let module = |level: &str, index: &str, shape: Vec<u64>| (format!("{level}.motion_modules.{index}.{proj}"), shape);
     let table =
         "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe";
-    let cases: Vec<(Vec<(String, Vec<u64>)>, &str)> = vec![
+    type Tensors = Vec<(String, Vec<u64>)>;
+    let cases: Vec<(Tensors, &str)> = vec![
         (vec![module("down_blocks.0", "18446744073709551615", vec![8, 8])], "motion module index"),
         (vec![module("mid_block", "4000000000", vec![8, 8])], "motion module index"),
         (vec![module("down_blocks.0", "0", vec![1 << 20, 0])], "channels) is 1048576"),

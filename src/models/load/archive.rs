@@ -152,11 +152,11 @@ fn zip64_sizes(extra: &[u8], uncompressed: &mut u64, compressed: &mut u64, local
         if id == 1 {
             let mut pos = body;
             for value in [uncompressed, compressed, local] {
-                if *value == 0xffff_ffff {
-                    if let Some(v) = le(extra, pos, 8).filter(|_| pos + 8 <= body + len as usize) {
-                        *value = v;
-                        pos += 8;
-                    }
+                if *value == 0xffff_ffff
+                    && let Some(v) = le(extra, pos, 8).filter(|_| pos + 8 <= body + len as usize)
+                {
+                    *value = v;
+                    pos += 8;
                 }
             }
             return;

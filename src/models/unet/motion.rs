@@ -407,12 +407,11 @@ impl MotionAdapterConfig {
         let mut positions = None;
         for (original, shape) in shapes {
             let key = rename.to_ours(original);
-            if key.ends_with(".pos_encoder.pe") || key.ends_with(".pos_embed.pe") {
-                if let [_, p, _] = shape.as_slice() {
-                    let field = "the positional table's length (shape[1])";
-                    positions =
-                        Some(bounds::check(field, *p, 1, MAX_POSITIONS).map_err(|e| bad(original, e.to_string()))?);
-                }
+            if (key.ends_with(".pos_encoder.pe") || key.ends_with(".pos_embed.pe"))
+                && let [_, p, _] = shape.as_slice()
+            {
+                let field = "the positional table's length (shape[1])";
+                positions = Some(bounds::check(field, *p, 1, MAX_POSITIONS).map_err(|e| bad(original, e.to_string()))?);
             }
             let Some(caps) = proj.captures(&key) else {
                 continue;
