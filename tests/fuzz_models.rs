@@ -7,6 +7,8 @@
 //!
 //! The seed is fixed, so a failure names the target, the case number and the mutation, and reproduces.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::tensor::Device;
+use common::crafted::{ZipEntry, checkpoint, crc32, deflate_zeros, state_dict_pickle};
 use stepstone::models::image_reward::load_image_reward;
 use stepstone::models::load::identify::read_shapes;
 use stepstone::models::{MotionLoadOptions, load_clip_text_encoder, load_motion_module, load_vae};
@@ -224,18 +227,6 @@ fn mutate_safetensors(rng: &mut Rng, original: &[u8]) -> (Vec<u8>, String) {
             (bytes, what)
         }
     }
-}
-
-/// CRC-32 (IEEE), bit by bit: small and fast enough for one pickle.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
 }
 
 fn find_all(bytes: &[u8], pattern: &[u8]) -> Vec<usize> {
@@ -466,7 +457,29 @@ fn fuzz_weight_file_readers() {
     eprintln!("largest single allocation on the unmutated corpus: {legit_peak} bytes (cap {CAP})");
     assert!(legit_peak < CAP / 4, "the cap must stay well above the legitimate peak ({legit_peak} bytes)");
 
-    // 2. Mutated copies.
+    // 2. Crafted checkpoints that a reader without the pre-checks would turn into huge allocations: a
+    // deflate bomb (a 100 MB pickle from 0.6 MB) and a broadcast view (stride 0) of one float declaring a
+    // 16384 x 16384 motion-module projection, which the loader would build and fill (1 GiB).
+    let bomb =
+        ZipEntry { name: "archive/data.pkl", method: 8, data: deflate_zeros(100_000_000), size: 100_000_000, crc: 0 };
+    let key = "down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight";
+    let broadcast = state_dict_pickle(key, 1, &[16384, 16384], &[0, 0]);
+    for (name, bytes) in [
+        ("bomb", checkpoint(bomb, &[0; 4])),
+        ("broadcast", checkpoint(ZipEntry::stored("archive/data.pkl", &broadcast), &[0; 4])),
+    ] {
+        let file = tmp.path().join(format!("{name}.ckpt"));
+        std::fs::write(&file, bytes).unwrap();
+        let options = MotionLoadOptions::default();
+        let outcome =
+            run(|| load_motion_module(&file, &Device::flex(), &options).map(|_| ()).map_err(|e| e.to_string()));
+        assert!(outcome.panic.is_none(), "{name}: {:?}", outcome.panic);
+        assert!(outcome.largest <= CAP, "{name}: allocated {} bytes at once", outcome.largest);
+        let error = outcome.error.unwrap_or_default();
+        assert!(error.contains("malformed weight file"), "{name}: {error}");
+    }
+
+    // 3. Mutated copies.
     let quiet = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let (mut inputs, mut calls, mut refused, mut pickle_panics) = (0, 0, 0, 0);
