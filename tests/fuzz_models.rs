@@ -26,10 +26,11 @@ use stepstone::models::{MotionLoadOptions, load_clip_text_encoder, load_motion_m
 const REFUSE_ABOVE: usize = 512 << 20;
 
 /// The largest single allocation one input may cause. Measured on the unmutated corpus (the first step of
-/// [`fuzz_weight_file_readers`] prints it): the legitimate peak is the largest whole-tensor or whole-entry
-/// buffer of the demo files, about 1 MiB (the largest file is the 2.1 MB UNet; a crafted header may make the
-/// pre-check read at most the file itself). 16 MiB leaves a wide margin above both and still catches any
-/// allocation sized from a declared number rather than from the file (those run to gigabytes).
+/// [`fuzz_weight_file_readers`] prints it and asserts it stays below a quarter of the cap): 397,328 bytes, a
+/// tensor buffer of the demo motion module; the largest corpus file is the 2.1 MB UNet, and a crafted header
+/// may make the pre-check read at most the file itself. 16 MiB leaves a wide margin above both and still
+/// catches any allocation sized from a declared number rather than from the file (the deflate bomb below
+/// asks for 161 MB, the broadcast view for 1 GiB, without the pre-checks).
 const CAP: usize = 16 << 20;
 
 struct Tracking;
