@@ -67,7 +67,7 @@ fn motion_layout(name: &str, version: stepstone::models::unet::motion::MotionVer
     // A lone file's layout is read back from its shapes.
     let shapes: Vec<(String, Vec<usize>)> =
         reference.iter().map(|(k, s)| (k.clone(), s.iter().map(|&d| d as usize).collect())).collect();
-    assert_eq!(MotionAdapterConfig::infer(&shapes, 8, 32), Some(config), "{name}: inferred config");
+    assert_eq!(MotionAdapterConfig::infer(&shapes, 8, 32), Ok(Some(config)), "{name}: inferred config");
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //!   parts checked against each other, and prompt encoding for guidance.
 //! - [`image_reward`]: ImageReward (BLIP ViT-L/16 + BERT with cross-attention + MLP head), its Pillow-exact
 //!   preprocessing and WordPiece tokenizer: scores images against a prompt.
+//! - [`bounds`]: the sane bounds every size read from a configuration or tokenizer file is checked against.
 //! - [`load`]: checked weight loading (missing keys, shape mismatches, unused keys, files of the wrong kind);
 //!   pickles are parsed as data, never executed.
 //!
@@ -36,6 +37,7 @@
 //! ```
 
 pub mod blocks;
+pub mod bounds;
 pub mod clip;
 pub mod image_reward;
 pub mod load;
@@ -75,8 +77,8 @@ pub enum ComponentError {
 
 fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, ComponentError> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| ComponentError::Config { path: path.clone(), message: e.to_string() })?;
+    let text = bounds::read_text(&path, bounds::MAX_CONFIG_BYTES)
+        .map_err(|message| ComponentError::Config { path: path.clone(), message })?;
     serde_json::from_str(&text).map_err(|e| ComponentError::Config {
         path,
         message: format!("line {} column {}: {e}", e.line(), e.column()),
@@ -182,7 +184,9 @@ pub fn load_motion_module(
             return Err(LoadError::NotFound { path: path.to_path_buf() }.into());
         }
         let shapes = load::identify::read_shapes(path)?;
-        let config = MotionAdapterConfig::infer(&shapes, options.heads, options.groups).ok_or_else(|| {
+        let inferred = MotionAdapterConfig::infer(&shapes, options.heads, options.groups)
+            .map_err(|e| ComponentError::Config { path: path.to_path_buf(), message: e.to_string() })?;
+        let config = inferred.ok_or_else(|| {
             let keys: Vec<String> = shapes.into_iter().map(|(k, _)| k).collect();
             LoadError::WrongKind {
                 path: path.to_path_buf(),

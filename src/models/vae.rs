@@ -12,6 +12,9 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::blocks::{Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D, conv2d, group_norm};
+use super::bounds::{
+    self, MAX_CHANNELS, MAX_IMAGE_SIZE, MAX_IO_CHANNELS, MAX_LAYERS_PER_BLOCK, MAX_LEVELS, OutOfRange,
+};
 
 /// The fields of a diffusers `vae/config.json` the model needs.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -52,6 +55,8 @@ pub enum VaeConfigError {
     NoBlocks,
     #[error("channel count {channels} is not divisible by norm_num_groups {groups}")]
     Groups { channels: usize, groups: usize },
+    #[error(transparent)]
+    Bound(#[from] OutOfRange),
 }
 
 /// The VAE's GroupNorm epsilon (diffusers hard-codes 1e-6 in the encoder and decoder).
@@ -62,6 +67,13 @@ impl VaeConfig {
         if self.block_out_channels.is_empty() {
             return Err(VaeConfigError::NoBlocks);
         }
+        bounds::check_each("block_out_channels", &self.block_out_channels, 1, MAX_CHANNELS, MAX_LEVELS)?;
+        bounds::check("in_channels", self.in_channels, 1, MAX_IO_CHANNELS)?;
+        bounds::check("out_channels", self.out_channels, 1, MAX_IO_CHANNELS)?;
+        bounds::check("latent_channels", self.latent_channels, 1, MAX_IO_CHANNELS)?;
+        bounds::check("layers_per_block", self.layers_per_block, 1, MAX_LAYERS_PER_BLOCK)?;
+        bounds::check("norm_num_groups", self.norm_num_groups, 1, MAX_CHANNELS)?;
+        bounds::check("sample_size", self.sample_size, 1, MAX_IMAGE_SIZE)?;
         let g = self.norm_num_groups;
         if let Some(&c) = self.block_out_channels.iter().find(|&&c| g == 0 || c % g != 0) {
             return Err(VaeConfigError::Groups { channels: c, groups: g });

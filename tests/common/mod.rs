@@ -1,6 +1,8 @@
 //! Helpers shared by the parity tests: fixture loading and tensor comparison.
 #![allow(dead_code)]
 
+pub mod crafted;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 

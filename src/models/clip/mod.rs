@@ -12,6 +12,10 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use tokenizer::{ClipTokenizer, Encoding, TokenizerError};
 
+use crate::models::bounds::{
+    self, MAX_CHANNELS, MAX_DEPTH, MAX_FEED_FORWARD, MAX_HEADS, MAX_POSITIONS, MAX_VOCAB, OutOfRange,
+};
+
 /// The parts of a transformers `CLIPTextConfig` the text encoder needs.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -48,10 +52,18 @@ pub enum ClipConfigError {
     Heads { hidden: usize, heads: usize },
     #[error("hidden_act '{0}' is not supported (quick_gelu, gelu)")]
     Activation(String),
+    #[error(transparent)]
+    Bound(#[from] OutOfRange),
 }
 
 impl ClipTextConfig {
     pub fn check(&self) -> Result<(), ClipConfigError> {
+        bounds::check("vocab_size", self.vocab_size, 1, MAX_VOCAB)?;
+        bounds::check("hidden_size", self.hidden_size, 1, MAX_CHANNELS)?;
+        bounds::check("intermediate_size", self.intermediate_size, 1, MAX_FEED_FORWARD)?;
+        bounds::check("num_hidden_layers", self.num_hidden_layers, 1, MAX_DEPTH)?;
+        bounds::check("num_attention_heads", self.num_attention_heads, 1, MAX_HEADS)?;
+        bounds::check("max_position_embeddings", self.max_position_embeddings, 1, MAX_POSITIONS)?;
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
             return Err(ClipConfigError::Heads { hidden: self.hidden_size, heads: self.num_attention_heads });
         }

@@ -17,6 +17,8 @@ use tokenizers::models::bpe::{BPE, Merges, Vocab};
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::{Model, NormalizedString, Normalizer};
 
+use crate::models::bounds::{self, MAX_TOKENIZER_BYTES, MAX_VOCAB};
+
 /// Context length of the CLIP text encoder in SD 1.x.
 pub const MAX_LENGTH: usize = 77;
 
@@ -78,10 +80,8 @@ impl ClipTokenizer {
     /// Reads `vocab.json` and `merges.txt` (a diffusers `tokenizer/` folder).
     pub fn from_files(vocab: &Path, merges: &Path) -> Result<Self, TokenizerError> {
         let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| TokenizerError::Read {
-                path: p.to_path_buf(),
-                message: if p.exists() { e.to_string() } else { "not found".to_string() },
-            })
+            bounds::read_text(p, MAX_TOKENIZER_BYTES)
+                .map_err(|message| TokenizerError::Read { path: p.to_path_buf(), message })
         };
         Self::from_strings(&read(vocab)?, &read(merges)?, vocab, merges)
     }
@@ -111,6 +111,18 @@ impl ClipTokenizer {
         };
         let entries: std::collections::HashMap<String, u32> =
             serde_json::from_str(vocab_json).map_err(|e| invalid(format!("vocab.json: {e}")))?;
+        bounds::check("vocab.json: the number of tokens", entries.len(), 1, MAX_VOCAB)
+            .map_err(|e| invalid(e.to_string()))?;
+        // Every id the tokenizer can produce must index the text encoder's embedding table, whose size is
+        // checked against the vocabulary's: ids are 0..count, as in every real vocabulary.
+        if let Some((token, &id)) = entries.iter().find(|&(_, &id)| id as usize >= entries.len()) {
+            return Err(invalid(format!(
+                "vocab.json: token {:?} has id {id}, but the vocabulary has {} tokens (ids 0..{})",
+                token.chars().take(40).collect::<String>(),
+                entries.len(),
+                entries.len()
+            )));
+        }
         let v: Vocab = entries.into_iter().collect();
         let mut m: Merges = Vec::new();
         for (line_no, line) in merges_txt.lines().enumerate() {

@@ -13,6 +13,9 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor};
 
 use super::attention;
+use crate::models::bounds::{
+    self, MAX_CHANNELS, MAX_DEPTH, MAX_FEED_FORWARD, MAX_HEADS, MAX_POSITIONS, MAX_VOCAB, OutOfRange,
+};
 
 /// BLIP's `med_config.json` (a transformers `BertConfig` plus `encoder_width`); unknown fields are ignored.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -55,6 +58,18 @@ impl Default for MedConfig {
 }
 
 impl MedConfig {
+    /// Every size within the bounds of [`crate::models::bounds`] (field names as in med_config.json).
+    pub fn check_bounds(&self) -> Result<(), OutOfRange> {
+        bounds::check("vocab_size", self.vocab_size, 1, MAX_VOCAB)?;
+        bounds::check("hidden_size", self.hidden_size, 1, MAX_CHANNELS)?;
+        bounds::check("num_hidden_layers", self.num_hidden_layers, 1, MAX_DEPTH)?;
+        bounds::check("num_attention_heads", self.num_attention_heads, 1, MAX_HEADS)?;
+        bounds::check("intermediate_size", self.intermediate_size, 1, MAX_FEED_FORWARD)?;
+        bounds::check("max_position_embeddings", self.max_position_embeddings, 1, MAX_POSITIONS)?;
+        bounds::check("encoder_width", self.encoder_width, 1, MAX_CHANNELS)?;
+        Ok(())
+    }
+
     pub(super) fn init(&self, device: &Device) -> BertModel {
         let d = self.hidden_size;
         let ln = || LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device);

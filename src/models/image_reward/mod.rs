@@ -28,6 +28,10 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::RgbImage;
 
+use crate::models::bounds::{
+    self, MAX_CHANNELS, MAX_CONFIG_BYTES, MAX_DEPTH, MAX_HEADS, MAX_IMAGE_SIZE, MAX_MLP_LAYERS, MAX_TEXT_LENGTH,
+    OutOfRange,
+};
 use crate::models::load::{self, LoadError, LoadOptions, LoadReport};
 
 pub use bert::{BertModel, MedConfig};
@@ -94,7 +98,14 @@ pub enum ImageRewardConfigError {
     Positions { positions: usize, max_length: usize },
     #[error("the MLP head needs at least one hidden width")]
     Mlp,
+    #[error(transparent)]
+    Bound(#[from] OutOfRange),
 }
+
+/// Patches per side of the vision tower (BLIP ViT-L/16 at 224: 14; at 384: 24).
+pub const MAX_GRID: usize = 128;
+/// The MLP ratio of the vision tower's blocks (4 in every ViT).
+pub const MAX_MLP_RATIO: usize = 16;
 
 impl ImageRewardConfig {
     /// The released ImageReward-v1.0: BLIP ViT-L/16 at 224, BLIP's bert-base med_config (vocab 30524 with
@@ -110,7 +121,28 @@ impl ImageRewardConfig {
         }
     }
 
+    /// The sizes of image_reward_config.json (`vision.*`, `mlp_dims`, `max_length`) within the bounds of
+    /// [`crate::models::bounds`]; med_config.json's are [`MedConfig::check_bounds`].
+    fn check_bounds(&self) -> Result<(), OutOfRange> {
+        let v = &self.vision;
+        bounds::check("vision.image_size", v.image_size, 1, MAX_IMAGE_SIZE)?;
+        bounds::check("vision.patch_size", v.patch_size, 1, v.image_size)?;
+        bounds::check("vision.image_size / vision.patch_size", v.grid(), 1, MAX_GRID)?;
+        bounds::check("vision.width", v.width, 1, MAX_CHANNELS)?;
+        bounds::check("vision.depth", v.depth, 1, MAX_DEPTH)?;
+        bounds::check("vision.heads", v.heads, 1, MAX_HEADS)?;
+        bounds::check("vision.mlp_ratio", v.mlp_ratio, 1, MAX_MLP_RATIO)?;
+        bounds::check_each("mlp_dims", &self.mlp_dims, 1, MAX_CHANNELS, MAX_MLP_LAYERS)?;
+        bounds::check("max_length", self.max_length, 2, MAX_TEXT_LENGTH)?;
+        Ok(())
+    }
+
     pub fn check(&self) -> Result<(), ImageRewardConfigError> {
+        if self.mlp_dims.is_empty() {
+            return Err(ImageRewardConfigError::Mlp);
+        }
+        self.check_bounds()?;
+        self.text.check_bounds()?;
         let v = &self.vision;
         if v.heads == 0 || v.width % v.heads != 0 {
             return Err(ImageRewardConfigError::Heads { what: "vision", width: v.width, heads: v.heads });
@@ -334,8 +366,8 @@ pub fn argmax(values: &[f32]) -> Option<usize> {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ImageRewardError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ImageRewardError::Config { path: path.to_path_buf(), message: e.to_string() })?;
+    let text = bounds::read_text(path, MAX_CONFIG_BYTES)
+        .map_err(|message| ImageRewardError::Config { path: path.to_path_buf(), message })?;
     serde_json::from_str(&text).map_err(|e| ImageRewardError::Config {
         path: path.to_path_buf(),
         message: format!("line {} column {}: {e}", e.line(), e.column()),
@@ -346,8 +378,13 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ImageRewa
 /// `image_reward_config.json` (vision tower, MLP widths, mean/std; the released model's values when absent).
 pub fn read_config(config_dir: &Path) -> Result<ImageRewardConfig, ImageRewardError> {
     let extra = config_dir.join("image_reward_config.json");
+    let bound =
+        |path: &Path, e: OutOfRange| ImageRewardError::Config { path: path.to_path_buf(), message: e.to_string() };
     let mut config: ImageRewardConfig = if extra.is_file() { read_json(&extra)? } else { ImageRewardConfig::large() };
-    config.text = read_json(&config_dir.join("med_config.json"))?;
+    config.check_bounds().map_err(|e| bound(&extra, e))?;
+    let med = config_dir.join("med_config.json");
+    config.text = read_json(&med)?;
+    config.text.check_bounds().map_err(|e| bound(&med, e))?;
     config.text.encoder_width = config.vision.width;
     Ok(config)
 }

@@ -16,6 +16,8 @@ use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::{AddedToken, Tokenizer};
 
+use crate::models::bounds::{self, MAX_TOKENIZER_BYTES, MAX_VOCAB};
+
 /// ImageReward's prompt length.
 pub const MAX_LENGTH: usize = 35;
 
@@ -71,8 +73,15 @@ impl BertTokenizer {
         if !vocab.is_file() {
             return Err(read("not found".into()));
         }
+        let len = std::fs::metadata(vocab).map_err(|e| read(e.to_string()))?.len();
+        if len > MAX_TOKENIZER_BYTES {
+            return Err(read(format!(
+                "the file is {len} bytes, more than the {MAX_TOKENIZER_BYTES} bytes a vocabulary may have"
+            )));
+        }
         let map = WordPiece::read_file(&vocab.to_string_lossy()).map_err(|e| read(e.to_string()))?;
         let n = map.len();
+        bounds::check("the number of tokens", n, 1, MAX_VOCAB).map_err(|e| read(e.to_string()))?;
         let special = |token: &str| {
             map.get(token)
                 .copied()

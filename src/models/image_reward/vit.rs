@@ -5,7 +5,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
@@ -59,8 +59,9 @@ impl VisionConfig {
             })
             .collect();
         VisionTransformer {
-            cls_token: Param::from_tensor(Tensor::zeros([1, 1, d], device)),
-            pos_embed: Param::from_tensor(Tensor::zeros([1, tokens, d], device)),
+            // Lazy, like every other parameter: nothing is allocated before the weights arrive.
+            cls_token: Initializer::Zeros.init([1, 1, d], device),
+            pos_embed: Initializer::Zeros.init([1, tokens, d], device),
             patch_embed: PatchEmbed {
                 proj: Conv2dConfig::new([3, d], [self.patch_size, self.patch_size])
                     .with_stride([self.patch_size, self.patch_size])

@@ -1,7 +1,6 @@
 //! What a weight file looks like, from its keys alone: so that a wrong file gets a message that says
 //! what it is ("an SDXL checkpoint", "a LoRA") rather than a list of a thousand missing weights.
 
-use std::io::Read;
 use std::path::Path;
 
 use super::{LoadError, WeightFormat};
@@ -85,55 +84,13 @@ pub fn read_keys(path: &Path) -> Result<Vec<String>, LoadError> {
     Ok(read_shapes(path)?.into_iter().map(|(k, _)| k).collect())
 }
 
-/// The tensor names and shapes in a weight file (no tensor data is read), with the checks of
-/// [`read_keys`].
+/// The tensor names and shapes in a weight file (no tensor data is read). Every size, offset and count
+/// the file declares is checked first ([`super::check`]): a damaged or crafted file is an error naming the
+/// file, the tensor and the field, never a panic or a huge allocation.
 pub fn read_shapes(path: &Path) -> Result<Vec<(String, Vec<usize>)>, LoadError> {
-    let read_err = |message: String| LoadError::Read { path: path.to_path_buf(), message };
     match WeightFormat::of(path) {
-        Some(WeightFormat::Safetensors) => {
-            let mut file = std::fs::File::open(path).map_err(|e| read_err(e.to_string()))?;
-            let size = file.metadata().map_err(|e| read_err(e.to_string()))?.len();
-            let mut len = [0u8; 8];
-            file.read_exact(&mut len).map_err(|_| read_err("not a safetensors file: shorter than its header".into()))?;
-            let header_len = u64::from_le_bytes(len);
-            if header_len > 100_000_000 || 8 + header_len > size {
-                return Err(read_err(format!(
-                    "not a safetensors file, or truncated: header of {header_len} bytes in a file of {size} bytes"
-                )));
-            }
-            let mut header = vec![0u8; header_len as usize];
-            file.read_exact(&mut header).map_err(|e| read_err(e.to_string()))?;
-            let header: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(&header).map_err(|e| read_err(format!("unreadable safetensors header: {e}")))?;
-            let data_end = header
-                .values()
-                .filter_map(|v| v.get("data_offsets")?.as_array()?.get(1)?.as_u64())
-                .max()
-                .unwrap_or(0);
-            if 8 + header_len + data_end > size {
-                return Err(read_err(format!(
-                    "truncated: the header describes {} bytes of tensor data, the file holds {}",
-                    data_end,
-                    size - 8 - header_len
-                )));
-            }
-            Ok(header
-                .iter()
-                .filter(|(k, _)| *k != "__metadata__")
-                .map(|(k, v)| {
-                    let shape = v
-                        .get("shape")
-                        .and_then(|s| s.as_array())
-                        .map(|dims| dims.iter().filter_map(|d| d.as_u64()).map(|d| d as usize).collect())
-                        .unwrap_or_default();
-                    (k.clone(), shape)
-                })
-                .collect())
-        }
-        Some(WeightFormat::Pickle) => {
-            let reader = burn::store::pytorch_reader::PytorchReader::new(path).map_err(|e| read_err(e.to_string()))?;
-            Ok(reader.tensors().iter().map(|(k, t)| (k.clone(), t.shape().to_vec())).collect())
-        }
+        Some(WeightFormat::Safetensors) => super::check::safetensors_shapes(path),
+        Some(WeightFormat::Pickle) => super::check::pickle_shapes(path),
         None => Err(LoadError::UnknownFormat { path: path.to_path_buf() }),
     }
 }

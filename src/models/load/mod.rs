@@ -11,6 +11,8 @@
 //! layouts become burn's (Linear weights transposed, norm `weight`/`bias` as `gamma`/`beta`), and floats
 //! of any width are cast to f32 (fp16 safetensors and fp16 pickles alike).
 
+pub mod archive;
+pub mod check;
 pub mod identify;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +33,9 @@ pub enum LoadError {
     NotFound { path: PathBuf },
     #[error("{path}: cannot read weights: {message}")]
     Read { path: PathBuf, message: String },
+    /// A weight file whose own description of itself is inconsistent (a crafted or damaged header).
+    #[error("{path}: malformed weight file: {}{field}: {message}", tensor_prefix(.tensor))]
+    Corrupt { path: PathBuf, tensor: Option<String>, field: &'static str, message: String },
     #[error("{path}: unsupported weight file type (expected .safetensors, .bin, .ckpt, .pt or .pth)")]
     UnknownFormat { path: PathBuf },
     #[error("{path}: {count} weight(s) missing, e.g. {}", list(.first))]
@@ -41,6 +46,10 @@ pub enum LoadError {
     WrongKind { path: PathBuf, message: String },
     #[error("{path}: invalid key mapping: {message}")]
     Remap { path: PathBuf, message: String },
+}
+
+fn tensor_prefix(tensor: &Option<String>) -> String {
+    tensor.as_ref().map(|t| format!("tensor '{t}': ")).unwrap_or_default()
 }
 
 fn list(items: &[String]) -> String {
@@ -134,7 +143,8 @@ pub fn load_into<M: ModuleSnapshot>(
     }
     let format = WeightFormat::of(path).ok_or_else(|| LoadError::UnknownFormat { path: path.to_path_buf() })?;
     let read_err = |e: &dyn std::fmt::Display| LoadError::Read { path: path.to_path_buf(), message: e.to_string() };
-    // A quick look at the keys first: a truncated file or a file of another kind gets a precise message.
+    // A quick look at the keys first, with every declared size checked against the file (`check`): a
+    // truncated or crafted file, or a file of another kind, gets a precise message before burn-store reads it.
     let mut keys = identify::read_keys(path)?;
     if let (WeightFormat::Pickle, Some(top)) = (format, options.top_level_key) {
         // The reader names nested entries `<top>.<key>`; classify the keys the load will see.
@@ -162,9 +172,12 @@ pub fn load_into<M: ModuleSnapshot>(
             }
             // PytorchStore's own apply has no adapter hook (it always uses PyTorchToBurnAdapter alone, so
             // fp16 pickles would load as f16): take its (remapped) tensors and apply them with ours.
+            // The pre-check above has parsed the same file with the same reader; a panic in it (or in a
+            // tensor read during the apply) still becomes an error naming the file.
             let tensors: Vec<PackTensor> =
-                store.get_all_tensors().map_err(|e| read_err(&e))?.values().cloned().collect();
-            module.apply(tensors, None, Some(Box::new(import_adapter())), true)
+                check::guard_pickle(path, || store.get_all_tensors().map(|t| t.values().cloned().collect::<Vec<_>>()))?
+                    .map_err(|e| read_err(&e))?;
+            check::guard_pickle(path, || module.apply(tensors, None, Some(Box::new(import_adapter())), true))?
         }
     };
     if result.applied.len() < result.missing.len() {

@@ -16,6 +16,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use self::attention::Transformer2DModel;
 use self::motion::{MotionAdapter, MotionError, MotionModules};
 use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm, group_norm_frames};
+use super::bounds::{
+    self, MAX_CHANNELS, MAX_DEPTH, MAX_HEADS, MAX_IO_CHANNELS, MAX_LAYERS_PER_BLOCK, MAX_LEVELS, MAX_PADDING,
+    OutOfRange,
+};
 
 /// `attention_head_dim` / `num_attention_heads` in diffusers configs: one number or one per block.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -99,6 +103,10 @@ pub enum UnetConfigError {
     Lengths { what: &'static str, found: usize, expected: usize },
     #[error("{channels} channels cannot be split into {heads} attention heads")]
     Heads { channels: usize, heads: usize },
+    #[error("block_out_channels {channels} is not divisible by norm_num_groups {groups}")]
+    Groups { channels: usize, groups: usize },
+    #[error(transparent)]
+    Bound(#[from] OutOfRange),
 }
 
 /// A cross-attention down or up block, or a plain one (no attentions).
@@ -144,7 +152,31 @@ pub struct Unet2DConditionModel {
 }
 
 impl UnetConfig {
+    /// Every size within the bounds of [`crate::models::bounds`], and the norm groups dividing every level.
+    fn check_bounds(&self) -> Result<(), UnetConfigError> {
+        bounds::check_each("block_out_channels", &self.block_out_channels, 1, MAX_CHANNELS, MAX_LEVELS)?;
+        bounds::check("in_channels", self.in_channels, 1, MAX_IO_CHANNELS)?;
+        bounds::check("out_channels", self.out_channels, 1, MAX_IO_CHANNELS)?;
+        bounds::check("layers_per_block", self.layers_per_block, 1, MAX_LAYERS_PER_BLOCK)?;
+        bounds::check("transformer_layers_per_block", self.transformer_layers_per_block, 1, MAX_DEPTH)?;
+        bounds::check("cross_attention_dim", self.cross_attention_dim, 1, MAX_CHANNELS)?;
+        bounds::check("downsample_padding", self.downsample_padding, 0, MAX_PADDING)?;
+        let g = bounds::check("norm_num_groups", self.norm_num_groups, 1, MAX_CHANNELS)?;
+        if let Some(&c) = self.block_out_channels.iter().find(|&&c| c % g != 0) {
+            return Err(UnetConfigError::Groups { channels: c, groups: g });
+        }
+        let heads = self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim);
+        match heads {
+            PerBlock::One(h) => {
+                bounds::check("attention heads", *h, 1, MAX_HEADS)?;
+            }
+            PerBlock::Each(list) => bounds::check_each("attention heads", list, 1, MAX_HEADS, MAX_LEVELS)?,
+        }
+        Ok(())
+    }
+
     pub fn init(&self, device: &Device) -> Result<Unet2DConditionModel, UnetConfigError> {
+        self.check_bounds()?;
         let ch = &self.block_out_channels;
         let n = ch.len();
         for (what, found) in

@@ -15,6 +15,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::attention::{Attention, FeedForward};
 use crate::models::blocks::{group_norm, group_norm_frames};
+use crate::models::bounds::{
+    self, MAX_CHANNELS, MAX_HEADS, MAX_LAYERS_PER_BLOCK, MAX_LEVELS, MAX_POSITIONS, OutOfRange,
+};
 
 /// Over which values a GroupNorm of the video UNet takes its statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -151,6 +154,11 @@ pub enum MotionError {
     TooManyFrames { frames: usize, max: usize, version: &'static str },
     #[error("the motion module does not fit this UNet: {0}")]
     Mismatch(String),
+    /// A motion-module file whose keys or shapes describe no layout that can be built.
+    #[error("{0}")]
+    Layout(String),
+    #[error(transparent)]
+    Bound(#[from] OutOfRange),
 }
 
 /// One temporal transformer block: two self-attentions over frames (each preceded by its LayerNorm and the
@@ -277,6 +285,7 @@ impl MotionAdapterConfig {
         if let Some(c) = self.conv_in_channels {
             return Err(MotionError::ConvIn(c));
         }
+        self.check_bounds()?;
         let heads = self.motion_num_attention_heads;
         let groups = self.motion_norm_num_groups;
         for &c in &self.block_out_channels {
@@ -301,6 +310,22 @@ impl MotionAdapterConfig {
             version,
             norms: VideoNorms::original(version),
         })
+    }
+}
+
+impl MotionAdapterConfig {
+    /// Every size within the bounds of [`crate::models::bounds`].
+    fn check_bounds(&self) -> Result<(), OutOfRange> {
+        bounds::check_each("block_out_channels", &self.block_out_channels, 1, MAX_CHANNELS, MAX_LEVELS)?;
+        bounds::check("motion_layers_per_block", self.motion_layers_per_block, 1, MAX_LAYERS_PER_BLOCK)?;
+        if self.use_motion_mid_block {
+            let layers = self.motion_mid_block_layers_per_block;
+            bounds::check("motion_mid_block_layers_per_block", layers, 1, MAX_LAYERS_PER_BLOCK)?;
+        }
+        bounds::check("motion_num_attention_heads", self.motion_num_attention_heads, 1, MAX_HEADS)?;
+        bounds::check("motion_norm_num_groups", self.motion_norm_num_groups, 1, MAX_CHANNELS)?;
+        bounds::check("motion_max_seq_length", self.motion_max_seq_length, 1, MAX_POSITIONS)?;
+        Ok(())
     }
 }
 
@@ -365,47 +390,78 @@ impl MotionAdapterConfig {
     /// MotionAdapter files), from its tensor names and shapes in either naming: channels and module counts
     /// per level, whether a mid-block module exists, and the number of positions from the stored
     /// positional table. Heads and norm groups leave no trace in the shapes; they are given.
-    /// `None` when the file holds no motion modules.
-    pub fn infer(shapes: &[(String, Vec<usize>)], heads: usize, groups: usize) -> Option<MotionAdapterConfig> {
+    /// `Ok(None)` when the file holds no motion modules. Every index and size read from a key or a shape is
+    /// bounded ([`MAX_LEVELS`] levels, [`MAX_LAYERS_PER_BLOCK`] modules per level, [`MAX_CHANNELS`] channels,
+    /// [`MAX_POSITIONS`] positions) before it sizes anything; the error names the key.
+    pub fn infer(
+        shapes: &[(String, Vec<usize>)],
+        heads: usize,
+        groups: usize,
+    ) -> Result<Option<MotionAdapterConfig>, MotionError> {
         let rename = OriginalNames::new();
-        let proj =
-            regex::Regex::new(r"^(down_blocks\.(\d+)|mid_block)\.motion_modules\.(\d+)\.proj_in\.weight$").ok()?;
+        let proj = regex::Regex::new(r"^(down_blocks\.(\d+)|mid_block)\.motion_modules\.(\d+)\.proj_in\.weight$")
+            .map_err(|e| MotionError::Layout(e.to_string()))?;
+        let bad = |key: &str, message: String| MotionError::Layout(format!("key '{key}': {message}"));
         let mut levels: Vec<(usize, usize)> = Vec::new(); // (channels, modules) per down level
         let mut mid = 0;
         let mut positions = None;
-        for (key, shape) in shapes {
-            let key = rename.to_ours(key);
-            if (key.ends_with(".pos_encoder.pe") || key.ends_with(".pos_embed.pe")) && shape.len() == 3 {
-                positions = Some(shape[1]);
+        for (original, shape) in shapes {
+            let key = rename.to_ours(original);
+            if (key.ends_with(".pos_encoder.pe") || key.ends_with(".pos_embed.pe"))
+                && let [_, p, _] = shape.as_slice()
+            {
+                let field = "the positional table's length (shape[1])";
+                positions = Some(bounds::check(field, *p, 1, MAX_POSITIONS).map_err(|e| bad(original, e.to_string()))?);
             }
             let Some(caps) = proj.captures(&key) else {
                 continue;
             };
-            let module: usize = caps.get(3)?.as_str().parse().ok()?;
-            match caps.get(2) {
-                Some(level) => {
-                    let level: usize = level.as_str().parse().ok()?;
-                    if levels.len() <= level {
-                        levels.resize(level + 1, (0, 0));
+            // An index is below `max`; digits too many for a usize are out of range as well.
+            let index = |group: usize, what: &str, max: usize| {
+                let text = caps.get(group).map_or("", |m| m.as_str());
+                match text.parse::<usize>() {
+                    Ok(n) if n < max => Ok(n),
+                    _ => {
+                        Err(bad(original, format!("{what} index {text} is out of range (at most {max} are supported)")))
                     }
-                    levels[level].0 = *shape.first()?;
-                    levels[level].1 = levels[level].1.max(module + 1);
                 }
-                None => mid = mid.max(module + 1),
+            };
+            let module = index(3, "motion module", MAX_LAYERS_PER_BLOCK)?;
+            let channels = match shape.as_slice() {
+                [c, _] => bounds::check("proj_in.weight shape[0] (channels)", *c, 1, MAX_CHANNELS)
+                    .map_err(|e| bad(original, e.to_string()))?,
+                other => return Err(bad(original, format!("shape {other:?}, expected [channels, channels]"))),
+            };
+            if caps.get(2).is_some() {
+                let level = index(2, "level", MAX_LEVELS)?;
+                if levels.len() <= level {
+                    levels.resize(level + 1, (0, 0));
+                }
+                if let Some(slot) = levels.get_mut(level) {
+                    *slot = (channels, slot.1.max(module + 1));
+                }
+            } else {
+                mid = mid.max(module + 1);
             }
         }
-        if levels.is_empty() || levels.iter().any(|&(c, n)| c == 0 || n == 0) {
-            return None;
+        let Some(&(_, first_count)) = levels.first() else {
+            return Ok(None);
+        };
+        if let Some(gap) = levels.iter().position(|&(_, n)| n == 0) {
+            return Err(MotionError::Layout(format!(
+                "down_blocks.{gap} has no motion modules, but down_blocks.{} has",
+                levels.len() - 1
+            )));
         }
-        Some(MotionAdapterConfig {
+        Ok(Some(MotionAdapterConfig {
             block_out_channels: levels.iter().map(|&(c, _)| c).collect(),
-            motion_layers_per_block: levels[0].1,
+            motion_layers_per_block: first_count,
             motion_mid_block_layers_per_block: mid.max(1),
             motion_num_attention_heads: heads,
             motion_norm_num_groups: groups,
             motion_max_seq_length: positions.unwrap_or(32),
             use_motion_mid_block: mid > 0,
             conv_in_channels: None,
-        })
+        }))
     }
 }
