@@ -59,8 +59,13 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// What to do about the signals received so far.
     pub fn poll(&mut self) -> Action {
-        match received() {
+        self.decide(received())
+    }
+
+    fn decide(&mut self, received: usize) -> Action {
+        match received {
             0 => Action::None,
             1 if self.cancelled => Action::None,
             1 => {
@@ -82,4 +87,20 @@ pub fn exit_now() -> ! {
     crate::video::output::remove_temporaries();
     eprintln!("interrupted again: temporary files removed, exiting now");
     std::process::exit(i32::from(EXIT_INTERRUPTED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_signal_cancels_once_and_the_second_exits() {
+        let mut watch = Watch::default();
+        assert_eq!(watch.decide(0), Action::None);
+        assert_eq!(watch.decide(1), Action::Cancel);
+        assert_eq!(watch.decide(1), Action::None, "the cancel is asked for once");
+        assert_eq!(watch.decide(2), Action::Exit);
+        // Two signals before the first poll: exit at once.
+        assert_eq!(Watch::default().decide(2), Action::Exit);
+    }
 }

@@ -170,8 +170,15 @@ impl Drop for Temporary {
 /// A few passes, a few milliseconds apart: an export that was cancelled a moment ago may still be finishing
 /// the frame it was writing.
 pub fn remove_temporaries() {
+    remove_registered(&|_| true);
+}
+
+/// [`remove_temporaries`] for the registered temporaries `which` selects (tests remove only their own, as
+/// other tests may be exporting at the same time).
+fn remove_registered(which: &dyn Fn(&Path) -> bool) {
     for pass in 0..5 {
-        let paths: Vec<PathBuf> = TEMPORARIES.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let paths: Vec<PathBuf> =
+            TEMPORARIES.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|p| which(p)).cloned().collect();
         for path in &paths {
             remove_temporary(path);
         }
@@ -255,6 +262,24 @@ mod tests {
             let odd = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.mp4"));
             assert!(preflight(&odd, false).unwrap_err().to_string().contains("not valid UTF-8"));
         }
+    }
+
+    #[test]
+    fn registered_temporaries_are_removed_on_an_interrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Temporary::register(dir.path().join(".clip.mp4.1.partial"));
+        std::fs::write(&file.path, b"half a clip").unwrap();
+        let frames = Temporary::register(dir.path().join(".frames.1.partial"));
+        std::fs::create_dir(&frames.path).unwrap();
+        std::fs::write(frames.path.join("frame_0000.png"), b"x").unwrap();
+        std::fs::write(frames.path.join(FRAMES_MARKER), b"").unwrap();
+        let finished = dir.path().join("done.mp4");
+        std::fs::write(&finished, b"a whole clip").unwrap();
+        remove_registered(&|p| p.starts_with(dir.path()));
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("done.mp4")], "only what is registered goes");
+        drop((file, frames));
+        assert!(TEMPORARIES.lock().unwrap().iter().all(|p| !p.starts_with(dir.path())), "dropped = unregistered");
     }
 
     #[test]
