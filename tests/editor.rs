@@ -404,3 +404,16 @@ fn running_a_shared_clip_in_the_editor_never_empties_a_folder() {
         assert!(clip.is_file());
     }
 }
+
+#[test]
+fn the_output_folder_setting_decides_where_exports_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut studio = studio();
+    assert!(studio.open(&repo("graphs/i4vgen_demo.json")));
+    studio.set_output_dir(dir.path().join("renders"));
+    studio.run(Vec::new());
+    let files = studio.pending_confirmation().expect("a preset from a file asks first").to_vec();
+    let export = files.iter().find(|f| f.node == "export").expect("the export is listed");
+    assert_eq!(export.path, dir.path().join("renders").join("i4vgen-demo-{seed}.mp4"));
+    assert_eq!(export.verdict, stepstone::graph::Verdict::Allowed);
+}

@@ -111,6 +111,13 @@ impl Studio {
         self
     }
 
+    /// Changes the output folder (File > Output folder): Export paths resolve inside it from now on.
+    pub fn set_output_dir(&mut self, dir: PathBuf) {
+        self.session.push(Notice::info(format!("exports now go into {}", dir.display())));
+        self.access.output_dir = dir;
+        self.send_access();
+    }
+
     /// The rules for the files the graph may read and write.
     pub fn access(&self) -> &AccessPolicy {
         &self.access
@@ -515,6 +522,13 @@ impl Studio {
                 }
                 if ui.add(egui::Button::new("Save as…").shortcut_text(ui.ctx().format_shortcut(&SAVE_AS))).clicked() {
                     self.save_dialog();
+                }
+                ui.separator();
+                let output = format!("Output folder… ({})", self.access.output_dir.display());
+                if ui.button(output).on_hover_text("Where Export nodes write: their paths are inside it").clicked()
+                    && let Some(dir) = rfd::FileDialog::new().set_directory(&self.access.output_dir).pick_folder()
+                {
+                    self.set_output_dir(dir);
                 }
                 ui.separator();
                 if ui.button("Quit").clicked() {
