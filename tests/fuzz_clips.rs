@@ -8,14 +8,12 @@
 //! huge sub-block and chunk counts. Every input goes to `embedded_graph` (as a file with its seed's extension)
 //! and to `png_text` and `gif_comment` directly. Each must return (a graph or a typed error whose message
 //! names the file) without panicking, and no single allocation may ask for more than 64 MiB: this binary's
-//! global allocator records the largest request per thread, and refuses any above 256 MiB so that a runaway
-//! request aborts the test visibly instead of swapping. FFmpeg's own allocations (MP4/WebM) are C `malloc`s,
-//! which it cannot see.
+//! global allocator (tests/fuzz_support) records the largest request per thread, and refuses any above
+//! 512 MiB so that a runaway request aborts the test visibly instead of swapping. FFmpeg's own allocations
+//! (MP4/WebM) are C `malloc`s, which it cannot see.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use std::alloc::Layout;
 use std::ops::{ControlFlow, Range};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::time::Instant;
 
@@ -26,47 +24,12 @@ use stepstone::video::meta::{self, GRAPH_KEY, MAX_TEXT};
 
 /// The most one input may ask for in a single allocation.
 const CAP: usize = 64 << 20;
-/// Requests above this get null: the process aborts ("memory allocation failed") rather than swap.
-const REFUSE_ABOVE: usize = 256 << 20;
 
-thread_local! {
-    /// The largest single allocation request on this thread since the last reset.
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-struct Tracker;
-
-fn note(size: usize) -> bool {
-    // A const-initialised Cell needs no allocation and no destructor, so this is safe inside the allocator.
-    let _ = LARGEST.try_with(|largest| largest.set(largest.get().max(size)));
-    size <= REFUSE_ABOVE
-}
-
-// SAFETY: every call is forwarded to `System` unchanged, or answered with null (allowed for any request).
-unsafe impl GlobalAlloc for Tracker {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if note(layout.size()) { unsafe { System.alloc(layout) } } else { std::ptr::null_mut() }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if note(layout.size()) { unsafe { System.alloc_zeroed(layout) } } else { std::ptr::null_mut() }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if note(new_size) { unsafe { System.realloc(ptr, layout, new_size) } } else { std::ptr::null_mut() }
-    }
-}
+mod fuzz_support;
+use fuzz_support::{REFUSE_ABOVE, Rng, guarded};
 
 #[global_allocator]
-static ALLOCATOR: Tracker = Tracker;
-
-/// What `f` returns (or that it panicked), and the largest single allocation it asked for on this thread.
-fn guarded<T>(f: impl FnOnce() -> T) -> (std::thread::Result<T>, usize) {
-    LARGEST.with(|l| l.set(0));
-    let out = catch_unwind(AssertUnwindSafe(f));
-    (out, LARGEST.with(Cell::get))
-}
+static ALLOCATOR: fuzz_support::Tracker = fuzz_support::Tracker;
 
 /// The problems with one input's run: a panic, an allocation over the cap, an over-long text, an error
 /// message that does not name the file.
@@ -125,22 +88,6 @@ impl Verdict for Result<(), String> {
             Err(message) if !message.contains("frame_0000.png") => Some(format!("error without the file: {message}")),
             _ => None,
         }
-    }
-}
-
-/// splitmix64: a small PRNG with a fixed seed, so every run feeds the same inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
     }
 }
 

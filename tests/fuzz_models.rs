@@ -2,18 +2,14 @@
 //! (safetensors headers, the AnimateDiff zip/pickle checkpoint, the ImageReward pickle) and of generated
 //! tiny safetensors go through `read_shapes` and, where cheap, through the real loaders. No input may let a
 //! panic escape, and no input may cause a single allocation above [`CAP`]: a tracking global allocator
-//! records the largest request of each call (and refuses any above [`REFUSE_ABOVE`], so that a runaway
-//! aborts the test instead of swapping the machine).
+//! records the largest request of each call (tests/fuzz_support; it refuses any above 512 MiB, so that a
+//! runaway aborts the test instead of swapping the machine).
 //!
 //! The seed is fixed, so a failure names the target, the case number and the mutation, and reproduces.
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::tensor::Device;
@@ -21,9 +17,6 @@ use common::crafted::{ZipEntry, checkpoint, crc32, deflate_zeros, state_dict_pic
 use stepstone::models::image_reward::load_image_reward;
 use stepstone::models::load::identify::read_shapes;
 use stepstone::models::{MotionLoadOptions, load_clip_text_encoder, load_motion_module, load_vae};
-
-/// Requests above this are refused (the allocation fails and the process aborts) rather than served.
-const REFUSE_ABOVE: usize = 512 << 20;
 
 /// The largest single allocation one input may cause. Measured on the unmutated corpus (the first step of
 /// [`fuzz_weight_file_readers`] prints it and asserts it stays below a quarter of the cap): 397,328 bytes, a
@@ -33,38 +26,11 @@ const REFUSE_ABOVE: usize = 512 << 20;
 /// asks for 161 MB, the broadcast view for 1 GiB, without the pre-checks).
 const CAP: usize = 16 << 20;
 
-struct Tracking;
-
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-fn note(size: usize) -> bool {
-    LARGEST.fetch_max(size, Ordering::Relaxed);
-    size <= REFUSE_ABOVE
-}
-
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if note(layout.size()) { unsafe { System.alloc(layout) } } else { std::ptr::null_mut() }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if note(layout.size()) { unsafe { System.alloc_zeroed(layout) } } else { std::ptr::null_mut() }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if note(new_size) { unsafe { System.realloc(ptr, layout, new_size) } } else { std::ptr::null_mut() }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+mod fuzz_support;
+use fuzz_support::{Rng, guarded, panic_text};
 
 #[global_allocator]
-static GLOBAL: Tracking = Tracking;
-
-/// The two tests share the tracker: they run one after the other.
-static SERIAL: Mutex<()> = Mutex::new(());
+static GLOBAL: fuzz_support::Tracker = fuzz_support::Tracker;
 
 /// What one call did: the panic that escaped (if any), the largest allocation, the error text.
 struct Outcome {
@@ -75,57 +41,16 @@ struct Outcome {
 
 /// Runs `call` with the tracker reset, catching any panic.
 fn run(call: impl FnOnce() -> Result<(), String>) -> Outcome {
-    LARGEST.store(0, Ordering::Relaxed);
-    let result = catch_unwind(AssertUnwindSafe(call));
-    let largest = LARGEST.load(Ordering::Relaxed);
+    let (result, largest) = guarded(call);
     match result {
         Ok(r) => Outcome { panic: None, largest, error: r.err() },
-        Err(payload) => {
-            let text = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Outcome { panic: Some(text), largest, error: None }
-        }
+        Err(payload) => Outcome { panic: Some(panic_text(&*payload)), largest, error: None },
     }
 }
 
 #[test]
 fn the_tracker_sees_an_allocation_over_the_cap_and_refuses_a_runaway() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let outcome = run(|| {
-        let v: Vec<u8> = Vec::with_capacity(CAP + 1);
-        std::hint::black_box(&v);
-        Ok(())
-    });
-    assert!(outcome.largest > CAP, "an allocation of {} bytes went unseen ({})", CAP + 1, outcome.largest);
-    assert!(run(|| Ok(())).largest < CAP);
-    let layout = Layout::from_size_align(REFUSE_ABOVE + 1, 8).unwrap();
-    // SAFETY: a valid layout; a null return is checked, and nothing is allocated that would need freeing.
-    let ptr = unsafe { GLOBAL.alloc(layout) };
-    assert!(ptr.is_null(), "a request above REFUSE_ABOVE was served");
-}
-
-/// splitmix64: a small deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
+    fuzz_support::assert_tracker_works(CAP);
 }
 
 /// Values that break size arithmetic, for a field of `width` bytes.
@@ -365,7 +290,6 @@ struct Target {
 
 #[test]
 fn fuzz_weight_file_readers() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let device = Device::flex();

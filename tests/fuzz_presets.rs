@@ -2,54 +2,17 @@
 //! document) with a fixed seed corpus and generated mutations: nothing may panic and no single allocation may
 //! exceed a cap. Bounded in time (a few seconds in the dev profile).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use stepstone::graph::preset::{parse_preset, preset_text};
 use stepstone::graph::{KindRegistry, ValidateOptions, validate};
 
-/// Records the largest single allocation; refuses (null, so the process aborts visibly) anything huge.
-struct Tracking;
-
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-/// Requests above this are refused outright.
-const REFUSE_ABOVE: usize = 1 << 30;
-
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        if layout.size() > REFUSE_ABOVE {
-            return std::ptr::null_mut();
-        }
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
-        if new_size > REFUSE_ABOVE {
-            return std::ptr::null_mut();
-        }
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+mod fuzz_support;
+use fuzz_support::{Rng, guarded};
 
 #[global_allocator]
-static ALLOCATOR: Tracking = Tracking;
+static ALLOCATOR: fuzz_support::Tracker = fuzz_support::Tracker;
 
 /// No single allocation of one input may exceed this (the corpus itself needs well under 1 MiB).
 const CAP: usize = 32 << 20;
-
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
 
 fn corpus() -> Vec<Vec<u8>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs");
@@ -60,62 +23,61 @@ fn corpus() -> Vec<Vec<u8>> {
 }
 
 /// One mutation of `input`, chosen by the random state.
-fn mutate(input: &[u8], state: &mut u64) -> Vec<u8> {
+fn mutate(input: &[u8], rng: &mut Rng) -> Vec<u8> {
     let mut out = input.to_vec();
-    let pick = |state: &mut u64, n: usize| (next(state) as usize) % n.max(1);
-    match next(state) % 8 {
+    match rng.below(8) {
         0 => {
             // Flip a few bits.
-            for _ in 0..1 + pick(state, 8) {
-                let i = pick(state, out.len());
+            for _ in 0..1 + rng.below(8) {
+                let i = rng.below(out.len());
                 if let Some(b) = out.get_mut(i) {
-                    *b ^= 1 << pick(state, 8);
+                    *b ^= 1 << rng.below(8);
                 }
             }
         }
-        1 => out.truncate(pick(state, out.len())),
+        1 => out.truncate(rng.below(out.len())),
         2 => {
             // Replace a number with an extreme one.
             let extremes: [&[u8]; 6] = [b"1e308", b"-1e309", b"18446744073709551616", b"-1", b"0.5", b"NaN"];
             let digits: Vec<usize> =
                 out.iter().enumerate().filter(|(_, b)| b.is_ascii_digit()).map(|(i, _)| i).collect();
             if !digits.is_empty() {
-                let at = digits[pick(state, digits.len())];
-                let e = extremes[pick(state, extremes.len())];
+                let at = digits[rng.below(digits.len())];
+                let e = extremes[rng.below(extremes.len())];
                 out.splice(at..at + 1, e.iter().copied());
             }
         }
         3 => {
             // Deep nesting at a random point.
-            let at = pick(state, out.len());
-            let depth = 1 + pick(state, 2_000);
+            let at = rng.below(out.len());
+            let depth = 1 + rng.below(2_000);
             let mut nest = vec![b'['; depth];
             nest.extend(std::iter::repeat_n(b']', depth));
             out.splice(at..at, nest);
         }
         4 => {
             // Duplicate a slice (duplicate nodes, links, keys).
-            let a = pick(state, out.len());
-            let b = (a + pick(state, 400)).min(out.len());
+            let a = rng.below(out.len());
+            let b = (a + rng.below(400)).min(out.len());
             let copy = out[a..b].to_vec();
             out.splice(b..b, copy);
         }
         5 => {
             // Invalid UTF-8 and control bytes.
-            let at = pick(state, out.len());
+            let at = rng.below(out.len());
             let junk: [&[u8]; 4] = [b"\xff", b"\xc3", b"\x00", b"\xef\xbb\xbf"];
-            out.splice(at..at, junk[pick(state, junk.len())].iter().copied());
+            out.splice(at..at, junk[rng.below(junk.len())].iter().copied());
         }
         6 => {
             // A long string where a short one was.
             if let Some(at) = out.iter().position(|&b| b == b'"') {
-                let long = vec![b'x'; 20_000 + pick(state, 40_000)];
+                let long = vec![b'x'; 20_000 + rng.below(40_000)];
                 out.splice(at + 1..at + 1, long);
             }
         }
         _ => {
             // Swap two bytes far apart.
-            let (a, b) = (pick(state, out.len()), pick(state, out.len()));
+            let (a, b) = (rng.below(out.len()), rng.below(out.len()));
             if a < out.len() && b < out.len() {
                 out.swap(a, b);
             }
@@ -156,16 +118,13 @@ fn draw(bytes: &[u8], dir: &std::path::Path, ctx: &egui::Context) {
 
 #[test]
 fn mutated_presets_never_panic_or_allocate_without_bound() {
-    // The cap check can fail: an allocation above the cap is recorded.
-    LARGEST.store(0, Ordering::SeqCst);
-    let big: Vec<u8> = Vec::with_capacity(CAP + 1);
-    assert!(LARGEST.load(Ordering::SeqCst) > CAP, "the tracker must see a large allocation");
-    drop(big);
+    // The cap check can fail: an allocation above the cap is recorded, a runaway refused.
+    fuzz_support::assert_tracker_works(CAP);
 
     let registry = KindRegistry::builtin();
     let engine = stepstone::builtin_engine(std::path::PathBuf::from("no-models"));
     let corpus = corpus();
-    let mut state = 0x5EED_u64;
+    let mut rng = Rng(0x5EED);
     let mut panics = Vec::new();
     let mut over_cap = Vec::new();
     let mut inputs = 0usize;
@@ -178,14 +137,10 @@ fn mutated_presets_never_panic_or_allocate_without_bound() {
         for (i, seed) in corpus.iter().enumerate() {
             // Stack a few mutations on each other.
             let mut input = seed.clone();
-            for _ in 0..1 + (next(&mut state) % 3) {
-                input = mutate(&input, &mut state);
+            for _ in 0..1 + rng.below(3) {
+                input = mutate(&input, &mut rng);
             }
-            // Cap checks are per input: the tracker is reset right before (the only test in this binary).
-            LARGEST.store(0, Ordering::SeqCst);
-            let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exercise(&input, &registry, &engine)));
-            let largest = LARGEST.load(Ordering::SeqCst);
+            let (result, largest) = guarded(|| exercise(&input, &registry, &engine));
             inputs += 1;
             if result.is_err() {
                 panics.push((round, i));
@@ -195,7 +150,7 @@ fn mutated_presets_never_panic_or_allocate_without_bound() {
             parsed += usize::from(parses);
             if result.is_ok() && parses && parsed % 4 == 0 {
                 drawn += 1;
-                let drew = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| draw(&input, dir.path(), &ctx)));
+                let (drew, _) = guarded(|| draw(&input, dir.path(), &ctx));
                 if drew.is_err() {
                     panics.push((round, i));
                 }
