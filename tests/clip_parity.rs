@@ -32,8 +32,7 @@ fn input_ids(fx: &Fixture) -> Vec<Vec<u32>> {
     data.chunks(shape[1]).map(|row| row.iter().map(|&v| v as u32).collect()).collect()
 }
 
-#[test]
-fn text_encoder_matches_transformers_in_every_file_format() {
+fn text_encoder_matches_transformers_in_every_file_format_check() {
     let device = cpu();
     let fx = Fixture::load("clip/text_encoder_io.safetensors");
     let ids = input_ids(&fx);
@@ -95,4 +94,15 @@ fn loading_a_mismatched_model_names_the_keys_and_shapes() {
     let mut m = model.init(&device).unwrap();
     let err = load_clip_weights(&mut m, &cut).unwrap_err();
     assert!(err.to_string().contains(&cut.display().to_string()), "{err}");
+}
+
+#[test]
+fn text_encoder_matches_transformers_in_every_file_format() {
+    text_encoder_matches_transformers_in_every_file_format_check();
+}
+
+/// The same comparison with every attention computed in chunks (a 256-byte score budget: a few rows at a time).
+#[test]
+fn text_encoder_matches_transformers_in_every_file_format_with_chunked_attention() {
+    stepstone::models::attention::with_score_budget(256, text_encoder_matches_transformers_in_every_file_format_check);
 }

@@ -178,8 +178,7 @@ fn scores_match(reward: &image_reward::ImageReward, file: &str) {
     eprintln!("{file}: worst [CLS]/score error {worst:e}");
 }
 
-#[test]
-fn scores_match_the_package_from_pt_and_safetensors() {
+fn scores_match_the_package_from_pt_and_safetensors_check() {
     let device = cpu();
     for file in ["ImageReward.pt", "ImageReward.safetensors"] {
         let (reward, report) = load_image_reward(&dir().join(file), &dir(), &device).unwrap();
@@ -253,4 +252,15 @@ fn empty_inputs_are_refused_or_empty() {
     assert!(err.to_string().contains("image 1 is empty"), "{err}");
     let err = reward.score_pixels("a cat", Tensor::zeros([1, 3, 32, 32], &cpu())).unwrap_err();
     assert!(err.to_string().contains("[N, 3, 224, 224]"), "{err}");
+}
+
+#[test]
+fn scores_match_the_package_from_pt_and_safetensors() {
+    scores_match_the_package_from_pt_and_safetensors_check();
+}
+
+/// The same comparison with every attention computed in chunks (a 256-byte score budget: a few rows at a time).
+#[test]
+fn scores_match_the_package_from_pt_and_safetensors_with_chunked_attention() {
+    stepstone::models::attention::with_score_budget(256, scores_match_the_package_from_pt_and_safetensors_check);
 }

@@ -40,8 +40,7 @@ fn eps(model: &VideoUnet, fx: &Fixture, frames: usize, motion: Motion) -> Vec<f3
     to_vec(&model.forward(sample, &timesteps, fx.tensor::<3>("context", &device), motion).unwrap())
 }
 
-#[test]
-fn v2_matches_diffusers_in_every_file_format() {
+fn v2_matches_diffusers_in_every_file_format_check() {
     let fx = Fixture::load("motion/motion_io.safetensors");
     // The same weights in diffusers' folder (safetensors, .bin) and in the original names (.ckpt, .safetensors).
     for file in ["v2", "v2/diffusion_pytorch_model.bin", "mm_v2.ckpt", "mm_v2.safetensors"] {
@@ -147,4 +146,15 @@ fn wrong_files_are_named() {
     let (unet, _) = load_unet(&common::fixtures().join("unet/unet"), &device).unwrap();
     let err = VideoUnet::new(unet, Some(adapter)).unwrap_err().to_string();
     assert!(err.contains("[8, 16]") && err.contains("[8, 32]"), "{err}");
+}
+
+#[test]
+fn v2_matches_diffusers_in_every_file_format() {
+    v2_matches_diffusers_in_every_file_format_check();
+}
+
+/// The same comparison with every attention computed in chunks (a 256-byte score budget: a few rows at a time, temporal attention included).
+#[test]
+fn v2_matches_diffusers_in_every_file_format_with_chunked_attention() {
+    stepstone::models::attention::with_score_budget(256, v2_matches_diffusers_in_every_file_format_check);
 }

@@ -7,8 +7,7 @@ use stepstone::models::load::{LoadOptions, load_into};
 use stepstone::models::load_unet;
 use stepstone::models::unet::UnetConfig;
 
-#[test]
-fn unet_matches_diffusers_in_every_file_format() {
+fn unet_matches_diffusers_in_every_file_format_check() {
     let device = cpu();
     let fx = Fixture::load("unet/unet_io.safetensors");
     let dir = common::fixtures().join("unet/unet");
@@ -30,4 +29,15 @@ fn unet_matches_diffusers_in_every_file_format() {
         let err = assert_close(&format!("UNet eps ({file})"), &run(&unet), fx.values(reference), 1e-4);
         eprintln!("{file}: max abs error {err:e}");
     }
+}
+
+#[test]
+fn unet_matches_diffusers_in_every_file_format() {
+    unet_matches_diffusers_in_every_file_format_check();
+}
+
+/// The same comparison with every attention computed in chunks (a 256-byte score budget: a few rows at a time).
+#[test]
+fn unet_matches_diffusers_in_every_file_format_with_chunked_attention() {
+    stepstone::models::attention::with_score_budget(256, unet_matches_diffusers_in_every_file_format_check);
 }

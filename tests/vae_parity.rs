@@ -7,8 +7,7 @@ use common::{Fixture, assert_close, cpu, to_vec};
 use stepstone::models::vae::VaeConfig;
 use stepstone::models::{load::LoadOptions, load::load_into, load_vae};
 
-#[test]
-fn vae_encoder_and_decoder_match_diffusers_in_every_file_format() {
+fn vae_encoder_and_decoder_match_diffusers_in_every_file_format_check() {
     let device = cpu();
     let fx = Fixture::load("vae/vae_io.safetensors");
     let dir = common::fixtures().join("vae/vae");
@@ -51,4 +50,15 @@ fn frame_sliced_video_decoding_equals_decoding_every_frame_at_once() {
     let frame0 = whole.slice([0..2, 0..3, 0..1, 0..8, 0..8]).squeeze_dim::<4>(2);
     let want: Vec<f32> = fx.values("decoded").iter().map(|v| (v * 0.5 + 0.5).clamp(0.0, 1.0)).collect();
     assert_close("frame 0 of the decoded clip", &to_vec(&frame0), &want, 1e-4);
+}
+
+#[test]
+fn vae_encoder_and_decoder_match_diffusers_in_every_file_format() {
+    vae_encoder_and_decoder_match_diffusers_in_every_file_format_check();
+}
+
+/// The same comparison with every attention computed in chunks (a 256-byte score budget: a few rows at a time).
+#[test]
+fn vae_encoder_and_decoder_match_diffusers_in_every_file_format_with_chunked_attention() {
+    stepstone::models::attention::with_score_budget(256, vae_encoder_and_decoder_match_diffusers_in_every_file_format_check);
 }

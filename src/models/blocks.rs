@@ -5,7 +5,7 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PadMode};
 use burn::tensor::{Device, Tensor};
@@ -151,7 +151,8 @@ impl SpatialSelfAttention {
         let q = self.to_q.forward(t.clone()).mul_scalar((c as f64).powf(-0.5));
         let k = self.to_k.forward(t.clone());
         let v = self.to_v.forward(t);
-        let mut out = softmax(q.matmul(k.swap_dims(1, 2)), 2).matmul(v);
+        // One head over the h*w positions, scores within the thread's budget.
+        let mut out = crate::models::attention::attention_packed(q, k, v, 1, None, None);
         for proj in &self.to_out {
             out = proj.forward(out);
         }

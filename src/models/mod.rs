@@ -36,6 +36,7 @@
 //! # }
 //! ```
 
+pub mod attention;
 pub mod blocks;
 pub mod bounds;
 pub mod clip;

@@ -7,7 +7,7 @@ pub mod tokenizer;
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use tokenizer::{ClipTokenizer, Encoding, TokenizerError};
@@ -130,8 +130,8 @@ impl ClipAttention {
         let q = split(self.q_proj.forward(x.clone())).mul_scalar((dh as f64).powf(-0.5));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let scores = q.matmul(k.swap_dims(2, 3)) + mask.unsqueeze::<4>();
-        let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, s, d]);
+        let out = crate::models::attention::attention(q, k, v, None, Some(mask.unsqueeze::<4>()));
+        let out = out.swap_dims(1, 2).reshape([b, s, d]);
         self.out_proj.forward(out)
     }
 }

@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::RgbImage;
 
@@ -200,17 +199,8 @@ impl ImageRewardConfig {
 /// softmax(q k^T / sqrt(d) + mask) v over `heads` heads; q [N, L, H*d], k and v [N, S, H*d], mask
 /// additive [N, 1, 1, S] -> [N, L, H*d].
 pub(crate) fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: Option<Tensor<4>>) -> Tensor<3> {
-    let [n, l, inner] = q.dims();
-    let s = k.dims()[1];
-    let d = inner / heads;
-    let q = q.reshape([n, l, heads, d]).swap_dims(1, 2);
-    let k = k.reshape([n, s, heads, d]).swap_dims(1, 2);
-    let v = v.reshape([n, s, heads, d]).swap_dims(1, 2);
-    let mut scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
-    if let Some(mask) = mask {
-        scores = scores + mask;
-    }
-    softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([n, l, inner])
+    let d = q.dims()[2] / heads.max(1);
+    crate::models::attention::attention_packed(q, k, v, heads, Some((d as f64).sqrt()), mask)
 }
 
 /// BLIP's towers as ImageReward uses them.

@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, DropoutConfig, GroupNorm, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use crate::models::blocks::{conv2d, group_norm};
@@ -47,15 +47,11 @@ impl Attention {
     }
 }
 
-/// softmax(q k^T / sqrt(d)) v over `heads` heads; q [N, L, H*d], k and v [N, S, H*d] -> [N, L, H*d].
+/// softmax(q k^T / sqrt(d)) v over `heads` heads; q [N, L, H*d], k and v [N, S, H*d] -> [N, L, H*d]. Scores
+/// stay within the thread's budget ([`crate::models::attention`]); q is scaled first, as diffusers does.
 pub fn scaled_dot_product(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
-    let [n, l, inner] = q.dims();
-    let s = k.dims()[1];
-    let d = inner / heads;
-    let q = q.reshape([n, l, heads, d]).swap_dims(1, 2).mul_scalar((d as f64).powf(-0.5));
-    let k = k.reshape([n, s, heads, d]).swap_dims(1, 2);
-    let v = v.reshape([n, s, heads, d]).swap_dims(1, 2);
-    softmax(q.matmul(k.swap_dims(2, 3)), 3).matmul(v).swap_dims(1, 2).reshape([n, l, inner])
+    let d = q.dims()[2] / heads.max(1);
+    crate::models::attention::attention_packed(q.mul_scalar((d as f64).powf(-0.5)), k, v, heads, None, None)
 }
 
 /// `GEGLU`: a projection to twice the width, the second half gating the first through GELU.
