@@ -261,3 +261,19 @@ fn run_writes_the_format_of_out_and_a_clip_restores_its_graph() {
     let o = stepstone(&["run", &preset, "--models", &models, "--out", "clip.avi", "--quiet"], dir.path());
     assert!(!o.status.success() && stderr(&o).contains("unknown clip format '.avi'"), "{}", stderr(&o));
 }
+
+#[test]
+fn bench_times_a_full_size_network_with_random_weights_and_prints_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stepstone(&["bench", "--case", "clip", "--repeat", "2"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["device"], "cpu");
+    let case = &report["cases"][0];
+    assert_eq!((case["case"].as_str(), case["runs_ms"].as_array().map(Vec::len)), (Some("clip"), Some(2)));
+    let (min, median) = (case["min_ms"].as_f64().unwrap(), case["median_ms"].as_f64().unwrap());
+    assert!(min > 0.0 && min <= median, "{case}");
+    assert!(report["peak_rss_kb"].as_u64().unwrap() > 100_000, "CLIP ViT-L/14 alone is ~490 MB of f32: {report}");
+    let o = stepstone(&["bench", "--case", "unet", "--size", "12"], dir.path());
+    assert!(!o.status.success() && stderr(&o).contains("--size 12"), "{}", stderr(&o));
+}

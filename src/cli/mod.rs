@@ -1,5 +1,6 @@
 //! The command-line front end: `stepstone run`, `stepstone validate`, `stepstone nodes`.
 
+mod bench;
 mod run;
 
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ pub enum Commands {
     Nodes,
     /// Open the graph editor window (what `stepstone` without a command does).
     Edit(EditArgs),
+    /// Time the full-size SD 1.5 networks with random weights and print JSON.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -166,6 +169,7 @@ pub fn main() -> ExitCode {
         Some(Commands::Validate { presets, models, out_dir, allow_paths }) => {
             validate_presets(&presets, models, out_dir, allow_paths)
         }
+        Some(Commands::Bench(args)) => bench::bench(args),
         Some(Commands::Nodes) => {
             print_nodes(&KindRegistry::builtin());
             Ok(())
