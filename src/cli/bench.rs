@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// Where the networks run.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
+    /// The attention score budget in MiB (larger score tensors are computed in chunks).
+    #[arg(long, value_name = "MIB", default_value_t = crate::models::attention::DEFAULT_SCORE_BUDGET >> 20)]
+    pub score_budget_mb: usize,
 }
 
 /// Runs the cases and prints one JSON object.
@@ -62,8 +65,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let device = args.device.device();
     let mut results = Vec::new();
     for case in cases {
-        let times = run_case(case, args.size, args.repeat.max(1), &device)
-            .with_context(|| format!("bench case {}", case.name()))?;
+        let budget = args.score_budget_mb.saturating_mul(1 << 20);
+        let times = crate::models::attention::with_score_budget(budget, || {
+            run_case(case, args.size, args.repeat.max(1), &device)
+        })
+        .with_context(|| format!("bench case {}", case.name()))?;
         let mut sorted = times.clone();
         sorted.sort_by(f64::total_cmp);
         let median = sorted[sorted.len() / 2];
@@ -78,6 +84,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let report = serde_json::json!({
         "device": format!("{:?}", args.device).to_lowercase(),
         "dtype": "f32",
+        "score_budget_mb": args.score_budget_mb,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "weights": "random (full-size SD 1.5 configurations)",
         "peak_rss_kb": peak_rss_kb(),
