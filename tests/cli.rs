@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod cli_support;
-use cli_support::{repo, stderr, stepstone, write};
+use cli_support::{SMALL_DEMO, repo, stderr, stepstone, write};
 
 /// A models directory holding (empty) files under the names the shipped presets use.
 fn fake_models(dir: &Path) -> PathBuf {
@@ -222,21 +222,9 @@ fn nodes_lists_every_kind_with_its_parameters() {
 fn run_writes_the_format_of_out_and_a_clip_restores_its_graph() {
     let dir = tempfile::tempdir().unwrap();
     let models = repo("assets/demo-models");
-    let small = [
-        "--set",
-        "candidates.count=2",
-        "--set",
-        "candidates.steps=2",
-        "--set",
-        "animator.frames=3",
-        "--set",
-        "animator.steps=2",
-        "--set",
-        "regenerator.steps=2",
-    ];
     let preset = repo("graphs/i4vgen_demo.json");
     let mut args = vec!["run", preset.as_str(), "--models", &models, "--out", "clip.mp4", "--quiet"];
-    args.extend(small);
+    args.extend(SMALL_DEMO);
     let o = stepstone(&args, dir.path());
     assert!(o.status.success(), "{}", stderr(&o));
     let clip = dir.path().join("clip.mp4");

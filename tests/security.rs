@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod cli_support;
-use cli_support::{repo, stderr, stdout, stepstone};
+use cli_support::{SMALL_DEMO, repo, stderr, stdout, stepstone};
 
 /// Every file under `dir` (relative names, sorted), hidden ones included.
 fn tree(dir: &Path) -> Vec<String> {
@@ -26,19 +26,6 @@ fn tree(dir: &Path) -> Vec<String> {
     out
 }
 
-/// The demo graph, small enough to run in a second or two.
-const SMALL: [&str; 10] = [
-    "--set",
-    "candidates.count=2",
-    "--set",
-    "candidates.steps=2",
-    "--set",
-    "animator.frames=3",
-    "--set",
-    "animator.steps=2",
-    "--set",
-    "regenerator.steps=2",
-];
 
 /// The demo preset with the Export node's parameters replaced (as a shared clip could carry them).
 fn demo_with_export(dir: &Path, path: &str, overwrite: bool) -> PathBuf {
@@ -58,7 +45,7 @@ fn demo_with_export(dir: &Path, path: &str, overwrite: bool) -> PathBuf {
 fn run_small(dir: &Path, preset: &Path, extra: &[&str]) -> Output {
     let models = repo("assets/demo-models");
     let mut args = vec!["run", preset.to_str().unwrap(), "--models", &models, "--quiet"];
-    args.extend(SMALL);
+    args.extend(SMALL_DEMO);
     args.extend(extra);
     stepstone(&args, dir)
 }

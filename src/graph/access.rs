@@ -156,8 +156,7 @@ impl AccessPolicy {
 
     /// Whether the user chose exactly this value for this parameter.
     pub fn is_chosen(&self, node: &str, param: &str, value: &str) -> bool {
-        // Borrowed lookup without building a key for every comparison is not possible with a tuple struct
-        // of Strings; the set is tiny (a handful of command-line values).
+        // A scan: the set holds a handful of values (command line, dialog picks).
         self.chosen.iter().any(|c| c.node == node && c.param == param && c.value == value)
     }
 

@@ -32,3 +32,17 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// `--set` overrides that make the demo graph run in a second or two.
+pub const SMALL_DEMO: [&str; 10] = [
+    "--set",
+    "candidates.count=2",
+    "--set",
+    "candidates.steps=2",
+    "--set",
+    "animator.frames=3",
+    "--set",
+    "animator.steps=2",
+    "--set",
+    "regenerator.steps=2",
+];
