@@ -264,4 +264,22 @@ fn bench_times_a_full_size_network_with_random_weights_and_prints_json() {
     assert!(report["peak_rss_kb"].as_u64().unwrap() > 100_000, "CLIP ViT-L/14 alone is ~490 MB of f32: {report}");
     let o = stepstone(&["bench", "--case", "unet", "--size", "12"], dir.path());
     assert!(!o.status.success() && stderr(&o).contains("--size 12"), "{}", stderr(&o));
+    let o = stepstone(&["bench", "--case", "video-unet", "--frames", "33"], dir.path());
+    assert!(!o.status.success() && stderr(&o).contains("--frames 33"), "{}", stderr(&o));
+}
+
+/// The full-size SD 1.5 UNet (860M parameters) at the smallest latent it takes: the smoke test of the UNet
+/// case (fields, not speed).
+#[test]
+fn bench_runs_the_full_size_unet_at_a_tiny_latent() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stepstone(&["bench", "--case", "unet", "--size", "8", "--repeat", "1"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((report["attention"].as_str(), report["dtype"].as_str()), (Some("fused"), Some("f32")));
+    let case = &report["cases"][0];
+    assert_eq!((case["case"].as_str(), case["size"].as_u64()), (Some("unet"), Some(8)), "{report}");
+    assert_eq!(case["runs_ms"].as_array().map(Vec::len), Some(1), "{case}");
+    assert!(case["min_ms"].as_f64().unwrap() > 0.0, "{case}");
+    assert!(report["peak_rss_kb"].as_u64().unwrap() > 3_000_000, "860M f32 parameters: {report}");
 }

@@ -259,8 +259,8 @@ fn scores_match_the_package_from_pt_and_safetensors() {
     scores_match_the_package_from_pt_and_safetensors_check();
 }
 
-/// The same comparison with every attention computed in chunks (a 256-byte score budget: a few rows at a time).
+/// The same comparison with every attention on the reference kernel in chunks (a 256-byte score budget: a few rows at a time).
 #[test]
 fn scores_match_the_package_from_pt_and_safetensors_with_chunked_attention() {
-    stepstone::models::attention::with_score_budget(256, scores_match_the_package_from_pt_and_safetensors_check);
+    stepstone::models::attention::with_reference_chunks(256, scores_match_the_package_from_pt_and_safetensors_check);
 }

@@ -10,11 +10,26 @@
 //!
 //! The budget is per thread ([`with_score_budget`]): the models run on the worker thread, and tests can
 //! force the chunked path on their own thread without touching others.
+//!
+//! **Kernels.** Where the device has one, burn's fused `module::attention` computes each product
+//! ([`Kernel::Fused`], the default): on the CPU (flex) a tiled flash kernel with online softmax that never
+//! holds more than a tile of scores per row, so it needs no chunking and is about twice as fast as the
+//! three-kernel product; on the cubecl back-ends (wgpu, Vulkan, CUDA) burn's flash kernels, chosen by
+//! autotune (burn is built with its `autotune` feature for this: without it the launcher always takes its
+//! fallback, which materialises the scores of the chunk it is given). Those kernels ignore an additive mask, so masked products stay on the reference kernel there;
+//! their head size must be a multiple of the tensor-core tile, so q, k and v are zero-padded to a multiple
+//! of [`CUBE_HEAD_MULTIPLE`] (SD 1.5's first level has head size 40) and the output cut back; and because
+//! burn falls back to materialising the whole score tensor when no flash kernel fits, the chunk plan is
+//! kept on those devices. [`Kernel::Reference`] (`softmax(q kᵀ) v` as three kernels, in chunks) is the
+//! arithmetic of the Python references, kept for parity checks and selectable per thread
+//! ([`with_kernel`]).
 
 use std::cell::Cell;
 
-use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
+use burn::tensor::module::attention as fused_attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Tensor};
 
 /// The largest score tensor computed at once, in bytes, unless a thread sets another.
 pub const DEFAULT_SCORE_BUDGET: usize = 256 << 20;
@@ -22,8 +37,39 @@ pub const DEFAULT_SCORE_BUDGET: usize = 256 << 20;
 /// Bytes per score element (the scores are f32).
 const SCORE_BYTES: usize = 4;
 
+/// On the cubecl back-ends, head sizes are padded to a multiple of this for the flash kernels (the k of
+/// an f16 tensor-core instruction; a multiple of it also suits the f32 unit kernels).
+pub const CUBE_HEAD_MULTIPLE: usize = 16;
+
+/// Which kernel computes an attention product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// burn's fused attention where the device has one (see the module docs), else [`Kernel::Reference`].
+    Fused,
+    /// `softmax(q kᵀ / scale + mask) v` as three kernels, in chunks within the score budget.
+    Reference,
+}
+
 thread_local! {
     static BUDGET: Cell<usize> = const { Cell::new(DEFAULT_SCORE_BUDGET) };
+    static KERNEL: Cell<Kernel> = const { Cell::new(Kernel::Fused) };
+}
+
+/// The attention kernel of this thread.
+pub fn kernel() -> Kernel {
+    KERNEL.with(Cell::get)
+}
+
+/// Runs `f` with this thread's attention kernel set to `kernel`, then restores the previous one.
+pub fn with_kernel<R>(kernel: Kernel, f: impl FnOnce() -> R) -> R {
+    struct Restore(Kernel);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KERNEL.with(|k| k.set(self.0));
+        }
+    }
+    let _restore = Restore(KERNEL.with(|k| k.replace(kernel)));
+    f()
 }
 
 /// The score budget of this thread, in bytes.
@@ -42,6 +88,12 @@ pub fn with_score_budget<R>(bytes: usize, f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(BUDGET.with(|b| b.replace(bytes)));
     f()
+}
+
+/// Runs `f` with every attention of this thread on the reference kernel, in chunks of at most `bytes` of
+/// scores: how the parity tests check the chunked path.
+pub fn with_reference_chunks<R>(bytes: usize, f: impl FnOnce() -> R) -> R {
+    with_kernel(Kernel::Reference, || with_score_budget(bytes, f))
 }
 
 /// How a chunked attention splits its work: `batch` rows of (batch x heads) and `rows` query rows at a time.
@@ -76,9 +128,22 @@ pub fn attention(
     let [n, h, l, d] = q.dims();
     let s = k.dims()[2];
     let dv = v.dims()[3];
+    let path = match kernel() {
+        Kernel::Reference => Path::Reference,
+        Kernel::Fused if q.device() == Device::flex() => {
+            // The CPU flash kernel is memory-bounded by itself: no chunks.
+            return fused(q, k, v, score_divisor, mask);
+        }
+        Kernel::Fused if mask.is_none() => Path::Cube,
+        Kernel::Fused => Path::Reference,
+    };
+    let product = |q, k, v, mask| match path {
+        Path::Cube => fused_padded(q, k, v, score_divisor),
+        Path::Reference => scores_times_values(q, k, v, score_divisor, mask),
+    };
     let plan = chunks(n * h, l, s, score_budget());
     if plan.batch >= n * h && plan.rows >= l {
-        return scores_times_values(q, k, v, score_divisor, mask);
+        return product(q, k, v, mask);
     }
     // Flatten (batch, heads) so that one axis can be cut anywhere; the mask follows when it has those axes.
     let (b, q, k, v) = (n * h, q.reshape([n * h, 1, l, d]), k.reshape([n * h, 1, s, d]), v.reshape([n * h, 1, s, dv]));
@@ -100,11 +165,47 @@ pub fn attention(
                 let ml = m.dims()[2];
                 if ml == 1 { m.clone().slice([b0..b1]) } else { m.clone().slice([b0..b1, 0..1, r0..r1]) }
             });
-            rows.push(scores_times_values(qc, kb.clone(), vb.clone(), score_divisor, mc));
+            rows.push(product(qc, kb.clone(), vb.clone(), mc));
         }
         batches.push(Tensor::cat(rows, 2));
     }
     Tensor::cat(batches, 0).reshape([n, h, l, dv])
+}
+
+/// How [`attention`] computes each chunk.
+#[derive(Clone, Copy)]
+enum Path {
+    Cube,
+    Reference,
+}
+
+/// burn's fused attention: `softmax(q kᵀ · scale + mask) v`, the scale being `1 / divisor` (1 when the
+/// caller scaled q itself).
+fn fused(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, score_divisor: Option<f64>, mask: Option<Tensor<4>>) -> Tensor<4> {
+    let options = AttentionModuleOptions {
+        scale: Some(score_divisor.map_or(1.0, |divisor| 1.0 / divisor)),
+        softcap: None,
+        is_causal: false,
+    };
+    fused_attention(q, k, v, None, mask, options)
+}
+
+/// [`fused`] with the head sizes zero-padded to a multiple of [`CUBE_HEAD_MULTIPLE`]: zero columns of q and
+/// k add nothing to q kᵀ, and zero columns of v give zero output columns, which are cut off.
+fn fused_padded(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, score_divisor: Option<f64>) -> Tensor<4> {
+    let (d, dv) = (q.dims()[3], v.dims()[3]);
+    let pad = |t: Tensor<4>, size: usize| {
+        let target = size.next_multiple_of(CUBE_HEAD_MULTIPLE);
+        if target == size {
+            return t;
+        }
+        let [a, b, c, _] = t.dims();
+        let zeros = Tensor::<4>::zeros([a, b, c, target - size], &t.device()).cast(t.dtype());
+        Tensor::cat(vec![t, zeros], 3)
+    };
+    let out = fused(pad(q, d), pad(k, d), pad(v, dv), score_divisor, None);
+    let [a, b, c, padded] = out.dims();
+    if padded == dv { out } else { out.slice([0..a, 0..b, 0..c, 0..dv]) }
 }
 
 /// The whole product at once: softmax(q kᵀ / divisor + mask) v.
@@ -189,5 +290,33 @@ mod tests {
             }
         }
         assert_eq!(score_budget(), DEFAULT_SCORE_BUDGET, "the budget is restored");
+    }
+
+    #[test]
+    fn fused_and_padded_kernels_equal_the_reference() {
+        let device = Device::flex();
+        let rand = |dims: [usize; 4]| Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+        // Head sizes below, at and between multiples of the padding (SD 1.5 has 40, 80 and 160); keys
+        // shorter and longer than the CPU kernel's tile (64) and than its naive-path limit.
+        for (n, h, l, s, d, dv) in [(2, 3, 37, 23, 5, 7), (1, 2, 70, 130, 40, 40), (2, 1, 600, 520, 16, 16)] {
+            let (q, k, v) = (rand([n, h, l, d]), rand([n, h, s, d]), rand([n, h, s, dv]));
+            let masks = [None, Some(rand([n, 1, 1, s])), Some(rand([1, 1, l, s]))];
+            for mask in masks {
+                let reference = with_kernel(Kernel::Reference, || {
+                    attention(q.clone(), k.clone(), v.clone(), Some(2.2), mask.clone())
+                });
+                let shape = mask.as_ref().map(|m| m.dims());
+                let fused = attention(q.clone(), k.clone(), v.clone(), Some(2.2), mask.clone());
+                let diff = max_diff(reference.clone(), fused);
+                assert!(diff < 1e-5, "fused, {:?}, mask {shape:?}: {diff}", (n, h, l, s, d, dv));
+                if mask.is_none() {
+                    let padded = fused_padded(q.clone(), k.clone(), v.clone(), Some(2.2));
+                    assert_eq!(padded.dims(), [n, h, l, dv]);
+                    let diff = max_diff(reference, padded);
+                    assert!(diff < 1e-5, "padded, {:?}: {diff}", (n, h, l, s, d, dv));
+                }
+            }
+        }
+        assert_eq!(kernel(), Kernel::Fused, "the kernel is restored");
     }
 }
