@@ -283,3 +283,20 @@ fn bench_runs_the_full_size_unet_at_a_tiny_latent() {
     assert!(case["min_ms"].as_f64().unwrap() > 0.0, "{case}");
     assert!(report["peak_rss_kb"].as_u64().unwrap() > 3_000_000, "860M f32 parameters: {report}");
 }
+
+/// `--memory-limit`: a limit the demo cannot fit refuses its first generation node with the estimate, and
+/// writes no clip.
+#[test]
+fn run_refuses_settings_beyond_the_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, preset) = (repo("assets/demo-models"), repo("graphs/i4vgen_demo.json"));
+    let mut args = vec!["run", preset.as_str(), "--models", &models, "--out", "clip.mp4", "--quiet"];
+    args.extend(SMALL_DEMO);
+    args.extend(["--memory-limit", "1"]);
+    let o = stepstone(&args, dir.path());
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("candidates") && err.contains("not enough memory"), "{err}");
+    assert!(err.contains("the memory limit is 0.0 GB (--memory-limit)"), "{err}");
+    assert!(!dir.path().join("out/clip.mp4").exists() && !dir.path().join("clip.mp4").exists());
+}

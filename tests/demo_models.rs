@@ -211,7 +211,7 @@ fn whole_pipeline_runs_on_the_demo_models() {
     let prompt = "a panda playing the guitar on a boat, ocean waves, golden sunset";
     let encode = |p: &str| text.encode_ids(&[tok.encode(p).unwrap().ids], &device);
     let conditioning = TextConditioning { cond: encode(prompt), uncond: encode("") };
-    let guided = Guided { unet: &model, text: &conditioning, guidance_scale: 7.5 };
+    let guided = Guided::new(&model, &conditioning, 7.5);
     let mut scheduler = Ddim::new(DdimConfig::animatediff()).unwrap();
     scheduler.set_timesteps(25).unwrap();
     eprintln!("loaded in {:.2} s", start.elapsed().as_secs_f64());

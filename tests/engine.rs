@@ -59,6 +59,7 @@ const FAIL: KindSpec = KindSpec {
     params: &[
         ParamSpec::new("fail", ParamType::Bool { default: true }, "fail"),
         ParamSpec::new("panic", ParamType::Bool { default: false }, "panic"),
+        ParamSpec::new("panic_text", ParamType::Text { default: "deliberate panic", multiline: false }, "its message"),
     ],
     is_output: false,
 };
@@ -156,7 +157,7 @@ fn test_engine(log: &Log, models_dir: PathBuf) -> Engine {
     ev.register("fail", move |ctx: &mut EvalContext<'_>| {
         l.count(ctx);
         if ctx.param_bool("panic")? {
-            panic!("deliberate panic");
+            panic!("{}", ctx.param_str("panic_text")?);
         }
         if ctx.param_bool("fail")? {
             return Err(NodeError::Failed("boom".into()));
@@ -427,6 +428,37 @@ fn a_panicking_node_is_reported_and_the_worker_survives() {
     let events = collect_run(&worker, run_id);
     assert!(matches!(events.last(), Some(Event::RunFinished { outcome: RunOutcome::Completed, .. })), "{events:?}");
     assert_eq!(log.ran_since(&before), set(&["pre", "slow", "post", "out"]));
+}
+
+/// burn's GPU back-ends panic when the device runs out of memory (cubecl's `out of device memory allocating
+/// N bytes`): the node fails with what to lower, the worker and its caches carry on.
+#[test]
+fn a_device_out_of_memory_fails_the_node_with_advice_and_the_worker_survives() {
+    let log = Log::default();
+    let engine = test_engine(&log, PathBuf::from("."));
+    let reg = registry(&engine);
+    let mut g = slow_chain(&engine, 2, 0);
+    let oom = "out of device memory allocating 17179869184 bytes\nbacktrace...";
+    g.insert_node("p", Node::new("fail").with_param("panic", true).with_param("panic_text", oom));
+    link(&mut g, &reg, "src.out", "p.x");
+    let mut worker = Worker::spawn(move || engine, None).unwrap();
+    worker.set_graph(g).unwrap();
+    let run_id = worker.run(vec!["p".into()]).unwrap();
+    let events = collect_run(&worker, run_id);
+    let message = events
+        .iter()
+        .find_map(|e| match e {
+            Event::NodeFailed { node, message, .. } if node == "p" => Some(message.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert!(message.contains("the device ran out of memory (out of device memory allocating 17179869184 bytes)"), "{message}");
+    assert!(message.contains("cfg_batch to sequential") && !message.contains("backtrace"), "{message}");
+    let before = log.counts();
+    let run_id = worker.run(vec!["out".into()]).unwrap();
+    let events = collect_run(&worker, run_id);
+    assert!(matches!(events.last(), Some(Event::RunFinished { outcome: RunOutcome::Completed, .. })), "{events:?}");
+    assert_eq!(log.ran_since(&before), set(&["pre", "slow", "post", "out"]), "src came from the cache");
 }
 
 #[test]

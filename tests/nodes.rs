@@ -431,3 +431,59 @@ fn export_node_reports_each_frame_and_a_cancel_leaves_no_file() {
     let graph = stepstone::video::encode::embedded_graph(&written).unwrap().unwrap();
     assert_eq!(graph, stepstone::graph::to_preset_string(&g), "the clip carries the graph as run");
 }
+
+/// A setting that cannot fit the memory limit is refused before any work, naming the estimate and the
+/// settings that would fit; the worker's model and result caches survive, and the same graph runs once
+/// the limit allows it. Sequential guidance needs less and gives the clip that batched guidance gives.
+#[test]
+fn a_setting_that_cannot_fit_is_refused_with_what_to_lower_and_loses_nothing() {
+    use stepstone::models::stable_diffusion::StableDiffusion;
+    use stepstone::models::unet::VideoUnet;
+    use stepstone::models::unet::motion::MotionAdapter;
+    use stepstone::nodes::Loaded;
+    use stepstone::pipelines::memory::{CfgBatch, StageShape, stage_estimate};
+
+    let mut engine = engine();
+    let mut g = demo();
+    set(&mut g, "animator", "frames", json!(32));
+    let base = run(&mut engine, &g, &["selector", "checkpoint", "motion"]);
+    assert!(base.completed(), "{:?}", base.failures);
+    let checkpoint = base.output::<Loaded<StableDiffusion>>("checkpoint", "model");
+    let motion = base.output::<Loaded<MotionAdapter>>("motion", "motion");
+    let unet = VideoUnet::new(checkpoint.model.unet.clone(), Some(motion.model.as_ref().clone())).unwrap();
+    let shape = |frames, cfg_batch| StageShape { clips: 1, frames, height: 8, width: 8, cfg_batch };
+    let estimate = |frames, cfg| stage_estimate(&unet, &checkpoint.model.vae, shape(frames, cfg), true);
+    let (together, sequential) = (estimate(32, CfgBatch::Together), estimate(32, CfgBatch::Sequential));
+    assert!(sequential.activations < together.activations, "{sequential:?} vs {together:?}");
+    assert!(estimate(8, CfgBatch::Together).activations < together.activations);
+
+    // Nothing fits in one byte: refused inside the animator before any step, with no advice to give.
+    engine.set_memory_limit(Some(1));
+    let r = run(&mut engine, &g, &["animator"]);
+    let msg = &r.failures["animator"];
+    assert!(msg.contains("not enough memory") && msg.contains("32 image(s) of 64x64 pixels"), "{msg}");
+    assert!(msg.contains("with cfg_batch together") && msg.contains("(--memory-limit)"), "{msg}");
+    assert!(msg.contains("no smaller setting"), "{msg}");
+    assert!(r.evaluated.is_empty(), "the models, candidates and scores came from the caches: {:?}", r.evaluated);
+
+    // Between the two: refused, naming fewer frames and sequential guidance as what fits.
+    engine.set_memory_limit(Some(together.weights + (together.activations + sequential.activations) / 2));
+    let r = run(&mut engine, &g, &["animator"]);
+    let msg = &r.failures["animator"];
+    assert!(msg.contains("lower one of: frames ") && msg.contains("cfg_batch sequential (about"), "{msg}");
+    set(&mut g, "animator", "cfg_batch", json!("sequential"));
+    let seq = run(&mut engine, &g, &["animator"]);
+    assert!(seq.completed(), "{:?}", seq.failures);
+    assert_eq!(seq.evaluated, ["animator"], "the caches survived the refusals");
+
+    // No limit: together runs, and its clip equals the sequential one within float noise.
+    engine.set_memory_limit(None);
+    set(&mut g, "animator", "cfg_batch", json!("together"));
+    let tog = run(&mut engine, &g, &["animator"]);
+    assert!(tog.completed(), "{:?}", tog.failures);
+    let (a, b) = (tog.output::<Video>("animator", "video"), seq.output::<Video>("animator", "video"));
+    let (a, b) = (a.latents.as_ref().unwrap(), b.latents.as_ref().unwrap());
+    assert_eq!(a.shape, b.shape);
+    let diff = a.data.iter().zip(b.data.iter()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-4, "sequential and together guidance differ by {diff}");
+}

@@ -72,7 +72,7 @@ fn i4vgen_stages_match_the_reference() {
     let p_re = json["p_re"].as_f64().unwrap();
     let sizes: Vec<f64> = json["step_sizes"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert_eq!(i4vgen::ni_vsds_iterations(s.scheduler.timesteps.len(), p), json["tau"].as_u64().unwrap() as usize);
-    let model = Guided { unet: &s.unet, text: &s.text, guidance_scale: guidance };
+    let model = Guided::new(&s.unet, &s.text, guidance);
     let shape = [1, 4, frames, 8, 8];
 
     // 1. candidates (motion modules bypassed), decoded.
@@ -109,7 +109,7 @@ fn i4vgen_stages_match_the_reference() {
 fn stages_report_progress_and_stop_when_cancelled() {
     let s = setup();
     let frames = s.json["frames"].as_u64().unwrap() as usize;
-    let model = Guided { unet: &s.unet, text: &s.text, guidance_scale: 7.5 };
+    let model = Guided::new(&s.unet, &s.text, 7.5);
     let shape = [1, 4, frames, 8, 8];
     let mut seen = Vec::new();
     let mut stop_after_two = |p: StageProgress| {
@@ -141,7 +141,7 @@ fn bad_input_is_named() {
         "candidate 2 was picked, but there are only 2 candidates (0 to 1)"
     );
     assert!(matches!(i4vgen::select(&[], None), Err(PipelineError::NoCandidates)));
-    let model = Guided { unet: &s.unet, text: &s.text, guidance_scale: 7.5 };
+    let model = Guided::new(&s.unet, &s.text, 7.5);
     let empty = Tensor::<5>::zeros([1, 4, 0, 8, 8], &cpu());
     assert!(matches!(i4vgen::candidates(&model, &s.scheduler, empty, &mut go), Err(PipelineError::NoCandidates)));
     // 33 frames exceed the v2 module's 32 positions: the message names both numbers.

@@ -60,6 +60,9 @@ pub struct EditArgs {
     /// Where the models run (see `stepstone run --help`).
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
+    /// See `stepstone run --help`.
+    #[arg(long, value_name = "MB")]
+    pub memory_limit: Option<u64>,
     /// Run the graph's outputs as soon as it is open.
     #[arg(long)]
     pub run: bool,
@@ -104,6 +107,11 @@ pub struct RunArgs {
     /// without a GPU, wgpu falls back to a slow software rasteriser).
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
+    /// The memory the models may use in all, in MB (weights + activations): a generation node whose
+    /// settings need more is refused before it starts, with what to lower. Default: on the CPU, the memory
+    /// the system has available; on a GPU, no check.
+    #[arg(long, value_name = "MB")]
+    pub memory_limit: Option<u64>,
 }
 
 /// The compute device the models run on.
@@ -135,6 +143,7 @@ impl Default for EditArgs {
             models: None,
             out_dir: PathBuf::from(crate::graph::access::DEFAULT_OUTPUT_DIR),
             device: DeviceChoice::Cpu,
+            memory_limit: None,
             run: false,
             allow_paths: false,
             screenshot: None,
@@ -148,6 +157,7 @@ fn edit(args: EditArgs) -> anyhow::Result<()> {
         models_dir,
         output_dir: args.out_dir,
         allow_paths: args.allow_paths,
+        memory_limit: args.memory_limit.map(|mb| mb.saturating_mul(1_000_000)),
         device: args.device,
         open: args.file,
         run: args.run,

@@ -6,12 +6,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::signals::{self, Action, Interrupted};
 use super::{RunArgs, apply_override, describe_models_dir};
 use crate::graph::kinds::EXPORT;
 use crate::graph::{AccessPolicy, KindRegistry, validate};
 use crate::paths::models_dir;
 use crate::runtime::{Event, NodeStatus, RunOutcome, Worker};
+use crate::signals::{self, Action, Interrupted};
 
 pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
     let registry = KindRegistry::builtin();
@@ -32,7 +32,9 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
         match exports.as_slice() {
             [one] => {
                 let text = out.to_string_lossy().into_owned();
-                graph.set_param(&registry, one, "path", serde_json::Value::from(text.clone())).map_err(anyhow::Error::msg)?;
+                graph
+                    .set_param(&registry, one, "path", serde_json::Value::from(text.clone()))
+                    .map_err(anyhow::Error::msg)?;
                 // The user named this path on the command line: it may point anywhere.
                 access.choose(one, "path", &text);
             }
@@ -73,7 +75,11 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         let names: Vec<String> = own.iter().map(|p| format!("'{}'", p.id)).collect();
         let waiting = blocked.len() - own.len();
-        let also = if waiting > 0 { format!("; {waiting} node(s) that depend on it cannot run either") } else { String::new() };
+        let also = if waiting > 0 {
+            format!("; {waiting} node(s) that depend on it cannot run either")
+        } else {
+            String::new()
+        };
         let files = engine.access();
         let needs_permission = crate::graph::file_uses(&graph, &registry, files)
             .into_iter()
@@ -100,8 +106,16 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
     signals::install().context("cannot install the Ctrl-C handler")?;
     let mut watch = signals::Watch::default();
     let device = args.device;
-    let mut worker =
-        Worker::spawn(move || engine.with_device(device.device()), None).context("cannot start the worker thread")?;
+    let memory_limit = args.memory_limit.map(|mb| mb.saturating_mul(1_000_000));
+    let mut worker = Worker::spawn(
+        move || {
+            let mut engine = engine.with_device(device.device());
+            engine.set_memory_limit(memory_limit);
+            engine
+        },
+        None,
+    )
+    .context("cannot start the worker thread")?;
     worker.set_graph(graph).map_err(anyhow::Error::msg)?;
     let run_id = worker.run(args.targets.clone()).map_err(anyhow::Error::msg)?;
 

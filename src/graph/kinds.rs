@@ -83,6 +83,11 @@ const CFG: ParamSpec = ParamSpec::new(
     ParamType::Float { default: 7.5, min: 0.0, max: 30.0 },
     "Classifier-free guidance scale (1 disables the unconditional pass)",
 );
+const CFG_BATCH: ParamSpec = ParamSpec::new(
+    "cfg_batch",
+    ParamType::Choice { default: "together", options: &["together", "sequential"] },
+    "together: both guidance branches in one UNet call (fastest); sequential: one after the other (half the memory)",
+);
 const BETA_SCHEDULE: ParamSpec = ParamSpec::new(
     "beta_schedule",
     ParamType::Choice { default: "linear", options: &["linear", "scaled_linear"] },
@@ -227,6 +232,7 @@ pub const T2I_CANDIDATES: KindSpec = KindSpec {
         HEIGHT,
         STEPS,
         CFG,
+        CFG_BATCH,
         SEED,
         BETA_SCHEDULE,
         BETA_START,
@@ -281,6 +287,7 @@ pub const NI_VSDS: KindSpec = KindSpec {
         FRAMES,
         STEPS,
         CFG,
+        CFG_BATCH,
         ParamSpec::new(
             "p_ni_vsds",
             ParamType::Float { default: 0.6, min: 0.0, max: 1.0 },
@@ -315,6 +322,7 @@ pub const REGENERATOR: KindSpec = KindSpec {
         ),
         STEPS,
         CFG,
+        CFG_BATCH,
         SEED,
         BETA_SCHEDULE,
         BETA_START,
@@ -331,7 +339,7 @@ pub const TEXT_TO_VIDEO: KindSpec = KindSpec {
     description: "Plain AnimateDiff text-to-video sampling from noise (the baseline I4VGen improves on)",
     inputs: &[IN_CHECKPOINT, IN_MOTION, IN_PROMPT],
     outputs: &[OUT_VIDEO],
-    params: &[FRAMES, WIDTH, HEIGHT, STEPS, CFG, SEED, BETA_SCHEDULE, BETA_START, BETA_END],
+    params: &[FRAMES, WIDTH, HEIGHT, STEPS, CFG, CFG_BATCH, SEED, BETA_SCHEDULE, BETA_START, BETA_END],
     is_output: false,
 };
 

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use super::stage::{encode, failed, pixels, scheduler, video_unet, with_progress};
+use super::stage::{cfg_batch, check_memory, encode, failed, guided, pixels, scheduler, video_unet, with_progress};
 use super::values::{Candidates, CheckpointValue, PromptValue};
-use crate::pipelines::i4vgen::{self, Guided};
+use crate::pipelines::i4vgen;
+use crate::pipelines::memory::StageShape;
 use crate::pipelines::noise::{NoiseSource, SeededNoise};
 use crate::pipelines::{Latents, PipelineError};
 use crate::runtime::{EvalContext, NodeError, NodeOutputs};
@@ -18,18 +19,21 @@ pub(super) fn evaluate(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeErr
     }
     let (width, height) = (pixels(ctx, "width")?, pixels(ctx, "height")?);
     let seed = ctx.param_u64("seed")?;
-    let guidance_scale = ctx.param_f64("cfg")?;
     let ddim = scheduler(ctx)?;
-    let text = encode(ctx, &checkpoint, &prompt)?;
     // Plain SD 1.5: the video UNet with no motion modules treats each candidate as a one-frame clip.
     let unet = video_unet(&checkpoint, None)?;
+    // The candidates are one batch of `count` images, as the frames of a clip are.
+    let shape =
+        StageShape { clips: 1, frames: count, height: height / 8, width: width / 8, cfg_batch: cfg_batch(ctx)? };
+    check_memory(ctx, &unet, &checkpoint, shape, Some("count"), true)?;
+    let text = encode(ctx, &checkpoint, &prompt)?;
     let channels = unet.unet.in_channels();
     let device = ctx.device.clone();
     // One draw of [1, C, N, h, w], as the reference draws the video's initial latent for its N frames.
     let noise = SeededNoise::new(seed)
         .normal("candidates", [1, channels, count, height / 8, width / 8], &device)
         .map_err(|e| failed(e.into()))?;
-    let model = Guided { unet: &unet, text: &text, guidance_scale };
+    let model = guided(ctx, &unet, &text)?;
     let latents = with_progress(ctx, |observer| i4vgen::candidates(&model, &ddim, noise, observer))?;
     let images: Vec<Arc<image::RgbImage>> =
         i4vgen::images_of(&i4vgen::decode(&checkpoint.model.vae, latents.clone())).into_iter().map(Arc::new).collect();

@@ -9,7 +9,8 @@ use super::values::{CheckpointValue, MotionValue, PromptValue};
 use crate::models::unet::VideoUnet;
 use crate::models::unet::motion::MotionError;
 use crate::pipelines::PipelineError;
-use crate::pipelines::i4vgen::{self, StageProgress, TextConditioning};
+use crate::pipelines::i4vgen::{self, Guided, StageProgress, TextConditioning};
+use crate::pipelines::memory::{self, CfgBatch, Room, StageShape};
 use crate::runtime::{EvalContext, NodeError};
 use crate::schedulers::{BetaSchedule, Ddim, DdimConfig};
 use crate::video::Video;
@@ -129,4 +130,98 @@ pub(super) fn clip_of(
     }
     let frames = i4vgen::images_of(&i4vgen::decode(&checkpoint.model.vae, latents.clone()));
     Ok(Video { frames, fps: 8.0, prompt: prompt.positive.clone(), seed, latents: Some(stored) })
+}
+
+/// The `cfg_batch` parameter.
+pub(super) fn cfg_batch(ctx: &EvalContext<'_>) -> Result<CfgBatch, NodeError> {
+    let value = ctx.param_str("cfg_batch")?;
+    CfgBatch::parse(value).ok_or_else(|| NodeError::Param {
+        name: "cfg_batch".into(),
+        message: format!("'{value}' is not a choice of this parameter (together, sequential)"),
+    })
+}
+
+/// The guided UNet of the node's `cfg` and `cfg_batch`.
+pub(super) fn guided<'a>(
+    ctx: &EvalContext<'_>,
+    unet: &'a VideoUnet,
+    text: &'a TextConditioning,
+) -> Result<Guided<'a>, NodeError> {
+    Ok(Guided::new(unet, text, ctx.param_f64("cfg")?).with_cfg_batch(cfg_batch(ctx)?))
+}
+
+/// The memory this node may use: the run's limit, or on the CPU what the system has available now; `None`
+/// on a GPU without a limit (its capacity is not known).
+fn room(ctx: &EvalContext<'_>) -> Option<Room> {
+    match ctx.memory_limit {
+        Some(limit) => Some(Room::Limit(limit)),
+        None if *ctx.device == burn::tensor::Device::flex() => memory::system_available().map(Room::Available),
+        None => None,
+    }
+}
+
+/// Refuses a stage whose estimated memory does not fit, before any of its work, naming the estimate and
+/// the settings that would fit (fewer frames, a smaller size, sequential guidance). `frames_param` names
+/// the node's frame count parameter when the artist can lower it; `size_params` whether width and height
+/// are the node's own.
+pub(super) fn check_memory(
+    ctx: &EvalContext<'_>,
+    unet: &VideoUnet,
+    checkpoint: &CheckpointValue,
+    shape: StageShape,
+    frames_param: Option<&str>,
+    size_params: bool,
+) -> Result<(), NodeError> {
+    let Some(room) = room(ctx) else { return Ok(()) };
+    let cpu = *ctx.device == burn::tensor::Device::flex();
+    let vae = &checkpoint.model.vae;
+    let fits = |shape: StageShape| {
+        let e = memory::stage_estimate(unet, vae, shape, cpu);
+        e.activations <= room.for_activations(e.weights)
+    };
+    if fits(shape) {
+        return Ok(());
+    }
+    let estimate = memory::stage_estimate(unet, vae, shape, cpu);
+    let mut advice = Vec::new();
+    if let Some(name) = frames_param {
+        if let Some(f) = (1..shape.frames).rev().find(|&f| fits(StageShape { frames: f, ..shape })) {
+            advice.push(format!("{name} {f}"));
+        }
+    }
+    if size_params {
+        // Same aspect ratio, in 64-pixel steps (8 latents) of the shorter side.
+        let (h, w) = (shape.height, shape.width);
+        let short = h.min(w);
+        let smaller = (1..short / 8).rev().map(|k| (h * k * 8 / short / 8 * 8, w * k * 8 / short / 8 * 8));
+        if let Some((sh, sw)) = smaller
+            .filter(|&(sh, sw)| sh > 0 && sw > 0)
+            .find(|&(sh, sw)| fits(StageShape { height: sh, width: sw, ..shape }))
+        {
+            advice.push(format!("a size of {}x{} pixels", sw * 8, sh * 8));
+        }
+    }
+    if shape.cfg_batch == CfgBatch::Together {
+        let sequential = StageShape { cfg_batch: CfgBatch::Sequential, ..shape };
+        let e = memory::stage_estimate(unet, vae, sequential, cpu);
+        if fits(sequential) {
+            advice.push(format!("cfg_batch sequential (about {} of activations)", memory::gb(e.activations)));
+        }
+    }
+    let advice = if advice.is_empty() {
+        "no smaller setting of this node fits: free memory or use a device with more".to_string()
+    } else {
+        format!("lower one of: {}", advice.join(", "))
+    };
+    Err(NodeError::Failed(format!(
+        "not enough memory: {} image(s) of {}x{} pixels with cfg_batch {} need about {} of activations beside {} of \
+         weights, and {}; {advice}",
+        shape.clips * shape.frames,
+        shape.width * 8,
+        shape.height * 8,
+        shape.cfg_batch.name(),
+        memory::gb(estimate.activations),
+        memory::gb(estimate.weights),
+        room.describe(),
+    )))
 }

@@ -18,6 +18,7 @@ use crate::models::vae::AutoencoderKl;
 use crate::schedulers::{CfgDdim, Ddim, SampleError, guide, sample_ddim_cfg};
 
 use super::PipelineError;
+use super::memory::CfgBatch;
 
 /// The text conditioning of one prompt: CLIP last hidden states [1, S, D] of the prompt and of the negative
 /// prompt (the unconditional branch of classifier-free guidance).
@@ -43,17 +44,41 @@ pub struct Guided<'a> {
     pub unet: &'a VideoUnet,
     pub text: &'a TextConditioning,
     pub guidance_scale: f64,
+    /// Both branches in one UNet call, or one after the other (half the activation memory).
+    pub cfg_batch: CfgBatch,
 }
 
-impl Guided<'_> {
+impl<'a> Guided<'a> {
+    /// Guidance with both branches in one call ([`CfgBatch::Together`], as the reference runs it).
+    pub fn new(unet: &'a VideoUnet, text: &'a TextConditioning, guidance_scale: f64) -> Self {
+        Guided { unet, text, guidance_scale, cfg_batch: CfgBatch::Together }
+    }
+
+    pub fn with_cfg_batch(self, cfg_batch: CfgBatch) -> Self {
+        Guided { cfg_batch, ..self }
+    }
+
     /// Raw predictions for `pair` = [x; x] (2B clips): the first B unconditional, the last B conditional.
     fn predict_pair(&self, pair: Tensor<5>, t: usize, motion: Motion) -> Result<Tensor<5>, PipelineError> {
         let clips = pair.dims()[0] / 2;
         let uncond = self.text.uncond.clone().repeat_dim(0, clips);
         let cond = self.text.cond.clone().repeat_dim(0, clips);
-        let context = Tensor::cat(vec![uncond, cond], 0);
-        let timesteps = vec![t as f64; 2 * clips];
-        Ok(self.unet.forward(pair, &timesteps, context, motion)?)
+        match self.cfg_batch {
+            CfgBatch::Together => {
+                let context = Tensor::cat(vec![uncond, cond], 0);
+                let timesteps = vec![t as f64; 2 * clips];
+                Ok(self.unet.forward(pair, &timesteps, context, motion)?)
+            }
+            CfgBatch::Sequential => {
+                let timesteps = vec![t as f64; clips];
+                let halves = pair.chunk(2, 0);
+                let mut out = Vec::with_capacity(2);
+                for (half, context) in halves.into_iter().zip([uncond, cond]) {
+                    out.push(self.unet.forward(half, &timesteps, context, motion)?);
+                }
+                Ok(Tensor::cat(out, 0))
+            }
+        }
     }
 
     /// The guided noise prediction eps_u + g (eps_c - eps_u) for `x` [B, C, F, h, w] (one UNet call).

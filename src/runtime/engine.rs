@@ -88,6 +88,9 @@ pub struct Engine {
     /// Where paths resolve and what graphs may read and write.
     access: AccessPolicy,
     device: Device,
+    /// The memory a node may use in all (weights + activations); `None`: the system's available memory on
+    /// the CPU, no check on a GPU (burn does not report a GPU's capacity).
+    memory_limit: Option<u64>,
 }
 
 impl Engine {
@@ -99,7 +102,18 @@ impl Engine {
             models: ModelCache::new(),
             access: AccessPolicy::new(models_dir, crate::graph::access::DEFAULT_OUTPUT_DIR),
             device: Device::flex(),
+            memory_limit: None,
         }
+    }
+
+    /// Sets the memory limit generation nodes plan against (see [`crate::pipelines::memory`]); the model
+    /// and result caches stay.
+    pub fn set_memory_limit(&mut self, bytes: Option<u64>) {
+        self.memory_limit = bytes;
+    }
+
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.memory_limit
     }
 
     /// The engine evaluating on `device` (the CPU by default). Loaded models live on it, so changing the
@@ -221,7 +235,8 @@ impl Engine {
             } else if self.evaluators.get(&node.kind).is_none() {
                 blocked = Some(format!("no evaluator is registered for kind '{}'", node.kind));
                 own_error = true;
-            } else if let (Some(check), Some(kind)) = (self.evaluators.check(&node.kind), self.registry.get(&node.kind)) {
+            } else if let (Some(check), Some(kind)) = (self.evaluators.check(&node.kind), self.registry.get(&node.kind))
+            {
                 // The kind's own check of what it will touch (an export's output path), before any compute.
                 let params = ResolvedParams::resolve(kind, node);
                 if let Err(text) = check(&super::CheckContext { node: id, params: &params, access: &self.access }) {
@@ -427,13 +442,14 @@ impl Engine {
             access: &self.access,
             models: &self.models,
             device: &self.device,
+            memory_limit: self.memory_limit,
             inputs,
             report: &mut report,
             cancelled,
         };
         let start = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| evaluator.evaluate(&mut ctx)))
-            .unwrap_or_else(|panic| Err(internal(format!("the node panicked: {}", panic_text(&panic)))))?;
+            .unwrap_or_else(|panic| Err(panic_error(&panic_text(&panic))))?;
         for out in kind.outputs {
             if !result.values.contains_key(out.name) {
                 return Err(internal(format!("kind '{}' did not produce output '{}'", kind.id, out.name)));
@@ -441,6 +457,21 @@ impl Engine {
         }
         Ok((result, start.elapsed()))
     }
+}
+
+/// A panic as a node error. burn's GPU back-ends panic when the device runs out of memory: that one fails
+/// the node with the advice (the engine, its model cache and its result cache are untouched either way).
+fn panic_error(text: &str) -> NodeError {
+    let lower = text.to_lowercase();
+    let oom = ["out of memory", "out of device memory", "out-of-memory", "outofmemory"];
+    if oom.iter().any(|s| lower.contains(s)) {
+        let first = text.lines().next().unwrap_or(text);
+        return NodeError::Failed(format!(
+            "the device ran out of memory ({first}): lower the frames, the size or the candidate count, or set \
+             cfg_batch to sequential; --memory-limit makes stepstone refuse such settings before they start"
+        ));
+    }
+    NodeError::Failed(format!("internal error: the node panicked: {text}"))
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -152,6 +152,8 @@ pub struct EvalContext<'a> {
     pub models: &'a ModelCache,
     /// The device models are loaded on and tensors computed on.
     pub device: &'a burn::tensor::Device,
+    /// The memory limit of the run (weights + activations), if one was set.
+    pub memory_limit: Option<u64>,
     pub(crate) inputs: BTreeMap<String, Value>,
     pub(crate) report: &'a mut dyn FnMut(NodeReport),
     pub(crate) cancelled: &'a dyn Fn() -> bool,

@@ -33,6 +33,8 @@ pub struct LaunchOptions {
     /// With `run`: let the graph read the input files it names (`--allow-paths`).
     pub allow_paths: bool,
     pub device: DeviceChoice,
+    /// The memory limit of generation nodes in bytes (`--memory-limit`; see [`crate::pipelines::memory`]).
+    pub memory_limit: Option<u64>,
     /// A preset or clip to open.
     pub open: Option<PathBuf>,
     /// Run the graph's outputs once it is open.
@@ -142,9 +144,13 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
         Box::new(move |cc| {
             let ctx = cc.egui_ctx.clone();
             let models_dir = options.models_dir.clone();
-            let device = options.device;
+            let (device, memory_limit) = (options.device, options.memory_limit);
             let worker = Worker::spawn(
-                move || crate::builtin_engine(models_dir).with_device(device.device()),
+                move || {
+                    let mut engine = crate::builtin_engine(models_dir).with_device(device.device());
+                    engine.set_memory_limit(memory_limit);
+                    engine
+                },
                 Some(Box::new(move || ctx.request_repaint())),
             )?;
             let mut studio = Studio::new(KindRegistry::builtin(), options.models_dir)
