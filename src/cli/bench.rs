@@ -13,6 +13,10 @@ use crate::models::clip::ClipTextConfig;
 use crate::models::unet::motion::MotionVersion;
 use crate::models::unet::{Motion, UnetConfig, VideoUnet};
 use crate::models::vae::VaeConfig;
+use crate::pipelines::i4vgen::{self, Guided, TextConditioning};
+use crate::pipelines::memory::{self, CfgBatch, StageShape};
+use crate::pipelines::noise::{NoiseSource, SeededNoise};
+use crate::schedulers::{Ddim, DdimConfig};
 
 /// What `stepstone bench` measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -24,6 +28,10 @@ pub enum BenchCase {
     VideoUnet,
     /// One VAE decode of a `--size` x `--size` latent (8x that in pixels).
     VaeDecode,
+    /// The whole I4VGen run: `--frames` candidates, NI-VSDS (p 0.6) and regeneration (strength 1) over
+    /// `--steps` DDIM steps each, CFG 7.5, every frame decoded at each stage (the candidate is picked by
+    /// index: ImageReward's scoring is not in this case).
+    I4vgen,
     /// One CLIP text encode of 77 tokens.
     Clip,
 }
@@ -34,6 +42,7 @@ impl BenchCase {
             BenchCase::Unet => "unet",
             BenchCase::VideoUnet => "video-unet",
             BenchCase::VaeDecode => "vae-decode",
+            BenchCase::I4vgen => "i4vgen",
             BenchCase::Clip => "clip",
         }
     }
@@ -47,10 +56,19 @@ pub struct BenchArgs {
     /// Latent side (pixels / 8) for the UNet and VAE cases.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// Frames per clip for the video-UNet case.
+    /// Frames per clip for the video-UNet and I4VGen cases.
     #[arg(long, default_value_t = 16)]
     pub frames: usize,
-    /// Timed runs per case, after one untimed warm-up run (which also initialises the random weights).
+    /// DDIM steps of each I4VGen stage.
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    /// How guidance runs its branches: `together` (one UNet call of twice the batch) or `sequential`.
+    #[arg(long, value_enum, default_value_t = CfgArg::Together)]
+    pub cfg_batch: CfgArg,
+    /// Untimed runs per case before the timed ones (the first also initialises the random weights).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed runs per case, after the warm-up runs.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
     /// Where the networks run.
@@ -82,6 +100,22 @@ impl Precision {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
             Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// `--cfg-batch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CfgArg {
+    Together,
+    Sequential,
+}
+
+impl CfgArg {
+    fn cfg_batch(self) -> CfgBatch {
+        match self {
+            CfgArg::Together => CfgBatch::Together,
+            CfgArg::Sequential => CfgBatch::Sequential,
         }
     }
 }
@@ -125,7 +159,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for case in cases {
         let budget = args.score_budget_mb.saturating_mul(1 << 20);
-        let times = crate::models::attention::with_kernel(args.attention.kernel(), || {
+        let (times, estimate) = crate::models::attention::with_kernel(args.attention.kernel(), || {
             crate::models::attention::with_score_budget(budget, || run_case(case, &args, &device))
         })
         .with_context(|| format!("bench case {}", case.name()))?;
@@ -139,8 +173,15 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "min_ms": sorted[0],
             "median_ms": median,
         });
-        if case == BenchCase::VideoUnet {
+        if matches!(case, BenchCase::VideoUnet | BenchCase::I4vgen) {
             entry["frames"] = args.frames.into();
+        }
+        if case == BenchCase::I4vgen {
+            entry["steps"] = args.steps.into();
+        }
+        if let Some(e) = estimate {
+            entry["estimated_peak_mb"] = (e.total() as f64 / 1e6).round().into();
+            entry["estimated_weights_mb"] = (e.weights as f64 / 1e6).round().into();
         }
         results.push(entry);
     }
@@ -148,6 +189,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "device": format!("{:?}", args.device).to_lowercase(),
         "implementation": "stepstone",
         "dtype": args.dtype.name(),
+        "cfg_batch": args.cfg_batch.cfg_batch().name(),
         "attention": match args.attention { AttentionArg::Fused => "fused", AttentionArg::Reference => "reference" },
         "score_budget_mb": args.score_budget_mb,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -161,12 +203,23 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Milliseconds of each timed run; every run ends by reading the output back, so the device has finished.
-fn run_case(case: BenchCase, args: &BenchArgs, device: &burn::tensor::Device) -> anyhow::Result<Vec<f64>> {
+/// Milliseconds of each timed run (every run ends by reading the output back, so the device has finished),
+/// and memory planning's estimate of the case's peak (weights + activations) where it has one.
+fn run_case(
+    case: BenchCase,
+    args: &BenchArgs,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<(Vec<f64>, Option<memory::Estimate>)> {
+    use burn::module::Module;
     let (size, repeat) = (args.size, args.repeat.max(1));
+    let cpu = *device == burn::tensor::Device::flex();
+    let weights = |params: usize| params as u64 * memory::ELEMENT_BYTES;
+    let cfg_batch = args.cfg_batch.cfg_batch();
     let normal = Distribution::Normal(0.0, 1.0);
     let time = |f: &dyn Fn() -> anyhow::Result<usize>| -> anyhow::Result<Vec<f64>> {
-        f()?; // warm-up: weights are initialised on first use
+        for _ in 0..args.warmup {
+            f()?; // weights are initialised on first use
+        }
         (0..repeat)
             .map(|_| {
                 let start = Instant::now();
@@ -181,7 +234,12 @@ fn run_case(case: BenchCase, args: &BenchArgs, device: &burn::tensor::Device) ->
             let sample = Tensor::<4>::random([2, 4, size, size], normal, device);
             let width = unet.cross_attention_dim().unwrap_or(UnetConfig::default().cross_attention_dim);
             let context = Tensor::<3>::random([2, 77, width], normal, device);
-            time(&|| Ok(read_back(unet.forward(sample.clone(), &[500.0, 500.0], context.clone()))))?
+            let estimate = memory::Estimate {
+                weights: weights(unet.num_params()),
+                activations: memory::unet_call_bytes(&unet, 2, size, size, cpu),
+            };
+            let times = time(&|| Ok(read_back(unet.forward(sample.clone(), &[500.0, 500.0], context.clone()))))?;
+            (times, Some(estimate))
         }
         BenchCase::VideoUnet => {
             let unet = UnetConfig::default().init(device)?;
@@ -190,17 +248,59 @@ fn run_case(case: BenchCase, args: &BenchArgs, device: &burn::tensor::Device) ->
             let video = VideoUnet::new(unet, Some(motion))?;
             let sample = Tensor::<5>::random([2, 4, args.frames, size, size], normal, device);
             let context = Tensor::<3>::random([2, 77, width], normal, device);
-            time(&|| Ok(read_back(video.forward(sample.clone(), &[500.0, 500.0], context.clone(), Motion::On)?)))?
+            let estimate = memory::Estimate {
+                weights: weights(video.num_params()),
+                activations: memory::unet_call_bytes(&video.unet, 2 * args.frames, size, size, cpu),
+            };
+            let run = || Ok(read_back(video.forward(sample.clone(), &[500.0, 500.0], context.clone(), Motion::On)?));
+            (time(&run)?, Some(estimate))
         }
         BenchCase::VaeDecode => {
             let vae = VaeConfig::default().init(device)?;
             let z = Tensor::<4>::random([1, 4, size, size], normal, device);
-            time(&|| Ok(read_back(vae.decode(z.clone()))))?
+            let estimate = memory::Estimate {
+                weights: weights(vae.num_params()),
+                activations: memory::vae_decode_bytes(&vae, size, size, cpu),
+            };
+            (time(&|| Ok(read_back(vae.decode(z.clone()))))?, Some(estimate))
         }
         BenchCase::Clip => {
             let clip = ClipTextConfig::default().init(device)?;
             let ids = Tensor::<2, Int>::from_ints([[49406i64; 77]], device);
-            time(&|| Ok(read_back(clip.forward(ids.clone()))))?
+            (time(&|| Ok(read_back(clip.forward(ids.clone()))))?, None)
+        }
+        BenchCase::I4vgen => {
+            let unet = UnetConfig::default().init(device)?;
+            let width = unet.cross_attention_dim().unwrap_or(UnetConfig::default().cross_attention_dim);
+            let video = VideoUnet::new(unet, Some(MotionVersion::V2.config().init(device)?))?;
+            let image_unet = VideoUnet::new(video.unet.clone(), None)?;
+            let vae = VaeConfig::default().init(device)?;
+            let text = TextConditioning {
+                cond: Tensor::<3>::random([1, 77, width], normal, device),
+                uncond: Tensor::<3>::random([1, 77, width], normal, device),
+            };
+            let mut ddim = Ddim::new(DdimConfig::animatediff())?;
+            ddim.set_timesteps(args.steps)?;
+            let shape = StageShape { clips: 1, frames: args.frames, height: size, width: size, cfg_batch };
+            let estimate = memory::stage_estimate(&video, &vae, shape, cpu);
+            let run = || -> anyhow::Result<usize> {
+                let f = args.frames;
+                let mut noise = SeededNoise::new(0);
+                let mut go = |_| std::ops::ControlFlow::Continue(());
+                let images = Guided::new(&image_unet, &text, 7.5).with_cfg_batch(cfg_batch);
+                let first = noise.normal("candidates", [1, 4, f, size, size], device)?;
+                let candidates = i4vgen::candidates(&images, &ddim, first, &mut go)?;
+                read_back(i4vgen::decode(&vae, candidates.clone()));
+                let still = i4vgen::static_video(&candidates, 0, f)?;
+                let model = Guided::new(&video, &text, 7.5).with_cfg_batch(cfg_batch);
+                let eps = noise.normal("ni_vsds", still.dims(), device)?;
+                let z = i4vgen::ni_vsds(&model, &ddim, still, eps, 0.6, &[10.0, 10.0, 10.0, 1.0], &mut go)?;
+                read_back(i4vgen::decode(&vae, z.clone()));
+                let eps = noise.normal("regenerate", z.dims(), device)?;
+                let z = i4vgen::regenerate(&model, &ddim, z, eps, 1.0, &mut go)?;
+                Ok(read_back(i4vgen::decode(&vae, z)))
+            };
+            (time(&run)?, Some(estimate))
         }
     })
 }
