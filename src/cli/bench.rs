@@ -155,7 +155,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         args.cases.clone()
     };
-    let device = args.device.device();
+    let device = args.device.device()?;
     let mut results = Vec::new();
     for case in cases {
         let budget = args.score_budget_mb.saturating_mul(1 << 20);
@@ -179,6 +179,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         if case == BenchCase::I4vgen {
             entry["steps"] = args.steps.into();
         }
+        // burn's pools keep their pages for reuse, so what is reserved after the runs is about the peak.
+        if let Some(usage) = device.memory_pool_usage() {
+            entry["device_reserved_mb"] = (usage.bytes_reserved as f64 / 1e6).round().into();
+        }
         if let Some(e) = estimate {
             entry["estimated_peak_mb"] = (e.total() as f64 / 1e6).round().into();
             entry["estimated_weights_mb"] = (e.weights as f64 / 1e6).round().into();
@@ -186,7 +190,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         results.push(entry);
     }
     let report = serde_json::json!({
-        "device": format!("{:?}", args.device).to_lowercase(),
+        "device": args.device.name(),
+        "adapter": adapter_name(&device),
         "implementation": "stepstone",
         "dtype": args.dtype.name(),
         "cfg_batch": args.cfg_batch.cfg_batch().name(),
@@ -307,6 +312,14 @@ fn run_case(
 
 fn read_back<const D: usize>(t: Tensor<D>) -> usize {
     t.to_data().num_elements()
+}
+
+/// The GPU's name as its back-end reports it (`None` on the CPU).
+fn adapter_name(device: &burn::tensor::Device) -> Option<String> {
+    if *device == burn::tensor::Device::flex() {
+        return None;
+    }
+    device.identity().map(|id| id.name.to_string())
 }
 
 /// The process's peak resident set (Linux), in KiB.

@@ -1,6 +1,7 @@
 //! The command-line front end: `stepstone run`, `stepstone validate`, `stepstone nodes`.
 
-mod bench;
+pub mod bench;
+mod devices;
 mod run;
 
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ pub enum Commands {
     Edit(EditArgs),
     /// Time the full-size SD 1.5 networks with random weights and print JSON.
     Bench(bench::BenchArgs),
+    /// Lists the devices each `--device` choice can use on this machine.
+    Devices,
 }
 
 #[derive(clap::Args, Debug)]
@@ -117,16 +120,57 @@ pub struct RunArgs {
 /// The compute device the models run on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceChoice {
+    /// burn's flex back-end on the CPU (threads and SIMD).
     #[default]
     Cpu,
+    /// wgpu's own choice of GPU and API (Vulkan, Metal, DX12; WGSL kernels).
     Wgpu,
+    /// wgpu on Vulkan with SPIR-V kernels (cooperative-matrix / tensor-core matmuls on NVIDIA and AMD): only
+    /// in a build with `--features vulkan` (see Cargo.toml).
+    Vulkan,
+    /// burn's CUDA back-end: only in a build with `--features cuda` (see Cargo.toml).
+    Cuda,
+}
+
+/// A device this build cannot open.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceUnavailable {
+    #[error(
+        "--device cuda: this build has no CUDA back-end (build with `cargo build --features cuda`, which needs \
+         network access at build time; on NVIDIA GPUs a `--features vulkan` build runs with the driver alone)"
+    )]
+    Cuda,
+    #[error(
+        "--device vulkan: this build has no SPIR-V compiler for Vulkan (build with `cargo build --features vulkan`); \
+         `--device wgpu` runs on Vulkan through WGSL kernels"
+    )]
+    Vulkan,
 }
 
 impl DeviceChoice {
-    pub fn device(self) -> burn::tensor::Device {
+    pub fn name(self) -> &'static str {
         match self {
-            DeviceChoice::Cpu => burn::tensor::Device::flex(),
-            DeviceChoice::Wgpu => burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Wgpu => "wgpu",
+            DeviceChoice::Vulkan => "vulkan",
+            DeviceChoice::Cuda => "cuda",
+        }
+    }
+
+    /// The first device of this kind (GPUs: the first discrete one, else what the system offers).
+    pub fn device(self) -> Result<burn::tensor::Device, DeviceUnavailable> {
+        use burn::tensor::{Device, DeviceKind};
+        match self {
+            DeviceChoice::Cpu => Ok(Device::flex()),
+            DeviceChoice::Wgpu => Ok(Device::wgpu(DeviceKind::DefaultDevice)),
+            #[cfg(feature = "vulkan")]
+            DeviceChoice::Vulkan => Ok(Device::vulkan(DeviceKind::DefaultDevice)),
+            #[cfg(not(feature = "vulkan"))]
+            DeviceChoice::Vulkan => Err(DeviceUnavailable::Vulkan),
+            #[cfg(feature = "cuda")]
+            DeviceChoice::Cuda => Ok(Device::cuda(0usize)),
+            #[cfg(not(feature = "cuda"))]
+            DeviceChoice::Cuda => Err(DeviceUnavailable::Cuda),
         }
     }
 }
@@ -180,6 +224,7 @@ pub fn main() -> ExitCode {
             validate_presets(&presets, models, out_dir, allow_paths)
         }
         Some(Commands::Bench(args)) => bench::bench(args),
+        Some(Commands::Devices) => devices::devices(),
         Some(Commands::Nodes) => {
             print_nodes(&KindRegistry::builtin());
             Ok(())

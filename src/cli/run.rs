@@ -105,11 +105,11 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
     // exits at once.
     signals::install().context("cannot install the Ctrl-C handler")?;
     let mut watch = signals::Watch::default();
-    let device = args.device;
+    let device = args.device.device()?;
     let memory_limit = args.memory_limit.map(|mb| mb.saturating_mul(1_000_000));
     let mut worker = Worker::spawn(
         move || {
-            let mut engine = engine.with_device(device.device());
+            let mut engine = engine.with_device(device);
             engine.set_memory_limit(memory_limit);
             engine
         },

@@ -15,8 +15,9 @@
 //! ([`Kernel::Fused`], the default): on the CPU (flex) a tiled flash kernel with online softmax that never
 //! holds more than a tile of scores per row, so it needs no chunking and is about twice as fast as the
 //! three-kernel product; on the cubecl back-ends (wgpu, Vulkan, CUDA) burn's flash kernels, chosen by
-//! autotune (burn is built with its `autotune` feature for this: without it the launcher always takes its
-//! fallback, which materialises the scores of the chunk it is given). Those kernels ignore an additive mask, so masked products stay on the reference kernel there;
+//! autotune (stepstone's `autotune` feature, part of the `vulkan` and `cuda` builds: without it the launcher
+//! always takes its fallback, which materialises the scores of the chunk it is given). Those kernels ignore
+//! an additive mask, so masked products stay on the reference kernel there;
 //! their head size must be a multiple of the tensor-core tile, so q, k and v are zero-padded to a multiple
 //! of [`CUBE_HEAD_MULTIPLE`] (SD 1.5's first level has head size 40) and the output cut back; and because
 //! burn falls back to materialising the whole score tensor when no flash kernel fits, the chunk plan is

@@ -136,6 +136,7 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
     if let Err(e) = crate::signals::install() {
         tracing::warn!("Ctrl-C will end the editor without cleaning up: {e}");
     }
+    let device = options.device.device()?;
     let result = std::sync::Arc::new(std::sync::Mutex::new(None));
     let app_result = result.clone();
     eframe::run_native(
@@ -144,10 +145,11 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
         Box::new(move |cc| {
             let ctx = cc.egui_ctx.clone();
             let models_dir = options.models_dir.clone();
-            let (device, memory_limit) = (options.device, options.memory_limit);
+            let memory_limit = options.memory_limit;
+            let device = device.clone();
             let worker = Worker::spawn(
                 move || {
-                    let mut engine = crate::builtin_engine(models_dir).with_device(device.device());
+                    let mut engine = crate::builtin_engine(models_dir).with_device(device);
                     engine.set_memory_limit(memory_limit);
                     engine
                 },

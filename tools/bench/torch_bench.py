@@ -56,7 +56,6 @@ def main():
     args = parse_args()
     import torch
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,6 +127,8 @@ def main():
             runs = timed(lambda: vae.decode(z).sample)
             del vae
         elif case == "clip":
+            from transformers import CLIPTextConfig, CLIPTextModel  # only here: a GPU machine may lack a match
+
             clip = prepare(
                 CLIPTextModel(
                     CLIPTextConfig(
