@@ -300,3 +300,27 @@ fn run_refuses_settings_beyond_the_memory_limit() {
     assert!(err.contains("the memory limit is 0.0 GB (--memory-limit)"), "{err}");
     assert!(!dir.path().join("out/clip.mp4").exists() && !dir.path().join("clip.mp4").exists());
 }
+
+/// `bench --estimate-only`: memory planning's figures for the reference run (16 frames at 512x512) without
+/// running it; sequential guidance needs less than batched, and both more than the weights.
+#[test]
+fn bench_estimates_the_reference_run_without_running_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let estimate = |cfg: &str| {
+        let args =
+            ["bench", "--case", "i4vgen", "--size", "64", "--frames", "16", "--estimate-only", "--cfg-batch", cfg];
+        let o = stepstone(&args, dir.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let case = report["cases"][0].clone();
+        assert_eq!(case["runs_ms"].as_array().map(Vec::len), Some(0), "{case}");
+        assert!(case["min_ms"].is_null(), "{case}");
+        (case["estimated_peak_mb"].as_f64().unwrap(), case["estimated_weights_mb"].as_f64().unwrap())
+    };
+    let (together, weights) = estimate("together");
+    let (sequential, same_weights) = estimate("sequential");
+    assert_eq!(weights, same_weights);
+    // UNet + motion modules + VAE in f32: about 5.6 GB.
+    assert!((5_000.0..6_500.0).contains(&weights), "{weights}");
+    assert!(weights < sequential && sequential < together, "{weights} < {sequential} < {together}");
+}

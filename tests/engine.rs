@@ -452,7 +452,8 @@ fn a_device_out_of_memory_fails_the_node_with_advice_and_the_worker_survives() {
             _ => None,
         })
         .unwrap_or_else(|| panic!("{events:?}"));
-    assert!(message.contains("the device ran out of memory (out of device memory allocating 17179869184 bytes)"), "{message}");
+    let expected = "the device ran out of memory (out of device memory allocating 17179869184 bytes)";
+    assert!(message.contains(expected), "{message}");
     assert!(message.contains("cfg_batch to sequential") && !message.contains("backtrace"), "{message}");
     let before = log.counts();
     let run_id = worker.run(vec!["out".into()]).unwrap();

@@ -65,6 +65,9 @@ pub struct BenchArgs {
     /// How guidance runs its branches: `together` (one UNet call of twice the batch) or `sequential`.
     #[arg(long, value_enum, default_value_t = CfgArg::Together)]
     pub cfg_batch: CfgArg,
+    /// Print memory planning's estimate of each case (`estimated_peak_mb`) without running anything.
+    #[arg(long)]
+    pub estimate_only: bool,
     /// Untimed runs per case before the timed ones (the first also initialises the random weights).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
@@ -165,12 +168,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("bench case {}", case.name()))?;
         let mut sorted = times.clone();
         sorted.sort_by(f64::total_cmp);
-        let median = sorted[sorted.len() / 2];
+        // No runs with --estimate-only.
+        let median = sorted.get(sorted.len() / 2).copied();
         let mut entry = serde_json::json!({
             "case": case.name(),
             "size": args.size,
             "runs_ms": times,
-            "min_ms": sorted[0],
+            "min_ms": sorted.first().copied(),
             "median_ms": median,
         });
         if matches!(case, BenchCase::VideoUnet | BenchCase::I4vgen) {
@@ -222,6 +226,9 @@ fn run_case(
     let cfg_batch = args.cfg_batch.cfg_batch();
     let normal = Distribution::Normal(0.0, 1.0);
     let time = |f: &dyn Fn() -> anyhow::Result<usize>| -> anyhow::Result<Vec<f64>> {
+        if args.estimate_only {
+            return Ok(Vec::new());
+        }
         for _ in 0..args.warmup {
             f()?; // weights are initialised on first use
         }

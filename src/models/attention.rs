@@ -11,19 +11,18 @@
 //! The budget is per thread ([`with_score_budget`]): the models run on the worker thread, and tests can
 //! force the chunked path on their own thread without touching others.
 //!
-//! **Kernels.** Where the device has one, burn's fused `module::attention` computes each product
-//! ([`Kernel::Fused`], the default): on the CPU (flex) a tiled flash kernel with online softmax that never
-//! holds more than a tile of scores per row, so it needs no chunking and is about twice as fast as the
-//! three-kernel product; on the cubecl back-ends (wgpu, Vulkan, CUDA) burn's flash kernels, chosen by
-//! autotune (stepstone's `autotune` feature, part of the `vulkan` and `cuda` builds: without it the launcher
-//! always takes its fallback, which materialises the scores of the chunk it is given). Those kernels ignore
-//! an additive mask, so masked products stay on the reference kernel there;
-//! their head size must be a multiple of the tensor-core tile, so q, k and v are zero-padded to a multiple
-//! of [`CUBE_HEAD_MULTIPLE`] (SD 1.5's first level has head size 40) and the output cut back; and because
-//! burn falls back to materialising the whole score tensor when no flash kernel fits, the chunk plan is
-//! kept on those devices. [`Kernel::Reference`] (`softmax(q kᵀ) v` as three kernels, in chunks) is the
-//! arithmetic of the Python references, kept for parity checks and selectable per thread
-//! ([`with_kernel`]).
+//! **Kernels.** Where the device has one, burn's fused `module::attention` computes each product ([`Kernel::Fused`],
+//! the default): on the CPU (flex) a tiled flash kernel with online softmax that never holds more than a tile of scores
+//! per row, so it needs no chunking and is about twice as fast as the three-kernel product (it runs one thread per
+//! batch x head, so products with fewer of those than threads, such as the VAE's one-head mid-block, stay on the
+//! reference kernel's threaded matmuls); on the cubecl back-ends (wgpu, Vulkan, CUDA) burn's flash kernels, chosen by
+//! autotune (stepstone's `autotune` feature, part of the `vulkan` and `cuda` builds: without it the launcher always
+//! takes its fallback, which materialises the scores of the chunk it is given). Those kernels ignore an additive mask,
+//! so masked products stay on the reference kernel there; their head size must be a multiple of the tensor-core tile,
+//! so q, k and v are zero-padded to a multiple of [`CUBE_HEAD_MULTIPLE`] (SD 1.5's first level has head size 40) and
+//! the output cut back; and because burn falls back to materialising the whole score tensor when no flash kernel fits,
+//! the chunk plan is kept on those devices. [`Kernel::Reference`] (`softmax(q kᵀ) v` as three kernels, in chunks) is
+//! the arithmetic of the Python references, kept for parity checks and selectable per thread ([`with_kernel`]).
 
 use std::cell::Cell;
 
@@ -63,13 +62,23 @@ pub fn kernel() -> Kernel {
 
 /// Runs `f` with this thread's attention kernel set to `kernel`, then restores the previous one.
 pub fn with_kernel<R>(kernel: Kernel, f: impl FnOnce() -> R) -> R {
-    struct Restore(Kernel);
-    impl Drop for Restore {
+    with_setting(&KERNEL, kernel, f)
+}
+
+/// Runs `f` with a thread-local setting replaced by `value`, restoring the previous value afterwards (also
+/// when `f` panics).
+fn with_setting<T: Copy + 'static, R>(
+    setting: &'static std::thread::LocalKey<Cell<T>>,
+    value: T,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<Cell<T>>, T);
+    impl<T: Copy + 'static> Drop for Restore<T> {
         fn drop(&mut self) {
-            KERNEL.with(|k| k.set(self.0));
+            self.0.with(|c| c.set(self.1));
         }
     }
-    let _restore = Restore(KERNEL.with(|k| k.replace(kernel)));
+    let _restore = Restore(setting, setting.with(|c| c.replace(value)));
     f()
 }
 
@@ -81,14 +90,7 @@ pub fn score_budget() -> usize {
 /// Runs `f` with this thread's score budget set to `bytes` (at least one score row is always computed at
 /// once), then restores the previous budget.
 pub fn with_score_budget<R>(bytes: usize, f: impl FnOnce() -> R) -> R {
-    struct Restore(usize);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            BUDGET.with(|b| b.set(self.0));
-        }
-    }
-    let _restore = Restore(BUDGET.with(|b| b.replace(bytes)));
-    f()
+    with_setting(&BUDGET, bytes, f)
 }
 
 /// Runs `f` with every attention of this thread on the reference kernel, in chunks of at most `bytes` of
@@ -131,10 +133,13 @@ pub fn attention(
     let dv = v.dims()[3];
     let path = match kernel() {
         Kernel::Reference => Path::Reference,
-        Kernel::Fused if q.device() == Device::flex() => {
-            // The CPU flash kernel is memory-bounded by itself: no chunks.
+        // The CPU flash kernel is memory-bounded by itself (no chunks), but it runs one thread per
+        // (batch x head): with fewer of those than threads (the VAE's one-head mid-block attention) the
+        // reference kernel's threaded matmuls are faster.
+        Kernel::Fused if q.device() == Device::flex() && cpu_takes_fused(n * h) => {
             return fused(q, k, v, score_divisor, mask);
         }
+        Kernel::Fused if q.device() == Device::flex() => Path::Reference,
         Kernel::Fused if mask.is_none() => Path::Cube,
         Kernel::Fused => Path::Reference,
     };
@@ -171,6 +176,23 @@ pub fn attention(
         batches.push(Tensor::cat(rows, 2));
     }
     Tensor::cat(batches, 0).reshape([n, h, l, dv])
+}
+
+/// Whether a product of `batch_heads` (batch x heads) runs on the CPU's fused kernel (else the reference one).
+pub fn cpu_takes_fused(batch_heads: usize) -> bool {
+    batch_heads >= cpu_threads()
+}
+
+/// The CPU back-end's thread count (rayon's: `RAYON_NUM_THREADS`, else every core).
+fn cpu_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
 }
 
 /// How [`attention`] computes each chunk.
@@ -307,7 +329,8 @@ mod tests {
                     attention(q.clone(), k.clone(), v.clone(), Some(2.2), mask.clone())
                 });
                 let shape = mask.as_ref().map(|m| m.dims());
-                let fused = attention(q.clone(), k.clone(), v.clone(), Some(2.2), mask.clone());
+                // The kernel itself (attention() may route small batch x heads to the reference kernel).
+                let fused = fused(q.clone(), k.clone(), v.clone(), Some(2.2), mask.clone());
                 let diff = max_diff(reference.clone(), fused);
                 assert!(diff < 1e-5, "fused, {:?}, mask {shape:?}: {diff}", (n, h, l, s, d, dv));
                 if mask.is_none() {

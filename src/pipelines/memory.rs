@@ -58,7 +58,8 @@ fn score_bytes(batch_heads: usize, rows: usize, keys: usize, cpu: bool) -> u64 {
     let full = (batch_heads as u64).saturating_mul(rows as u64).saturating_mul(keys as u64) * ELEMENT_BYTES;
     match attention::kernel() {
         // The CPU flash kernel keeps a tile of scores per thread: nothing next to the activations.
-        Kernel::Fused if cpu => 0,
+        Kernel::Fused if cpu && attention::cpu_takes_fused(batch_heads) => 0,
+        Kernel::Fused if cpu => 2 * full.min(attention::score_budget() as u64),
         // One chunk (burn's fallback, when no flash kernel fits, materialises the chunk it is given).
         Kernel::Fused => full.min(attention::score_budget() as u64),
         // Scores and their softmax.
@@ -84,6 +85,19 @@ fn transformer_bytes(t: &Transformer2DModel, channels: usize, n: usize, h: usize
     map_bytes(n, channels, h, w) * 20 + score_bytes(n * heads, tokens, tokens, cpu)
 }
 
+/// The live set of a resnet and the transformer after it (if any) at one resolution.
+fn block_bytes(
+    resnet: &ResnetBlock2D,
+    transformer: Option<&Transformer2DModel>,
+    n: usize,
+    (h, w): (usize, usize),
+    cpu: bool,
+) -> u64 {
+    let channels = resnet.conv1.weight.dims()[0];
+    let working = resnet_bytes(resnet, n, h, w);
+    transformer.map_or(working, |t| working.max(transformer_bytes(t, channels, n, h, w, cpu)))
+}
+
 /// Activation bytes of one UNet call on `n` images of `h` x `w` latents (frames of `frames` per clip when
 /// motion modules run: their temporal attention is over frames, small next to the spatial one).
 pub fn unet_call_bytes(unet: &Unet2DConditionModel, n: usize, h: usize, w: usize, cpu: bool) -> u64 {
@@ -94,13 +108,8 @@ pub fn unet_call_bytes(unet: &Unet2DConditionModel, n: usize, h: usize, w: usize
     for block in &unet.down_blocks {
         resolutions.push((h, w));
         for (i, resnet) in block.resnets.iter().enumerate() {
-            let channels = resnet.conv1.weight.dims()[0];
-            let mut working = resnet_bytes(resnet, n, h, w);
-            if let Some(t) = block.attentions.get(i) {
-                working = working.max(transformer_bytes(t, channels, n, h, w, cpu));
-            }
-            peak = peak.max(skips + working);
-            skips += map_bytes(n, channels, h, w);
+            peak = peak.max(skips + block_bytes(resnet, block.attentions.get(i), n, (h, w), cpu));
+            skips += map_bytes(n, resnet.conv1.weight.dims()[0], h, w);
         }
         if !block.downsamplers.is_empty() {
             (h, w) = (h.div_ceil(2), w.div_ceil(2));
@@ -109,23 +118,13 @@ pub fn unet_call_bytes(unet: &Unet2DConditionModel, n: usize, h: usize, w: usize
         }
     }
     for (i, resnet) in unet.mid_block.resnets.iter().enumerate() {
-        let channels = resnet.conv1.weight.dims()[0];
-        let mut working = resnet_bytes(resnet, n, h, w);
-        if let Some(t) = unet.mid_block.attentions.get(i) {
-            working = working.max(transformer_bytes(t, channels, n, h, w, cpu));
-        }
-        peak = peak.max(skips + working);
+        peak = peak.max(skips + block_bytes(resnet, unet.mid_block.attentions.get(i), n, (h, w), cpu));
     }
     // The up path gives the skips back as it goes; its first resnets see the concatenated input.
     for (level, block) in unet.up_blocks.iter().enumerate() {
-        let (bh, bw) = resolutions.get(resolutions.len().saturating_sub(level + 1)).copied().unwrap_or((h, w));
+        let size = resolutions.get(resolutions.len().saturating_sub(level + 1)).copied().unwrap_or((h, w));
         for (i, resnet) in block.resnets.iter().enumerate() {
-            let channels = resnet.conv1.weight.dims()[0];
-            let mut working = resnet_bytes(resnet, n, bh, bw);
-            if let Some(t) = block.attentions.get(i) {
-                working = working.max(transformer_bytes(t, channels, n, bh, bw, cpu));
-            }
-            peak = peak.max(skips + working);
+            peak = peak.max(skips + block_bytes(resnet, block.attentions.get(i), n, size, cpu));
         }
         skips = skips.saturating_sub(skips / (unet.up_blocks.len() - level) as u64);
     }
