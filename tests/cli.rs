@@ -266,6 +266,8 @@ fn bench_times_a_full_size_network_with_random_weights_and_prints_json() {
     assert!(!o.status.success() && stderr(&o).contains("--size 12"), "{}", stderr(&o));
     let o = stepstone(&["bench", "--case", "video-unet", "--frames", "33"], dir.path());
     assert!(!o.status.success() && stderr(&o).contains("--frames 33"), "{}", stderr(&o));
+    let o = stepstone(&["bench", "--case", "clip", "--dtype", "f16"], dir.path());
+    assert!(!o.status.success() && stderr(&o).contains("the CPU back-end computes in f32"), "{}", stderr(&o));
 }
 
 /// The full-size SD 1.5 UNet (860M parameters) at the smallest latent it takes: the smoke test of the UNet

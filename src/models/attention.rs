@@ -290,6 +290,7 @@ mod tests {
 
     fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
         let values = (a - b).abs().to_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        assert!(values.iter().all(|v| v.is_finite()), "a difference is not finite");
         values.into_iter().fold(0.0, f32::max)
     }
 

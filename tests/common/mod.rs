@@ -58,9 +58,13 @@ pub fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     t.to_data().try_to_vec::<f32>().unwrap()
 }
 
-/// Max absolute difference; panics with the measured figure when it exceeds `tol`.
+/// Max absolute difference; panics with the measured figure when it exceeds `tol`. A NaN anywhere fails
+/// (`f32::max` alone would skip it: NaN outputs once compared as "max error 0").
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) -> f32 {
     assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a.is_nan() || b.is_nan()) {
+        panic!("{what}: value {i} is NaN (got {}, expected {})", got[i], want[i]);
+    }
     let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(err.is_finite() && err <= tol, "{what}: max abs error {err:e} > {tol:e}");
     err
