@@ -44,6 +44,9 @@ ours unet 60 --case unet --size 64 --repeat 5
 ours video 90 --case video-unet --size 64 --frames 16 --repeat 3
 ours vae 45 --case vae-decode --size 64 --repeat 5
 ours clip 30 --case clip --repeat 5
+# f16 (timing only: stepstone's f16 numerics are not right yet, see docs/PERFORMANCE.md).
+ours unet-f16 45 --case unet --size 64 --repeat 5 --dtype f16
+ours video-f16 60 --case video-unet --size 64 --frames 16 --repeat 3 --dtype f16
 
 # PyTorch: fp16 (the usual GPU setting) and fp32 (the same arithmetic as ours). CLIP runs on the machine's
 # own transformers; the diffusers cases on the carried diffusers 0.27.2 + huggingface_hub 0.23.4.
@@ -68,15 +71,15 @@ def load(name):
     except (OSError, ValueError):
         return None
 torch = {d: load(f"pt-{d}.json") for d in ("f16", "f32")}
-print("| case | stepstone vulkan f32 ms | PyTorch f32 ms | PyTorch f16 ms | ours / f32 | ours / f16 | ours peak MB (est.) |")
+print("| case | stepstone vulkan ms (dtype) | PyTorch f32 ms | PyTorch f16 ms | ours / f32 | ours / f16 | ours peak MB (est.) |")
 print("|---|---|---|---|---|---|---|")
-for name in ("unet", "video", "vae", "clip", "i4vgen"):
+for name in ("unet", "unet-f16", "video", "video-f16", "vae", "clip", "i4vgen"):
     ours = load(f"ss-{name}.json")
     if not ours:
         print(f"| {name} | failed | | | | | |")
         continue
     c = ours["cases"][0]
-    row = [c["case"], f'{c["min_ms"]:.1f}']
+    row = [c["case"], f'{c["min_ms"]:.1f} ({ours["dtype"]})']
     for d in ("f32", "f16"):
         t = torch[d] and next((x for x in torch[d]["cases"] if x["case"] == c["case"]), None)
         row.append(f'{t["min_ms"]:.1f}' if t else "-")
