@@ -77,9 +77,9 @@ pub struct BenchArgs {
     /// Where the networks run.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
-    /// Float precision of weights and activations (the device's default float type). The CPU back-end
-    /// computes in f32 only; f16/bf16 on the GPU back-ends are for timing: their numerics are not right yet
-    /// (the UNet gives NaN in f16 on llvmpipe; see docs/PERFORMANCE.md).
+    /// Float precision of weights and activations (the device's default float type; weights are cast at
+    /// load). The CPU back-end computes in f32 only. f16 is parity-tested on wgpu (tests/half_precision.rs);
+    /// bf16 is not tested.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub dtype: Precision,
     /// The attention kernel: burn's fused one where the device has it, or the reference three-kernel

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::{
-    ApplyError, ApplyResult, ChainAdapter, FloatCastAdapter, KeyRemapper, ModuleAdapter, ModuleContext,
-    ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore, bridge,
+    ApplyError, ApplyResult, ChainAdapter, FloatCastAdapter, KeyRemapper, ModuleAdapter, ModuleContext, ModuleSnapshot,
+    ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore, bridge,
 };
 use burn::tensor::{DType, Shape, TensorData};
 
@@ -132,8 +132,32 @@ impl ModuleAdapter for Conv1x1ToLinear {
     }
 }
 
-/// Loads `path` into `module` (weights are converted to f32), checking the result.
-pub fn load_into<M: ModuleSnapshot>(
+/// Casts every float parameter to the float type of the device it lives on (its default: f32 unless a
+/// half-precision run configured the device otherwise). Files are read as f32 (see [`load_into`]); this
+/// is where an f16 run's weights become f16. A no-op at f32.
+pub fn to_device_dtype<M: burn::module::Module + Clone>(module: &mut M) {
+    struct Cast;
+    impl burn::module::ModuleMapper for Cast {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<burn::tensor::Tensor<D>>,
+        ) -> burn::module::Param<burn::tensor::Tensor<D>> {
+            param.map(|t| {
+                let dtype = t.device().settings().float_dtype;
+                t.cast(dtype)
+            })
+        }
+    }
+    let needs_cast =
+        module.devices().first().is_some_and(|d| d.settings().float_dtype != burn::tensor::FloatDType::F32);
+    if needs_cast {
+        *module = module.clone().map(&mut Cast);
+    }
+}
+
+/// Loads `path` into `module` (weights are converted to f32, then to the device's float type), checking
+/// the result.
+pub fn load_into<M: ModuleSnapshot + Clone>(
     module: &mut M,
     path: &Path,
     options: &LoadOptions<'_>,
@@ -194,7 +218,9 @@ pub fn load_into<M: ModuleSnapshot>(
             ),
         });
     }
-    check(path, result, options.ignore_unused)
+    let report = check(path, result, options.ignore_unused)?;
+    to_device_dtype(module);
+    Ok(report)
 }
 
 fn check(path: &Path, result: ApplyResult, ignore: &[&str]) -> Result<LoadReport, LoadError> {
