@@ -326,3 +326,20 @@ fn bench_estimates_the_reference_run_without_running_it() {
     assert!((5_000.0..6_500.0).contains(&weights), "{weights}");
     assert!(weights < sequential && sequential < together, "{weights} < {sequential} < {together}");
 }
+
+/// `run --dtype f16 --device wgpu`: the whole demo graph in half precision (weights cast at load, every
+/// activation f16) writes a clip; the CPU refuses f16, naming it.
+#[test]
+fn run_in_half_precision_on_wgpu_writes_a_clip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, preset) = (repo("assets/demo-models"), repo("graphs/i4vgen_demo.json"));
+    let mut args = vec!["run", preset.as_str(), "--models", &models, "--out", "half.mp4", "--quiet"];
+    args.extend(SMALL_DEMO);
+    let o = stepstone(&[args.as_slice(), &["--dtype", "f16"]].concat(), dir.path());
+    let refused = stderr(&o).contains("--dtype f16: the CPU back-end computes in f32");
+    assert!(!o.status.success() && refused, "{}", stderr(&o));
+    let o = stepstone(&[args.as_slice(), &["--dtype", "f16", "--device", "wgpu"]].concat(), dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let back = stepstone::video::encode::decode(&dir.path().join("half.mp4")).unwrap();
+    assert_eq!((back.frames.len(), back.width, back.height), (3, 64, 64));
+}

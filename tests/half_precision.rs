@@ -92,3 +92,25 @@ fn vae_in_f16_matches_diffusers() {
     let decoded = vae.decode(fx.tensor::<4>("z", &device));
     assert_relative("VAE decode f16 vs diffusers f32", &values(&decoded), fx.values("decoded"), 1e-2);
 }
+
+/// Memory planning counts f16 weights and activations at two bytes.
+#[test]
+fn memory_estimates_halve_in_f16() {
+    use burn::module::Module;
+    use stepstone::models::unet::VideoUnet;
+    use stepstone::models::{load_unet, load_vae};
+    use stepstone::pipelines::memory::{CfgBatch, StageShape, stage_estimate};
+
+    let shape = StageShape { clips: 1, frames: 4, height: 8, width: 8, cfg_batch: CfgBatch::Together };
+    let estimate = |device: &Device| {
+        let (unet, _) = load_unet(&common::fixtures().join("unet/unet"), device).unwrap();
+        let (vae, _) = load_vae(&common::fixtures().join("vae/vae"), device).unwrap();
+        let params = (unet.num_params() + vae.num_params()) as u64;
+        (stage_estimate(&VideoUnet::new(unet, None).unwrap(), &vae, shape, false), params)
+    };
+    let (half, params) = estimate(&f16_device());
+    let (full, _) = estimate(&common::cpu());
+    assert_eq!(half.weights, params * 2);
+    assert_eq!(full.weights, params * 4);
+    assert!(half.activations * 2 <= full.activations + 8 && half.activations * 2 + 8 >= full.activations);
+}

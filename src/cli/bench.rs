@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::tensor::{Distribution, Int, Tensor};
 
-use super::DeviceChoice;
+use super::{DeviceChoice, Precision};
 use crate::models::attention::Kernel;
 use crate::models::clip::ClipTextConfig;
 use crate::models::unet::motion::MotionVersion;
@@ -91,33 +91,6 @@ pub struct BenchArgs {
     pub score_budget_mb: usize,
 }
 
-/// `--dtype`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Precision {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl Precision {
-    /// The half-precision float type, `None` for f32.
-    fn half(self) -> Option<burn::tensor::FloatDType> {
-        match self {
-            Precision::F32 => None,
-            Precision::F16 => Some(burn::tensor::FloatDType::F16),
-            Precision::Bf16 => Some(burn::tensor::FloatDType::BF16),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::F16 => "f16",
-            Precision::Bf16 => "bf16",
-        }
-    }
-}
-
 /// `--cfg-batch`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CfgArg {
@@ -163,18 +136,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         args.cases.clone()
     };
-    let mut device = args.device.device()?;
-    if let Some(dtype) = args.dtype.half() {
-        // Every tensor the networks create (weights, activations, inputs) takes the device's default dtype;
-        // burn's GroupNorm and LayerNorm widen their statistics to f32, its flash kernels accumulate in f32.
-        if device == burn::tensor::Device::flex() {
-            anyhow::bail!("--dtype {}: the CPU back-end computes in f32", args.dtype.name());
-        }
-        if !device.supports_dtype(dtype) {
-            anyhow::bail!("--dtype {}: {} does not support it", args.dtype.name(), args.device.name());
-        }
-        device.configure(dtype).map_err(|e| anyhow::anyhow!("--dtype {}: {e:?}", args.dtype.name()))?;
-    }
+    let device = super::open_device(args.device, args.dtype)?;
     let mut results = Vec::new();
     for case in cases {
         let budget = args.score_budget_mb.saturating_mul(1 << 20);

@@ -66,6 +66,9 @@ pub struct EditArgs {
     /// See `stepstone run --help`.
     #[arg(long, value_name = "MB")]
     pub memory_limit: Option<u64>,
+    /// See `stepstone run --help`.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
     /// Run the graph's outputs as soon as it is open.
     #[arg(long)]
     pub run: bool,
@@ -115,6 +118,10 @@ pub struct RunArgs {
     /// the system has available; on a GPU, no check.
     #[arg(long, value_name = "MB")]
     pub memory_limit: Option<u64>,
+    /// Float precision of the models on a GPU back-end: f16 halves their memory (parity-tested on wgpu);
+    /// bf16 is untested; the CPU computes in f32.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
 }
 
 /// The compute device the models run on.
@@ -130,6 +137,50 @@ pub enum DeviceChoice {
     Vulkan,
     /// burn's CUDA back-end: only in a build with `--features cuda` (see Cargo.toml).
     Cuda,
+}
+
+/// `--dtype`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    /// The half-precision float type, `None` for f32.
+    pub fn half(self) -> Option<burn::tensor::FloatDType> {
+        match self {
+            Precision::F32 => None,
+            Precision::F16 => Some(burn::tensor::FloatDType::F16),
+            Precision::Bf16 => Some(burn::tensor::FloatDType::BF16),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// The device of `choice` with `precision` as its float type: every tensor the networks create (weights,
+/// activations, inputs) takes it, and loaded weights are cast to it. burn's GroupNorm and LayerNorm widen
+/// their statistics to f32 and its flash kernels accumulate in f32. The CPU back-end computes in f32.
+pub fn open_device(choice: DeviceChoice, precision: Precision) -> anyhow::Result<burn::tensor::Device> {
+    let mut device = choice.device()?;
+    if let Some(dtype) = precision.half() {
+        if device == burn::tensor::Device::flex() {
+            anyhow::bail!("--dtype {}: the CPU back-end computes in f32", precision.name());
+        }
+        if !device.supports_dtype(dtype) {
+            anyhow::bail!("--dtype {}: {} does not support it", precision.name(), choice.name());
+        }
+        device.configure(dtype).map_err(|e| anyhow::anyhow!("--dtype {}: {e:?}", precision.name()))?;
+    }
+    Ok(device)
 }
 
 /// A device this build cannot open.
@@ -188,6 +239,7 @@ impl Default for EditArgs {
             out_dir: PathBuf::from(crate::graph::access::DEFAULT_OUTPUT_DIR),
             device: DeviceChoice::Cpu,
             memory_limit: None,
+            dtype: Precision::F32,
             run: false,
             allow_paths: false,
             screenshot: None,
@@ -202,6 +254,7 @@ fn edit(args: EditArgs) -> anyhow::Result<()> {
         output_dir: args.out_dir,
         allow_paths: args.allow_paths,
         memory_limit: args.memory_limit.map(|mb| mb.saturating_mul(1_000_000)),
+        dtype: args.dtype,
         device: args.device,
         open: args.file,
         run: args.run,

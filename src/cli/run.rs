@@ -105,7 +105,7 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
     // exits at once.
     signals::install().context("cannot install the Ctrl-C handler")?;
     let mut watch = signals::Watch::default();
-    let device = args.device.device()?;
+    let device = super::open_device(args.device, args.dtype)?;
     let memory_limit = args.memory_limit.map(|mb| mb.saturating_mul(1_000_000));
     let mut worker = Worker::spawn(
         move || {

@@ -14,7 +14,8 @@ use crate::models::unet::attention::Transformer2DModel;
 use crate::models::unet::{Unet2DConditionModel, VideoUnet};
 use crate::models::vae::AutoencoderKl;
 
-/// Bytes per activation and weight element (f32).
+/// Bytes per activation and weight element at f32 (the sizes below are f32's; [`stage_estimate`] scales
+/// them to the device's float type).
 pub const ELEMENT_BYTES: u64 = 4;
 
 /// How classifier-free guidance runs its two branches.
@@ -191,7 +192,13 @@ pub fn stage_estimate(unet: &VideoUnet, vae: &AutoencoderKl, shape: StageShape, 
     // The decoded clip (3 x 8h x 8w per frame) stays while the remaining frames decode.
     let frames_out = map_bytes(shape.clips * shape.frames, 3, shape.height * 8, shape.width * 8);
     let params = unet.num_params() as u64 + vae.num_params() as u64;
-    Estimate { weights: params * ELEMENT_BYTES, activations: unet_bytes.max(decode + frames_out) }
+    // The sizes above are f32's; a half-precision device holds half (its statistics and accumulators are
+    // f32, but small next to the maps).
+    let element = unet
+        .devices()
+        .first()
+        .map_or(ELEMENT_BYTES, |d| burn::tensor::DType::from(d.settings().float_dtype).size() as u64);
+    Estimate { weights: params * element, activations: unet_bytes.max(decode + frames_out) / ELEMENT_BYTES * element }
 }
 
 /// Gigabytes with one decimal, for messages.

@@ -33,6 +33,8 @@ pub struct LaunchOptions {
     /// With `run`: let the graph read the input files it names (`--allow-paths`).
     pub allow_paths: bool,
     pub device: DeviceChoice,
+    /// The models' float precision (`--dtype`).
+    pub dtype: crate::cli::Precision,
     /// The memory limit of generation nodes in bytes (`--memory-limit`; see [`crate::pipelines::memory`]).
     pub memory_limit: Option<u64>,
     /// A preset or clip to open.
@@ -136,7 +138,7 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
     if let Err(e) = crate::signals::install() {
         tracing::warn!("Ctrl-C will end the editor without cleaning up: {e}");
     }
-    let device = options.device.device()?;
+    let device = crate::cli::open_device(options.device, options.dtype)?;
     let result = std::sync::Arc::new(std::sync::Mutex::new(None));
     let app_result = result.clone();
     eframe::run_native(
