@@ -63,8 +63,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 25)]
     pub steps: usize,
     /// How guidance runs its branches: `together` (one UNet call of twice the batch) or `sequential`.
-    #[arg(long, value_enum, default_value_t = CfgArg::Together)]
-    pub cfg_batch: CfgArg,
+    #[arg(long, value_enum, default_value_t = CfgBatch::Together)]
+    pub cfg_batch: CfgBatch,
     /// Print memory planning's estimate of each case (`estimated_peak_mb`) without running anything.
     #[arg(long)]
     pub estimate_only: bool,
@@ -84,43 +84,11 @@ pub struct BenchArgs {
     pub dtype: Precision,
     /// The attention kernel: burn's fused one where the device has it, or the reference three-kernel
     /// product in chunks.
-    #[arg(long, value_enum, default_value_t = AttentionArg::Fused)]
-    pub attention: AttentionArg,
+    #[arg(long, value_enum, default_value_t = Kernel::Fused)]
+    pub attention: Kernel,
     /// The attention score budget in MiB (larger score tensors are computed in chunks).
     #[arg(long, value_name = "MIB", default_value_t = crate::models::attention::DEFAULT_SCORE_BUDGET >> 20)]
     pub score_budget_mb: usize,
-}
-
-/// `--cfg-batch`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum CfgArg {
-    Together,
-    Sequential,
-}
-
-impl CfgArg {
-    fn cfg_batch(self) -> CfgBatch {
-        match self {
-            CfgArg::Together => CfgBatch::Together,
-            CfgArg::Sequential => CfgBatch::Sequential,
-        }
-    }
-}
-
-/// `--attention`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttentionArg {
-    Fused,
-    Reference,
-}
-
-impl AttentionArg {
-    fn kernel(self) -> Kernel {
-        match self {
-            AttentionArg::Fused => Kernel::Fused,
-            AttentionArg::Reference => Kernel::Reference,
-        }
-    }
 }
 
 /// Runs the cases and prints one JSON object.
@@ -140,7 +108,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for case in cases {
         let budget = args.score_budget_mb.saturating_mul(1 << 20);
-        let (times, estimate) = crate::models::attention::with_kernel(args.attention.kernel(), || {
+        let (times, estimate) = crate::models::attention::with_kernel(args.attention, || {
             crate::models::attention::with_score_budget(budget, || run_case(case, &args, &device))
         })
         .with_context(|| format!("bench case {}", case.name()))?;
@@ -176,8 +144,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "adapter": adapter_name(&device),
         "implementation": "stepstone",
         "dtype": args.dtype.name(),
-        "cfg_batch": args.cfg_batch.cfg_batch().name(),
-        "attention": match args.attention { AttentionArg::Fused => "fused", AttentionArg::Reference => "reference" },
+        "cfg_batch": args.cfg_batch.name(),
+        "attention": args.attention.name(),
         "score_budget_mb": args.score_budget_mb,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "weights": "random (full-size SD 1.5 configurations)",
@@ -201,7 +169,7 @@ fn run_case(
     let (size, repeat) = (args.size, args.repeat.max(1));
     let cpu = *device == burn::tensor::Device::flex();
     let weights = |params: usize| params as u64 * memory::ELEMENT_BYTES;
-    let cfg_batch = args.cfg_batch.cfg_batch();
+    let cfg_batch = args.cfg_batch;
     let normal = Distribution::Normal(0.0, 1.0);
     let time = |f: &dyn Fn() -> anyhow::Result<usize>| -> anyhow::Result<Vec<f64>> {
         if args.estimate_only {

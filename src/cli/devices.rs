@@ -34,8 +34,9 @@ fn list(choice: DeviceChoice, kind: DeviceType) {
         Ok(names) if names.is_empty() => println!("{:<8} none found", choice.name()),
         Ok(names) => {
             for (i, (name, default)) in names.iter().enumerate() {
-                let default = if *default { "  (what --device {} opens)" } else { "" };
-                println!("{:<8} #{i} {name}{}", choice.name(), default.replace("{}", choice.name()));
+                let default =
+                    if *default { format!("  (what --device {} opens)", choice.name()) } else { String::new() };
+                println!("{:<8} #{i} {name}{default}", choice.name());
             }
         }
         Err(_) => println!("{:<8} unavailable (the runtime could not open its devices)", choice.name()),

@@ -41,8 +41,8 @@ const SCORE_BYTES: usize = 4;
 /// an f16 tensor-core instruction; a multiple of it also suits the f32 unit kernels).
 pub const CUBE_HEAD_MULTIPLE: usize = 16;
 
-/// Which kernel computes an attention product.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which kernel computes an attention product (also `stepstone bench --attention`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kernel {
     /// burn's fused attention where the device has one (see the module docs), else [`Kernel::Reference`].
     Fused,
@@ -53,6 +53,15 @@ pub enum Kernel {
 thread_local! {
     static BUDGET: Cell<usize> = const { Cell::new(DEFAULT_SCORE_BUDGET) };
     static KERNEL: Cell<Kernel> = const { Cell::new(Kernel::Fused) };
+}
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Fused => "fused",
+            Kernel::Reference => "reference",
+        }
+    }
 }
 
 /// The attention kernel of this thread.

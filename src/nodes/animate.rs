@@ -54,7 +54,7 @@ pub(super) fn ni_vsds(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeErro
     let still = i4vgen::static_video(&latent, 0, frames).map_err(failed)?;
     // One fixed noise for every iteration (the "noise-invariant" of NI-VSDS).
     let noise = SeededNoise::new(seed).normal("ni_vsds", still.dims(), &device).map_err(|e| failed(e.into()))?;
-    let model = guided(ctx, &unet, &text)?;
+    let model = guided(ctx, &unet, &text, shape)?;
     let z = with_progress(ctx, |observer| i4vgen::ni_vsds(&model, &ddim, still, noise, p, &step_sizes, observer))?;
     let video = clip_of(&inputs.checkpoint, &z, &inputs.prompt, seed)?;
     finish(ctx, video)
@@ -82,7 +82,7 @@ pub(super) fn regenerator(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, Node
     let text = encode(ctx, &inputs.checkpoint, &inputs.prompt)?;
     let z = latents.to_tensor(&device);
     let noise = SeededNoise::new(seed).normal("regenerate", z.dims(), &device).map_err(|e| failed(e.into()))?;
-    let model = guided(ctx, &unet, &text)?;
+    let model = guided(ctx, &unet, &text, shape)?;
     let z = with_progress(ctx, |observer| i4vgen::regenerate(&model, &ddim, z, noise, strength, observer))?;
     let video = clip_of(&inputs.checkpoint, &z, &inputs.prompt, seed)?;
     finish(ctx, video)
@@ -100,9 +100,9 @@ pub(super) fn text_to_video(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, No
     check_memory(ctx, &unet, &inputs.checkpoint, shape, Some("frames"), true)?;
     let text = encode(ctx, &inputs.checkpoint, &inputs.prompt)?;
     let channels = unet.unet.in_channels();
-    let shape = [1, channels, frames, height / 8, width / 8];
-    let noise = SeededNoise::new(seed).normal("text_to_video", shape, &device).map_err(|e| failed(e.into()))?;
-    let model = guided(ctx, &unet, &text)?;
+    let noise_shape = [1, channels, frames, height / 8, width / 8];
+    let noise = SeededNoise::new(seed).normal("text_to_video", noise_shape, &device).map_err(|e| failed(e.into()))?;
+    let model = guided(ctx, &unet, &text, shape)?;
     let z = with_progress(ctx, |observer| i4vgen::text_to_video(&model, &ddim, noise, observer))?;
     let video = clip_of(&inputs.checkpoint, &z, &inputs.prompt, seed)?;
     finish(ctx, video)

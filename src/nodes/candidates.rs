@@ -33,7 +33,7 @@ pub(super) fn evaluate(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeErr
     let noise = SeededNoise::new(seed)
         .normal("candidates", [1, channels, count, height / 8, width / 8], &device)
         .map_err(|e| failed(e.into()))?;
-    let model = guided(ctx, &unet, &text)?;
+    let model = guided(ctx, &unet, &text, shape)?;
     let latents = with_progress(ctx, |observer| i4vgen::candidates(&model, &ddim, noise, observer))?;
     let images: Vec<Arc<image::RgbImage>> =
         i4vgen::images_of(&i4vgen::decode(&checkpoint.model.vae, latents.clone())).into_iter().map(Arc::new).collect();

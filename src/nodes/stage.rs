@@ -141,13 +141,14 @@ pub(super) fn cfg_batch(ctx: &EvalContext<'_>) -> Result<CfgBatch, NodeError> {
     })
 }
 
-/// The guided UNet of the node's `cfg` and `cfg_batch`.
+/// The guided UNet of the node's `cfg`, with the `cfg_batch` the node planned its memory for.
 pub(super) fn guided<'a>(
     ctx: &EvalContext<'_>,
     unet: &'a VideoUnet,
     text: &'a TextConditioning,
+    shape: StageShape,
 ) -> Result<Guided<'a>, NodeError> {
-    Ok(Guided::new(unet, text, ctx.param_f64("cfg")?).with_cfg_batch(cfg_batch(ctx)?))
+    Ok(Guided::new(unet, text, ctx.param_f64("cfg")?).with_cfg_batch(shape.cfg_batch))
 }
 
 /// The memory this node may use: the run's limit, or on the CPU what the system has available now; `None`
@@ -175,14 +176,15 @@ pub(super) fn check_memory(
     let Some(room) = room(ctx) else { return Ok(()) };
     let cpu = *ctx.device == burn::tensor::Device::flex();
     let vae = &checkpoint.model.vae;
+    let estimate_of = |shape: StageShape| memory::stage_estimate(unet, vae, shape, cpu);
     let fits = |shape: StageShape| {
-        let e = memory::stage_estimate(unet, vae, shape, cpu);
+        let e = estimate_of(shape);
         e.activations <= room.for_activations(e.weights)
     };
-    if fits(shape) {
+    let estimate = estimate_of(shape);
+    if estimate.activations <= room.for_activations(estimate.weights) {
         return Ok(());
     }
-    let estimate = memory::stage_estimate(unet, vae, shape, cpu);
     let mut advice = Vec::new();
     if let Some(name) = frames_param {
         if let Some(f) = (1..shape.frames).rev().find(|&f| fits(StageShape { frames: f, ..shape })) {
@@ -202,9 +204,8 @@ pub(super) fn check_memory(
         }
     }
     if shape.cfg_batch == CfgBatch::Together {
-        let sequential = StageShape { cfg_batch: CfgBatch::Sequential, ..shape };
-        let e = memory::stage_estimate(unet, vae, sequential, cpu);
-        if fits(sequential) {
+        let e = estimate_of(StageShape { cfg_batch: CfgBatch::Sequential, ..shape });
+        if e.activations <= room.for_activations(e.weights) {
             advice.push(format!("cfg_batch sequential (about {} of activations)", memory::gb(e.activations)));
         }
     }

@@ -18,8 +18,8 @@ use crate::models::vae::AutoencoderKl;
 /// them to the device's float type).
 pub const ELEMENT_BYTES: u64 = 4;
 
-/// How classifier-free guidance runs its two branches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// How classifier-free guidance runs its two branches (also `stepstone bench --cfg-batch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum CfgBatch {
     /// Unconditional and conditional in one UNet call of twice the batch (the reference's way; fastest).
     #[default]
