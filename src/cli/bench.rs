@@ -167,7 +167,7 @@ fn run_case(
 ) -> anyhow::Result<(Vec<f64>, Option<memory::Estimate>)> {
     use burn::module::Module;
     let (size, repeat) = (args.size, args.repeat.max(1));
-    let cpu = *device == burn::tensor::Device::flex();
+    let cpu = crate::models::is_cpu(device);
     let weights = |params: usize| params as u64 * memory::ELEMENT_BYTES;
     let cfg_batch = args.cfg_batch;
     let normal = Distribution::Normal(0.0, 1.0);
@@ -269,7 +269,7 @@ fn read_back<const D: usize>(t: Tensor<D>) -> usize {
 
 /// The GPU's name as its back-end reports it (`None` on the CPU).
 fn adapter_name(device: &burn::tensor::Device) -> Option<String> {
-    if *device == burn::tensor::Device::flex() {
+    if crate::models::is_cpu(device) {
         return None;
     }
     device.identity().map(|id| id.name.to_string())

@@ -170,9 +170,17 @@ impl Precision {
 /// activations, inputs) takes it, and loaded weights are cast to it. burn's GroupNorm and LayerNorm widen
 /// their statistics to f32 and its flash kernels accumulate in f32. The CPU back-end computes in f32.
 pub fn open_device(choice: DeviceChoice, precision: Precision) -> anyhow::Result<burn::tensor::Device> {
-    let mut device = choice.device()?;
+    with_precision(choice.device()?, choice, precision)
+}
+
+/// `device` (of kind `choice`) with `precision` as its float type; see [`open_device`].
+pub fn with_precision(
+    mut device: burn::tensor::Device,
+    choice: DeviceChoice,
+    precision: Precision,
+) -> anyhow::Result<burn::tensor::Device> {
     if let Some(dtype) = precision.half() {
-        if device == burn::tensor::Device::flex() {
+        if crate::models::is_cpu(&device) {
             anyhow::bail!("--dtype {}: the CPU back-end computes in f32", precision.name());
         }
         if !device.supports_dtype(dtype) {

@@ -29,7 +29,7 @@ use std::cell::Cell;
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention as fused_attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 
 /// The largest score tensor computed at once, in bytes, unless a thread sets another.
 pub const DEFAULT_SCORE_BUDGET: usize = 256 << 20;
@@ -145,10 +145,10 @@ pub fn attention(
         // The CPU flash kernel is memory-bounded by itself (no chunks), but it runs one thread per
         // (batch x head): with fewer of those than threads (the VAE's one-head mid-block attention) the
         // reference kernel's threaded matmuls are faster.
-        Kernel::Fused if q.device() == Device::flex() && cpu_takes_fused(n * h) => {
+        Kernel::Fused if super::is_cpu(&q.device()) && cpu_takes_fused(n * h) => {
             return fused(q, k, v, score_divisor, mask);
         }
-        Kernel::Fused if q.device() == Device::flex() => Path::Reference,
+        Kernel::Fused if super::is_cpu(&q.device()) => Path::Reference,
         Kernel::Fused if mask.is_none() => Path::Cube,
         Kernel::Fused => Path::Reference,
     };

@@ -53,6 +53,12 @@ use burn::tensor::Device;
 
 pub use load::{LoadError, LoadOptions, LoadReport};
 
+/// Whether `device` is the CPU back-end (burn flex), which computes in f32, reports no device memory and
+/// runs its own attention kernels.
+pub fn is_cpu(device: &Device) -> bool {
+    *device == Device::flex()
+}
+
 /// Files of one component in a diffusers folder, in the order diffusers prefers them.
 pub fn diffusers_weight_file(dir: &Path, stem: &str, prefer_fp16: bool) -> Option<PathBuf> {
     let mut candidates = vec![format!("{stem}.safetensors"), format!("{stem}.bin")];

@@ -11,7 +11,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::blocks::{Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D, conv2d, group_norm};
+use super::blocks::{Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D, conv_forward, conv2d, group_norm};
 use super::bounds::{
     self, MAX_CHANNELS, MAX_IMAGE_SIZE, MAX_IO_CHANNELS, MAX_LAYERS_PER_BLOCK, MAX_LEVELS, OutOfRange,
 };
@@ -376,10 +376,10 @@ impl AutoencoderKl {
     /// Images in [-1, 1], [N, 3, H, W] -> the posterior over unscaled latents [N, 4, H/8, W/8].
     pub fn encode(&self, x: Tensor<4>) -> DiagonalGaussian {
         let e = &self.encoder;
-        let h = e.down_blocks.iter().fold(e.conv_in.forward(x), |h, block| block.forward(h));
+        let h = e.down_blocks.iter().fold(conv_forward(&e.conv_in, x), |h, block| block.forward(h));
         let h = e.mid_block.forward(h);
-        let h = e.conv_out.forward(silu(e.conv_norm_out.forward(h)));
-        let moments = self.quant_conv.forward(h);
+        let h = conv_forward(&e.conv_out, silu(e.conv_norm_out.forward(h)));
+        let moments = conv_forward(&self.quant_conv, h);
         let [n, c2, hh, ww] = moments.dims();
         let c = c2 / 2;
         let mean = moments.clone().slice([0..n, 0..c, 0..hh, 0..ww]);
@@ -390,9 +390,9 @@ impl AutoencoderKl {
     /// Unscaled latents [N, 4, h, w] -> images in about [-1, 1], [N, 3, 8h, 8w].
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
         let d = &self.decoder;
-        let h = d.conv_in.forward(self.post_quant_conv.forward(z));
+        let h = conv_forward(&d.conv_in, conv_forward(&self.post_quant_conv, z));
         let h = d.up_blocks.iter().fold(d.mid_block.forward(h), |h, block| block.forward(h));
-        d.conv_out.forward(silu(d.conv_norm_out.forward(h)))
+        conv_forward(&d.conv_out, silu(d.conv_norm_out.forward(h)))
     }
 
     /// Posterior mean of the images, times the scaling factor (the latents pipelines work with).

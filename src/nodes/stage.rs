@@ -156,7 +156,7 @@ pub(super) fn guided<'a>(
 fn room(ctx: &EvalContext<'_>) -> Option<Room> {
     match ctx.memory_limit {
         Some(limit) => Some(Room::Limit(limit)),
-        None if *ctx.device == burn::tensor::Device::flex() => memory::system_available().map(Room::Available),
+        None if crate::models::is_cpu(ctx.device) => memory::system_available().map(Room::Available),
         None => None,
     }
 }
@@ -174,7 +174,7 @@ pub(super) fn check_memory(
     size_params: bool,
 ) -> Result<(), NodeError> {
     let Some(room) = room(ctx) else { return Ok(()) };
-    let cpu = *ctx.device == burn::tensor::Device::flex();
+    let cpu = crate::models::is_cpu(ctx.device);
     let vae = &checkpoint.model.vae;
     let estimate_of = |shape: StageShape| memory::stage_estimate(unet, vae, shape, cpu);
     let fits = |shape: StageShape| {

@@ -9,7 +9,7 @@
 //! the reference kernel's softmax copy). docs/PERFORMANCE.md compares these estimates with measured peaks.
 
 use crate::models::attention::{self, Kernel};
-use crate::models::blocks::ResnetBlock2D;
+use crate::models::blocks::{ResnetBlock2D, cpu_conv_scratch_bytes};
 use crate::models::unet::attention::Transformer2DModel;
 use crate::models::unet::{Unet2DConditionModel, VideoUnet};
 use crate::models::vae::AutoencoderKl;
@@ -73,9 +73,14 @@ fn map_bytes(n: usize, channels: usize, h: usize, w: usize) -> u64 {
 }
 
 /// A resnet's live set: its input, and two temporaries at its output width.
-fn resnet_bytes(resnet: &ResnetBlock2D, n: usize, h: usize, w: usize) -> u64 {
+fn resnet_bytes(resnet: &ResnetBlock2D, n: usize, h: usize, w: usize, cpu: bool) -> u64 {
     let [out, input, _, _] = resnet.conv1.weight.dims();
-    map_bytes(n, input, h, w) * 2 + map_bytes(n, out, h, w) * 3
+    // On the CPU small maps convolve through im2col columns (models::blocks::conv_forward).
+    let scratch = match cpu {
+        true => cpu_conv_scratch_bytes(&resnet.conv1, n, h, w).max(cpu_conv_scratch_bytes(&resnet.conv2, n, h, w)),
+        false => 0,
+    };
+    map_bytes(n, input, h, w) * 2 + map_bytes(n, out, h, w) * 3 + scratch
 }
 
 /// A spatial transformer's live set: its input and projections (~8 maps), the GEGLU feed-forward's 8x and
@@ -95,7 +100,7 @@ fn block_bytes(
     cpu: bool,
 ) -> u64 {
     let channels = resnet.conv1.weight.dims()[0];
-    let working = resnet_bytes(resnet, n, h, w);
+    let working = resnet_bytes(resnet, n, h, w, cpu);
     transformer.map_or(working, |t| working.max(transformer_bytes(t, channels, n, h, w, cpu)))
 }
 
@@ -137,14 +142,14 @@ pub fn vae_decode_bytes(vae: &AutoencoderKl, h: usize, w: usize, cpu: bool) -> u
     let decoder = &vae.decoder;
     let mut peak = 0u64;
     for resnet in &decoder.mid_block.resnets {
-        peak = peak.max(resnet_bytes(resnet, 1, h, w));
+        peak = peak.max(resnet_bytes(resnet, 1, h, w, cpu));
     }
     let channels = decoder.conv_in.weight.dims()[0];
     peak = peak.max(map_bytes(1, channels, h, w) * 4 + score_bytes(1, h * w, h * w, cpu));
     let (mut h, mut w) = (h, w);
     for block in &decoder.up_blocks {
         for resnet in &block.resnets {
-            peak = peak.max(resnet_bytes(resnet, 1, h, w));
+            peak = peak.max(resnet_bytes(resnet, 1, h, w, cpu));
         }
         if !block.upsamplers.is_empty() {
             let channels = block.resnets.last().map_or(0, |r| r.conv1.weight.dims()[0]);

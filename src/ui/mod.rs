@@ -13,6 +13,7 @@ pub mod app;
 pub mod document;
 pub mod params;
 pub mod session;
+pub mod shared_device;
 pub mod thumbs;
 pub mod viewer;
 
@@ -123,6 +124,29 @@ fn save_screenshot(image: &egui::ColorImage, path: &std::path::Path) -> anyhow::
     buffer.save(path).map_err(|e| anyhow::anyhow!("cannot write the screenshot {}: {e}", path.display()))
 }
 
+/// Whether the models run on the window's wgpu device: with `--device wgpu` (burn's WGSL path, which can
+/// take a device made elsewhere). `vulkan` (SPIR-V) and `cuda` create their devices their own way.
+fn shares_window_device(choice: DeviceChoice) -> bool {
+    choice == DeviceChoice::Wgpu
+}
+
+/// The window's device for the models, or a wgpu device of their own when burn cannot use it.
+fn window_or_own_device(
+    render: Option<&eframe::egui_wgpu::RenderState>,
+    dtype: crate::cli::Precision,
+) -> anyhow::Result<burn::tensor::Device> {
+    match shared_device::models_device(render) {
+        Ok((device, adapter)) => {
+            tracing::info!("the window and the models share one wgpu device: {adapter}");
+            crate::cli::with_precision(device, DeviceChoice::Wgpu, dtype)
+        }
+        Err(e) => {
+            tracing::warn!("{e}; the models get a wgpu device of their own");
+            crate::cli::open_device(DeviceChoice::Wgpu, dtype)
+        }
+    }
+}
+
 /// Opens the editor window and returns when it is closed.
 pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
     let native = eframe::NativeOptions {
@@ -132,13 +156,23 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
             .with_inner_size([1440.0, 900.0])
             .with_min_inner_size([640.0, 400.0])
             .with_drag_and_drop(true),
+        // With `--device wgpu` the models run on the window's own device (see [`shared_device`]).
+        wgpu_options: if shares_window_device(options.device) {
+            shared_device::window_options()
+        } else {
+            eframe::egui_wgpu::WgpuConfiguration::default()
+        },
         ..Default::default()
     };
     let screenshot_wanted = options.screenshot.is_some();
     if let Err(e) = crate::signals::install() {
         tracing::warn!("Ctrl-C will end the editor without cleaning up: {e}");
     }
-    let device = crate::cli::open_device(options.device, options.dtype)?;
+    // Any other device is opened now, so that a setting it refuses fails before a window opens.
+    let own_device = match shares_window_device(options.device) {
+        true => None,
+        false => Some(crate::cli::open_device(options.device, options.dtype)?),
+    };
     let result = std::sync::Arc::new(std::sync::Mutex::new(None));
     let app_result = result.clone();
     eframe::run_native(
@@ -148,7 +182,10 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
             let ctx = cc.egui_ctx.clone();
             let models_dir = options.models_dir.clone();
             let memory_limit = options.memory_limit;
-            let device = device.clone();
+            let device = match &own_device {
+                Some(device) => device.clone(),
+                None => window_or_own_device(cc.wgpu_render_state.as_ref(), options.dtype)?,
+            };
             let worker = Worker::spawn(
                 move || {
                     let mut engine = crate::builtin_engine(models_dir).with_device(device);

@@ -355,7 +355,7 @@ impl Unet2DConditionModel {
             _ => h,
         };
         let adapter = video.map(|v| v.adapter);
-        let mut h = self.conv_in.forward(sample);
+        let mut h = crate::models::blocks::conv_forward(&self.conv_in, sample);
         let mut skips = vec![h.clone()];
         for (i, block) in self.down_blocks.iter().enumerate() {
             let level = adapter.and_then(|a| a.down_blocks.get(i));
@@ -397,7 +397,7 @@ impl Unet2DConditionModel {
             }
         }
         let h = group_norm_frames(&self.conv_norm_out, h, across);
-        self.conv_out.forward(silu(h))
+        crate::models::blocks::conv_forward(&self.conv_out, silu(h))
     }
 
     /// Output channels of each down level (what motion modules must match).
