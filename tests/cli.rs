@@ -262,6 +262,18 @@ fn bench_times_a_full_size_network_with_random_weights_and_prints_json() {
     let (min, median) = (case["min_ms"].as_f64().unwrap(), case["median_ms"].as_f64().unwrap());
     assert!(min > 0.0 && min <= median, "{case}");
     assert!(report["peak_rss_kb"].as_u64().unwrap() > 100_000, "CLIP ViT-L/14 alone is ~490 MB of f32: {report}");
+    // The rate cases report GFLOP/s consistent with their time: 2 x 2 x 8^2 x 2880 x 320 flops per run.
+    let o = stepstone(&["bench", "--case", "conv", "--case", "matmul", "--size", "8", "--repeat", "2"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for (i, name) in ["conv", "matmul"].into_iter().enumerate() {
+        let case = &report["cases"][i];
+        assert_eq!(case["case"].as_str(), Some(name), "{report}");
+        let (min, gflops) = (case["min_ms"].as_f64().unwrap(), case["gflops"].as_f64().unwrap());
+        let expected = 2.0 * 2.0 * 64.0 * 2880.0 * 320.0 / (min / 1000.0) / 1e9;
+        assert!(gflops > 0.0 && (gflops - expected).abs() <= 0.051 + expected * 1e-9, "{case}");
+    }
+    assert!(report["cases"][0].get("frames").is_none() && report["cases"][1].get("steps").is_none(), "{report}");
     let o = stepstone(&["bench", "--case", "unet", "--size", "12"], dir.path());
     assert!(!o.status.success() && stderr(&o).contains("--size 12"), "{}", stderr(&o));
     let o = stepstone(&["bench", "--case", "video-unet", "--frames", "33"], dir.path());

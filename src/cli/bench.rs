@@ -34,7 +34,16 @@ pub enum BenchCase {
     I4vgen,
     /// One CLIP text encode of 77 tokens.
     Clip,
+    /// One 3x3 convolution, 320 -> 320 channels, batch 2 at `--size` x `--size` (a first-level resnet
+    /// convolution of the UNet step), the way the models run it; reports `gflops`.
+    Conv,
+    /// The same arithmetic as `conv` as one matrix product, [2 * size^2, 2880] x [2880, 320]: the device's
+    /// matmul rate at SD 1.5's shapes; reports `gflops`.
+    Matmul,
 }
+
+/// The first-level convolution the `conv` and `matmul` cases time: channels in and out, kernel side.
+const CONV_CASE: (usize, usize, usize) = (320, 320, 3);
 
 impl BenchCase {
     fn name(self) -> &'static str {
@@ -44,6 +53,17 @@ impl BenchCase {
             BenchCase::VaeDecode => "vae-decode",
             BenchCase::I4vgen => "i4vgen",
             BenchCase::Clip => "clip",
+            BenchCase::Conv => "conv",
+            BenchCase::Matmul => "matmul",
+        }
+    }
+
+    /// Floating-point operations of one run, for the cases that report a rate.
+    fn flops(self, size: usize) -> Option<f64> {
+        let (cin, cout, k) = CONV_CASE;
+        match self {
+            BenchCase::Conv | BenchCase::Matmul => Some(2.0 * (2 * size * size * cin * k * k * cout) as f64),
+            _ => None,
         }
     }
 }
@@ -123,6 +143,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "min_ms": sorted.first().copied(),
             "median_ms": median,
         });
+        if let (Some(flops), Some(min)) = (case.flops(args.size), sorted.first()) {
+            entry["gflops"] = ((flops / (min / 1000.0) / 1e9 * 10.0).round() / 10.0).into();
+        }
         if matches!(case, BenchCase::VideoUnet | BenchCase::I4vgen) {
             entry["frames"] = args.frames.into();
         }
@@ -226,6 +249,18 @@ fn run_case(
             let clip = ClipTextConfig::default().init(device)?;
             let ids = Tensor::<2, Int>::from_ints([[49406i64; 77]], device);
             (time(&|| Ok(read_back(clip.forward(ids.clone()))))?, None)
+        }
+        BenchCase::Conv => {
+            let (cin, cout, k) = CONV_CASE;
+            let conv = crate::models::blocks::conv2d(cin, cout, k, 1, k / 2, device);
+            let x = Tensor::<4>::random([2, cin, size, size], normal, device);
+            (time(&|| Ok(read_back(crate::models::blocks::conv_forward(&conv, x.clone()))))?, None)
+        }
+        BenchCase::Matmul => {
+            let (cin, cout, k) = CONV_CASE;
+            let a = Tensor::<2>::random([2 * size * size, cin * k * k], normal, device);
+            let b = Tensor::<2>::random([cin * k * k, cout], normal, device);
+            (time(&|| Ok(read_back(a.clone().matmul(b.clone()))))?, None)
         }
         BenchCase::I4vgen => {
             let unet = UnetConfig::default().init(device)?;

@@ -40,6 +40,12 @@ ours() {  # name, seconds, args...
   timeout "$t" /tmp/stepstone-bench --device vulkan "$@" > "$OUT/ss-$name.json" 2>> "$OUT/log.txt" \
     || log "stepstone $name failed or timed out (rc $?)"
 }
+# The device's convolution and matmul rates at SD 1.5's first-level shape (GFLOP/s in the JSON): a quick
+# check that the kernels reach the tensor cores before the long cases.
+ours conv 20 --case conv --size 64 --repeat 5
+ours matmul 20 --case matmul --size 64 --repeat 5
+ours conv-f16 20 --case conv --size 64 --repeat 5 --dtype f16
+ours matmul-f16 20 --case matmul --size 64 --repeat 5 --dtype f16
 ours unet 60 --case unet --size 64 --repeat 5
 ours video 90 --case video-unet --size 64 --frames 16 --repeat 3
 ours vae 45 --case vae-decode --size 64 --repeat 5
@@ -55,7 +61,7 @@ theirs() {  # dtype
   if [ "$t" -eq 0 ]; then log "pytorch $1 skipped: no time left"; return; fi
   log "pytorch $1 (limit ${t}s)"
   PYTHONPATH=/tmp/site timeout "$t" python3 tools/bench/torch_bench.py --device cuda --dtype "$1" --size 64 \
-    --frames 16 --repeat 5 --case unet --case video-unet --case vae-decode > "$OUT/pt-$1.json" 2>> "$OUT/log.txt" \
+    --frames 16 --repeat 5 --case conv --case matmul --case unet --case video-unet --case vae-decode > "$OUT/pt-$1.json" 2>> "$OUT/log.txt" \
     || log "pytorch $1 failed (rc $?)"
 }
 theirs f16
@@ -73,13 +79,14 @@ def load(name):
 torch = {d: load(f"pt-{d}.json") for d in ("f16", "f32")}
 print("| case | stepstone vulkan ms (dtype) | PyTorch f32 ms | PyTorch f16 ms | ours / f32 | ours / f16 | ours peak MB (est.) |")
 print("|---|---|---|---|---|---|---|")
-for name in ("unet", "unet-f16", "video", "video-f16", "vae", "clip", "i4vgen"):
+for name in ("conv", "conv-f16", "matmul", "matmul-f16", "unet", "unet-f16", "video", "video-f16", "vae", "clip", "i4vgen"):
     ours = load(f"ss-{name}.json")
     if not ours:
         print(f"| {name} | failed | | | | | |")
         continue
     c = ours["cases"][0]
-    row = [c["case"], f'{c["min_ms"]:.1f} ({ours["dtype"]})']
+    rate = f', {c["gflops"]} GFLOP/s' if "gflops" in c else ""
+    row = [c["case"], f'{c["min_ms"]:.1f} ({ours["dtype"]}{rate})']
     for d in ("f32", "f16"):
         t = torch[d] and next((x for x in torch[d]["cases"] if x["case"] == c["case"]), None)
         row.append(f'{t["min_ms"]:.1f}' if t else "-")

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-CASES = ["unet", "video-unet", "vae-decode", "clip"]
+CASES = ["unet", "video-unet", "vae-decode", "clip", "conv", "matmul"]
 
 
 def parse_args():
@@ -145,8 +145,18 @@ def main():
             ids = torch.full((1, 77), 49406, dtype=torch.long, device=device)
             runs = timed(lambda: clip(ids).last_hidden_state)
             del clip
+        elif case == "conv":  # stepstone's CONV_CASE: 3x3, 320 -> 320 channels, batch 2
+            conv = prepare(torch.nn.Conv2d(320, 320, 3, padding=1))
+            x = randn(2, 320, n, n)
+            runs = timed(lambda: conv(x))
+            del conv
+        elif case == "matmul":  # the same arithmetic as one product
+            a, b = randn(2 * n * n, 2880), randn(2880, 320)
+            runs = timed(lambda: a @ b)
         else:
             raise AssertionError(case)
+        if case in ("conv", "matmul"):
+            entry["gflops"] = round(2.0 * 2 * n * n * 2880 * 320 / (min(runs) / 1000.0) / 1e9, 1)
         ordered = sorted(runs)
         entry.update(runs_ms=runs, min_ms=ordered[0], median_ms=ordered[len(ordered) // 2])
         if device.type == "cuda":
