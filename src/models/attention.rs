@@ -11,11 +11,12 @@
 //! The budget is per thread ([`with_score_budget`]): the models run on the worker thread, and tests can
 //! force the chunked path on their own thread without touching others.
 //!
-//! **Kernels.** Where the device has one, burn's fused `module::attention` computes each product ([`Kernel::Fused`],
-//! the default): on the CPU (flex) a tiled flash kernel with online softmax that never holds more than a tile of scores
-//! per row, so it needs no chunking and is about twice as fast as the three-kernel product (it runs one thread per
-//! batch x head, so products with fewer of those than threads, such as the VAE's one-head mid-block, stay on the
-//! reference kernel's threaded matmuls); on the cubecl back-ends (wgpu, Vulkan, CUDA) burn's flash kernels, chosen by
+//! **Kernels.** [`Kernel::Fused`] (the default) takes the fastest memory-bounded kernel the device has. On the CPU:
+//! unmasked products run on stepstone-kernels' attention (blocks of 128 query rows against all keys, exact softmax
+//! with a vectorised exp, gemm for both products; 128 x keys scores per thread, so no chunking), masked ones on
+//! burn flex's flash kernel (online softmax; about 3x slower at 4,096 tokens, bound by libm's scalar `expf`); both
+//! run one thread per batch x head, so products with fewer of those than threads, such as the VAE's one-head
+//! mid-block, stay on the reference kernel's threaded matmuls. On the cubecl back-ends (wgpu, Vulkan, CUDA) burn's flash kernels, chosen by
 //! autotune (stepstone's `autotune` feature, part of the `vulkan` and `cuda` builds: without it the launcher always
 //! takes its fallback, which materialises the scores of the chunk it is given). Those kernels ignore an additive mask,
 //! so masked products stay on the reference kernel there; their head size must be a multiple of the tensor-core tile,
@@ -146,7 +147,10 @@ pub fn attention(
         // (batch x head): with fewer of those than threads (the VAE's one-head mid-block attention) the
         // reference kernel's threaded matmuls are faster.
         Kernel::Fused if super::is_cpu(&q.device()) && cpu_takes_fused(n * h) => {
-            return fused(q, k, v, score_divisor, mask);
+            return match mask {
+                None => cpu_blocks(q, k, v, score_divisor),
+                Some(mask) => fused(q, k, v, score_divisor, Some(mask)),
+            };
         }
         Kernel::Fused if super::is_cpu(&q.device()) => Path::Reference,
         Kernel::Fused if mask.is_none() => Path::Cube,
@@ -220,6 +224,29 @@ fn fused(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, score_divisor: Option<f64>, m
         is_causal: false,
     };
     fused_attention(q, k, v, None, mask, options)
+}
+
+/// stepstone-kernels' CPU attention (exact softmax per block of query rows, vectorised exp) on unmasked
+/// products: burn flex's flash kernel spends most of its time in libm's scalar `expf` (docs/PERFORMANCE.md).
+/// The CPU back-end is f32, so the tensors are read and rebuilt as f32.
+fn cpu_blocks(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, score_divisor: Option<f64>) -> Tensor<4> {
+    let ([n, h, l, d], s, dv) = (q.dims(), k.dims()[2], v.dims()[3]);
+    let device = q.device();
+    let data = [q, k, v].map(|t| t.into_data().convert::<f32>());
+    let dims = stepstone_kernels::AttentionDims { heads: n * h, queries: l, keys: s, dim: d, value_dim: dv };
+    let scale = score_divisor.map_or(1.0, |divisor| 1.0 / divisor) as f32;
+    let out = match (data[0].as_slice::<f32>(), data[1].as_slice::<f32>(), data[2].as_slice::<f32>()) {
+        (Ok(qs), Ok(ks), Ok(vs)) => stepstone_kernels::attention(qs, ks, vs, dims, scale).ok(),
+        _ => None,
+    };
+    match out {
+        Some(out) => Tensor::from_data(burn::tensor::TensorData::new(out, [n, h, l, dv]), &device),
+        // Not readable as f32 (the CPU back-end computes in f32, so not expected): burn's kernel takes it.
+        None => {
+            let [q, k, v] = data.map(|t| Tensor::from_data(t, &device));
+            fused(q, k, v, score_divisor, None)
+        }
+    }
 }
 
 /// [`fused`] with the head sizes zero-padded to a multiple of [`CUBE_HEAD_MULTIPLE`]: zero columns of q and
