@@ -12,7 +12,8 @@
 //! force the chunked path on their own thread without touching others.
 //!
 //! **Kernels.** [`Kernel::Fused`] (the default) takes the fastest memory-bounded kernel the device has. On the CPU:
-//! unmasked products run on stepstone-kernels' attention (blocks of 128 query rows against all keys, exact softmax
+//! unmasked products with at least [`CPU_BLOCKS_MIN_KEYS`] keys run on stepstone-kernels' attention (blocks of 128
+//! query rows against all keys, exact softmax
 //! with a vectorised exp, gemm for both products; 128 x keys scores per thread, so no chunking), masked ones on
 //! burn flex's flash kernel (online softmax; about 3x slower at 4,096 tokens, bound by libm's scalar `expf`); both
 //! run one thread per batch x head, so products with fewer of those than threads, such as the VAE's one-head
@@ -27,10 +28,10 @@
 
 use std::cell::Cell;
 
+use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention as fused_attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::Tensor;
 
 /// The largest score tensor computed at once, in bytes, unless a thread sets another.
 pub const DEFAULT_SCORE_BUDGET: usize = 256 << 20;
@@ -148,8 +149,8 @@ pub fn attention(
         // reference kernel's threaded matmuls are faster.
         Kernel::Fused if super::is_cpu(&q.device()) && cpu_takes_fused(n * h) => {
             return match mask {
-                None => cpu_blocks(q, k, v, score_divisor),
-                Some(mask) => fused(q, k, v, score_divisor, Some(mask)),
+                None if s >= CPU_BLOCKS_MIN_KEYS => cpu_blocks(q, k, v, score_divisor),
+                mask => fused(q, k, v, score_divisor, mask),
             };
         }
         Kernel::Fused if super::is_cpu(&q.device()) => Path::Reference,
@@ -225,6 +226,13 @@ fn fused(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, score_divisor: Option<f64>, m
     };
     fused_attention(q, k, v, None, mask, options)
 }
+
+/// Keys from which unmasked CPU products take [`cpu_blocks`]. Measured on 2 cores (docs/PERFORMANCE.md):
+/// at SD 1.5's 4,096-token level the exp dominates and the blocks win 3x (UNet step at 64x64 latents 18.0
+/// -> 15.1 s); at 1,024 tokens and below, reading strided q/k/v into plain buffers and the small gemm calls
+/// cost more than the exp saves (video UNet at 2 x 8 frames, 32x32: 37.8 s on flex's kernel, 41.2 s with
+/// the blocks from 64 keys up), so flex's flash kernel keeps those.
+pub const CPU_BLOCKS_MIN_KEYS: usize = 2048;
 
 /// stepstone-kernels' CPU attention (exact softmax per block of query rows, vectorised exp) on unmasked
 /// products: burn flex's flash kernel spends most of its time in libm's scalar `expf` (docs/PERFORMANCE.md).
@@ -379,5 +387,29 @@ mod tests {
             }
         }
         assert_eq!(kernel(), Kernel::Fused, "the kernel is restored");
+    }
+
+    /// The CPU block kernel, reached through `attention` as the UNet reaches it (strided q, k and v from
+    /// a head split; keys from [`CPU_BLOCKS_MIN_KEYS`] up, queries not a multiple of its block), equals the
+    /// reference kernel; so does its direct call on a shape below the threshold.
+    #[test]
+    fn cpu_blocks_equal_the_reference() {
+        let device = Device::flex();
+        let rand = |dims: [usize; 4]| Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+        // 32 batch x heads: the block kernel's route on machines of up to 32 threads.
+        let (n, h, l, s, d) = (4, 8, 133, CPU_BLOCKS_MIN_KEYS + 5, 8);
+        // [n, tokens, h, d] swapped to [n, h, tokens, d]: not contiguous, as in the models.
+        let split = |t: Tensor<4>| t.swap_dims(1, 2);
+        let (q, k, v) = (split(rand([n, l, h, d])), split(rand([n, s, h, d])), split(rand([n, s, h, d])));
+        let reference = with_kernel(Kernel::Reference, || attention(q.clone(), k.clone(), v.clone(), Some(2.9), None));
+        let routed = attention(q.clone(), k.clone(), v.clone(), Some(2.9), None);
+        let diff = max_diff(reference.clone(), routed);
+        assert!(diff < 1e-5, "attention with {s} keys: {diff}");
+        let direct = cpu_blocks(q, k, v, Some(2.9));
+        assert!(max_diff(reference, direct) < 1e-5);
+        let (q, k, v) = (rand([1, 2, 9, 5]), rand([1, 2, 31, 5]), rand([1, 2, 31, 6]));
+        let reference = with_kernel(Kernel::Reference, || attention(q.clone(), k.clone(), v.clone(), None, None));
+        let diff = max_diff(reference, cpu_blocks(q, k, v, None));
+        assert!(diff < 1e-5, "31 keys: {diff}");
     }
 }
