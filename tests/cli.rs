@@ -274,6 +274,14 @@ fn bench_times_a_full_size_network_with_random_weights_and_prints_json() {
         assert!(gflops > 0.0 && (gflops - expected).abs() <= 0.051 + expected * 1e-9, "{case}");
     }
     assert!(report["cases"][0].get("frames").is_none() && report["cases"][1].get("steps").is_none(), "{report}");
+    // The attention case: 4 x (2 x 8 heads) x 64^2 tokens^2 x 40 flops per run.
+    let o = stepstone(&["bench", "--case", "attention", "--size", "8", "--repeat", "2"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let case = &report["cases"][0];
+    let (min, gflops) = (case["min_ms"].as_f64().unwrap(), case["gflops"].as_f64().unwrap());
+    let expected = 4.0 * 16.0 * 64.0 * 64.0 * 40.0 / (min / 1000.0) / 1e9;
+    assert!(case["case"] == "attention" && gflops > 0.0 && (gflops - expected).abs() <= 0.051, "{case}");
     let o = stepstone(&["bench", "--case", "unet", "--size", "12"], dir.path());
     assert!(!o.status.success() && stderr(&o).contains("--size 12"), "{}", stderr(&o));
     let o = stepstone(&["bench", "--case", "video-unet", "--frames", "33"], dir.path());

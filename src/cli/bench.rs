@@ -40,10 +40,16 @@ pub enum BenchCase {
     /// The same arithmetic as `conv` as one matrix product, [2 * size^2, 2880] x [2880, 320]: the device's
     /// matmul rate at SD 1.5's shapes; reports `gflops`.
     Matmul,
+    /// One first-level self-attention of the UNet step: q, k, v [2, 8, size^2, 40] (batch 2 x 8 heads, head
+    /// size 40) on the kernel `--attention` picks; reports `gflops` (both products, 4 x size^4 x 40 per head).
+    Attention,
 }
 
 /// The first-level convolution the `conv` and `matmul` cases time: channels in and out, kernel side.
 const CONV_CASE: (usize, usize, usize) = (320, 320, 3);
+
+/// The first-level self-attention the `attention` case times: batch (CFG), heads, head size.
+const ATTENTION_CASE: (usize, usize, usize) = (2, 8, 40);
 
 impl BenchCase {
     fn name(self) -> &'static str {
@@ -55,6 +61,7 @@ impl BenchCase {
             BenchCase::Clip => "clip",
             BenchCase::Conv => "conv",
             BenchCase::Matmul => "matmul",
+            BenchCase::Attention => "attention",
         }
     }
 
@@ -63,6 +70,10 @@ impl BenchCase {
         let (cin, cout, k) = CONV_CASE;
         match self {
             BenchCase::Conv | BenchCase::Matmul => Some(2.0 * (2 * size * size * cin * k * k * cout) as f64),
+            BenchCase::Attention => {
+                let (batch_heads, tokens, dim) = (ATTENTION_CASE.0 * ATTENTION_CASE.1, size * size, ATTENTION_CASE.2);
+                Some(4.0 * (batch_heads * tokens * tokens * dim) as f64)
+            }
             _ => None,
         }
     }
@@ -261,6 +272,15 @@ fn run_case(
             let a = Tensor::<2>::random([2 * size * size, cin * k * k], normal, device);
             let b = Tensor::<2>::random([cin * k * k, cout], normal, device);
             (time(&|| Ok(read_back(a.clone().matmul(b.clone()))))?, None)
+        }
+        BenchCase::Attention => {
+            let (batch, heads, dim) = ATTENTION_CASE;
+            let qkv = || Tensor::<4>::random([batch, heads, size * size, dim], normal, device);
+            let (q, k, v) = (qkv(), qkv(), qkv());
+            let divisor = Some((dim as f64).sqrt());
+            let run =
+                || Ok(read_back(crate::models::attention::attention(q.clone(), k.clone(), v.clone(), divisor, None)));
+            (time(&run)?, None)
         }
         BenchCase::I4vgen => {
             let unet = UnetConfig::default().init(device)?;

@@ -46,6 +46,7 @@ ours conv 20 --case conv --size 64 --repeat 5
 ours matmul 20 --case matmul --size 64 --repeat 5
 ours conv-f16 20 --case conv --size 64 --repeat 5 --dtype f16
 ours matmul-f16 20 --case matmul --size 64 --repeat 5 --dtype f16
+ours attention-f16 20 --case attention --size 64 --repeat 5 --dtype f16
 ours unet 60 --case unet --size 64 --repeat 5
 ours video 90 --case video-unet --size 64 --frames 16 --repeat 3
 ours vae 45 --case vae-decode --size 64 --repeat 5
@@ -61,7 +62,7 @@ theirs() {  # dtype
   if [ "$t" -eq 0 ]; then log "pytorch $1 skipped: no time left"; return; fi
   log "pytorch $1 (limit ${t}s)"
   PYTHONPATH=/tmp/site timeout "$t" python3 tools/bench/torch_bench.py --device cuda --dtype "$1" --size 64 \
-    --frames 16 --repeat 5 --case conv --case matmul --case unet --case video-unet --case vae-decode > "$OUT/pt-$1.json" 2>> "$OUT/log.txt" \
+    --frames 16 --repeat 5 --case conv --case matmul --case attention --case unet --case video-unet --case vae-decode > "$OUT/pt-$1.json" 2>> "$OUT/log.txt" \
     || log "pytorch $1 failed (rc $?)"
 }
 theirs f16
@@ -79,7 +80,7 @@ def load(name):
 torch = {d: load(f"pt-{d}.json") for d in ("f16", "f32")}
 print("| case | stepstone vulkan ms (dtype) | PyTorch f32 ms | PyTorch f16 ms | ours / f32 | ours / f16 | ours peak MB (est.) |")
 print("|---|---|---|---|---|---|---|")
-for name in ("conv", "conv-f16", "matmul", "matmul-f16", "unet", "unet-f16", "video", "video-f16", "vae", "clip", "i4vgen"):
+for name in ("conv", "conv-f16", "matmul", "matmul-f16", "attention-f16", "unet", "unet-f16", "video", "video-f16", "vae", "clip", "i4vgen"):
     ours = load(f"ss-{name}.json")
     if not ours:
         print(f"| {name} | failed | | | | | |")

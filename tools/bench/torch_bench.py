@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-CASES = ["unet", "video-unet", "vae-decode", "clip", "conv", "matmul"]
+CASES = ["unet", "video-unet", "vae-decode", "clip", "conv", "matmul", "attention"]
 
 
 def parse_args():
@@ -153,10 +153,15 @@ def main():
         elif case == "matmul":  # the same arithmetic as one product
             a, b = randn(2 * n * n, 2880), randn(2880, 320)
             runs = timed(lambda: a @ b)
+        elif case == "attention":  # stepstone's ATTENTION_CASE: [2, 8, size^2, 40], SDPA
+            q, k, v = (randn(2, 8, n * n, 40) for _ in range(3))
+            runs = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
         else:
             raise AssertionError(case)
         if case in ("conv", "matmul"):
             entry["gflops"] = round(2.0 * 2 * n * n * 2880 * 320 / (min(runs) / 1000.0) / 1e9, 1)
+        if case == "attention":
+            entry["gflops"] = round(4.0 * 16 * (n * n) ** 2 * 40 / (min(runs) / 1000.0) / 1e9, 1)
         ordered = sorted(runs)
         entry.update(runs_ms=runs, min_ms=ordered[0], median_ms=ordered[len(ordered) // 2])
         if device.type == "cuda":
