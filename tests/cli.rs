@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod cli_support;
-use cli_support::{SMALL_DEMO, repo, stderr, stepstone, write};
+use cli_support::{repo, run_small, stderr, stepstone, write};
 
 /// A models directory holding (empty) files under the names the shipped presets use.
 fn fake_models(dir: &Path) -> PathBuf {
@@ -221,11 +221,8 @@ fn nodes_lists_every_kind_with_its_parameters() {
 #[test]
 fn run_writes_the_format_of_out_and_a_clip_restores_its_graph() {
     let dir = tempfile::tempdir().unwrap();
-    let models = repo("assets/demo-models");
-    let preset = repo("graphs/i4vgen_demo.json");
-    let mut args = vec!["run", preset.as_str(), "--models", &models, "--out", "clip.mp4", "--quiet"];
-    args.extend(SMALL_DEMO);
-    let o = stepstone(&args, dir.path());
+    let (models, preset) = (repo("assets/demo-models"), repo("graphs/i4vgen_demo.json"));
+    let o = run_small(dir.path(), Path::new(&preset), &["--out", "clip.mp4"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let clip = dir.path().join("clip.mp4");
     let back = stepstone::video::encode::decode(&clip).unwrap();
@@ -311,11 +308,7 @@ fn bench_runs_the_full_size_unet_at_a_tiny_latent() {
 #[test]
 fn run_refuses_settings_beyond_the_memory_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let (models, preset) = (repo("assets/demo-models"), repo("graphs/i4vgen_demo.json"));
-    let mut args = vec!["run", preset.as_str(), "--models", &models, "--out", "clip.mp4", "--quiet"];
-    args.extend(SMALL_DEMO);
-    args.extend(["--memory-limit", "1"]);
-    let o = stepstone(&args, dir.path());
+    let o = run_small(dir.path(), &demo_preset(), &["--out", "clip.mp4", "--memory-limit", "1"]);
     let err = stderr(&o);
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("candidates") && err.contains("not enough memory"), "{err}");
@@ -352,14 +345,16 @@ fn bench_estimates_the_reference_run_without_running_it() {
 #[test]
 fn run_in_half_precision_on_wgpu_writes_a_clip() {
     let dir = tempfile::tempdir().unwrap();
-    let (models, preset) = (repo("assets/demo-models"), repo("graphs/i4vgen_demo.json"));
-    let mut args = vec!["run", preset.as_str(), "--models", &models, "--out", "half.mp4", "--quiet"];
-    args.extend(SMALL_DEMO);
-    let o = stepstone(&[args.as_slice(), &["--dtype", "f16"]].concat(), dir.path());
+    let o = run_small(dir.path(), &demo_preset(), &["--out", "half.mp4", "--dtype", "f16"]);
     let refused = stderr(&o).contains("--dtype f16: the CPU back-end computes in f32");
     assert!(!o.status.success() && refused, "{}", stderr(&o));
-    let o = stepstone(&[args.as_slice(), &["--dtype", "f16", "--device", "wgpu"]].concat(), dir.path());
+    let o = run_small(dir.path(), &demo_preset(), &["--out", "half.mp4", "--dtype", "f16", "--device", "wgpu"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let back = stepstone::video::encode::decode(&dir.path().join("half.mp4")).unwrap();
     assert_eq!((back.frames.len(), back.width, back.height), (3, 64, 64));
+}
+
+/// The shipped demo preset.
+fn demo_preset() -> PathBuf {
+    PathBuf::from(repo("graphs/i4vgen_demo.json"))
 }

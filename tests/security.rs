@@ -3,11 +3,11 @@
 //! One test per defect found in issue 11.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod cli_support;
-use cli_support::{SMALL_DEMO, repo, stderr, stdout, stepstone};
+use cli_support::{repo, run_small, stderr, stdout, stepstone};
 
 /// Every file under `dir` (relative names, sorted), hidden ones included.
 fn tree(dir: &Path) -> Vec<String> {
@@ -26,7 +26,6 @@ fn tree(dir: &Path) -> Vec<String> {
     out
 }
 
-
 /// The demo preset with the Export node's parameters replaced (as a shared clip could carry them).
 fn demo_with_export(dir: &Path, path: &str, overwrite: bool) -> PathBuf {
     let text = std::fs::read_to_string(repo("graphs/i4vgen_demo.json")).unwrap();
@@ -40,14 +39,6 @@ fn demo_with_export(dir: &Path, path: &str, overwrite: bool) -> PathBuf {
     let file = dir.join(format!("shared-{}.json", path.len()));
     std::fs::write(&file, serde_json::to_string_pretty(&graph).unwrap()).unwrap();
     file
-}
-
-fn run_small(dir: &Path, preset: &Path, extra: &[&str]) -> Output {
-    let models = repo("assets/demo-models");
-    let mut args = vec!["run", preset.to_str().unwrap(), "--models", &models, "--quiet"];
-    args.extend(SMALL_DEMO);
-    args.extend(extra);
-    stepstone(&args, dir)
 }
 
 #[test]

@@ -46,3 +46,12 @@ pub const SMALL_DEMO: [&str; 10] = [
     "--set",
     "regenerator.steps=2",
 ];
+
+/// `stepstone run PRESET` on the demo models, made small by [`SMALL_DEMO`], with `extra` arguments, in `dir`.
+pub fn run_small(dir: &Path, preset: &Path, extra: &[&str]) -> Output {
+    let models = repo("assets/demo-models");
+    let mut args = vec!["run", preset.to_str().unwrap(), "--models", &models, "--quiet"];
+    args.extend(SMALL_DEMO);
+    args.extend(extra);
+    stepstone(&args, dir)
+}
