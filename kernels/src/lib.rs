@@ -7,8 +7,6 @@
 
 mod exp;
 
-pub use exp::exp_in_place;
-
 use rayon::prelude::*;
 
 /// Query rows per block: the block's scores (`BLOCK_ROWS` x keys floats) stay within a core's caches at
@@ -55,10 +53,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], dims: AttentionDims, scale: f3
         }
     }
     let mut out = vec![0.0f32; heads * queries * value_dim];
-    if out.is_empty() {
-        return Ok(out);
-    }
-    if keys == 0 {
+    if out.is_empty() || keys == 0 {
         return Ok(out);
     }
     out.par_chunks_mut(queries * value_dim).enumerate().for_each(|(head, out_head)| {

@@ -76,9 +76,10 @@ fn map_bytes(n: usize, channels: usize, h: usize, w: usize) -> u64 {
 fn resnet_bytes(resnet: &ResnetBlock2D, n: usize, h: usize, w: usize, cpu: bool) -> u64 {
     let [out, input, _, _] = resnet.conv1.weight.dims();
     // On the CPU small maps convolve through im2col columns (models::blocks::conv_forward).
-    let scratch = match cpu {
-        true => cpu_conv_scratch_bytes(&resnet.conv1, n, h, w).max(cpu_conv_scratch_bytes(&resnet.conv2, n, h, w)),
-        false => 0,
+    let scratch = if cpu {
+        cpu_conv_scratch_bytes(&resnet.conv1, n, h, w).max(cpu_conv_scratch_bytes(&resnet.conv2, n, h, w))
+    } else {
+        0
     };
     map_bytes(n, input, h, w) * 2 + map_bytes(n, out, h, w) * 3 + scratch
 }

@@ -169,9 +169,10 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
         tracing::warn!("Ctrl-C will end the editor without cleaning up: {e}");
     }
     // Any other device is opened now, so that a setting it refuses fails before a window opens.
-    let own_device = match shares_window_device(options.device) {
-        true => None,
-        false => Some(crate::cli::open_device(options.device, options.dtype)?),
+    let own_device = if shares_window_device(options.device) {
+        None
+    } else {
+        Some(crate::cli::open_device(options.device, options.dtype)?)
     };
     let result = std::sync::Arc::new(std::sync::Mutex::new(None));
     let app_result = result.clone();
