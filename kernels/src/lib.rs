@@ -4,8 +4,12 @@
 //!
 //! - [`attention`]: `softmax(q kᵀ · scale) v` over independent heads, in blocks of query rows with a
 //!   vectorisable exp (burn flex's kernels call libm's scalar `expf` per score, which bounds them).
+//! - [`conv2d`]: NCHW convolution by im2col in tiles of output rows, each product written in place.
 
+mod conv;
 mod exp;
+
+pub use conv::{ConvDims, MIN_TILE_PIXELS, TILE_COLUMN_BYTES, conv2d, conv2d_scratch_bytes};
 
 use rayon::prelude::*;
 
@@ -24,32 +28,38 @@ pub struct AttentionDims {
     pub value_dim: usize,
 }
 
-/// Why [`attention`] refused its inputs.
+/// Why a kernel refused its inputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LengthError {
-    pub name: &'static str,
-    pub expected: usize,
-    pub found: usize,
+pub enum KernelError {
+    /// The buffer `name` does not hold the values the sizes call for.
+    Length { kernel: &'static str, name: &'static str, expected: usize, found: usize },
+    /// The sizes themselves admit no result.
+    Shape { kernel: &'static str, reason: String },
 }
 
-impl std::fmt::Display for LengthError {
+impl std::fmt::Display for KernelError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "attention: {} holds {} values, expected {}", self.name, self.found, self.expected)
+        match self {
+            Self::Length { kernel, name, expected, found } => {
+                write!(f, "{kernel}: {name} holds {found} values, expected {expected}")
+            }
+            Self::Shape { kernel, reason } => write!(f, "{kernel}: {reason}"),
+        }
     }
 }
 
-impl std::error::Error for LengthError {}
+impl std::error::Error for KernelError {}
 
 /// `softmax(q kᵀ · scale) v` for each head: `q` [heads, queries, dim], `k` [heads, keys, dim], `v` [heads,
 /// keys, value_dim], all row-major; returns [heads, queries, value_dim]. Exact softmax per row (each block
 /// holds its rows' scores whole), heads and row blocks in parallel on rayon's pool.
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], dims: AttentionDims, scale: f32) -> Result<Vec<f32>, LengthError> {
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], dims: AttentionDims, scale: f32) -> Result<Vec<f32>, KernelError> {
     let AttentionDims { heads, queries, keys, dim, value_dim } = dims;
     for (name, data, expected) in
         [("q", q, heads * queries * dim), ("k", k, heads * keys * dim), ("v", v, heads * keys * value_dim)]
     {
         if data.len() != expected {
-            return Err(LengthError { name, expected, found: data.len() });
+            return Err(KernelError::Length { kernel: "attention", name, expected, found: data.len() });
         }
     }
     let mut out = vec![0.0f32; heads * queries * value_dim];
@@ -220,7 +230,7 @@ fn row_max(row: &[f32]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn reference(q: &[f32], k: &[f32], v: &[f32], d: AttentionDims, scale: f32) -> Vec<f32> {
@@ -250,7 +260,7 @@ mod tests {
         out
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
         (0..n)
             .map(|_| {
@@ -284,6 +294,6 @@ mod tests {
     fn wrong_lengths_are_named() {
         let d = AttentionDims { heads: 1, queries: 2, keys: 3, dim: 4, value_dim: 4 };
         let err = attention(&[0.0; 8], &[0.0; 11], &[0.0; 12], d, 1.0).unwrap_err();
-        assert_eq!(err, LengthError { name: "k", expected: 12, found: 11 });
+        assert_eq!(err, KernelError::Length { kernel: "attention", name: "k", expected: 12, found: 11 });
     }
 }

@@ -198,7 +198,7 @@ pub fn cpu_takes_fused(batch_heads: usize) -> bool {
 }
 
 /// The CPU back-end's thread count (rayon's: `RAYON_NUM_THREADS`, else every core).
-fn cpu_threads() -> usize {
+pub(crate) fn cpu_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| {
         std::env::var("RAYON_NUM_THREADS")

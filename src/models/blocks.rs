@@ -2,13 +2,15 @@
 //! spatial self-attention of the VAE mid block. Field names are diffusers' (`norm1`, `conv1`,
 //! `time_emb_proj`, `conv_shortcut`, `to_q`, `to_out.0`, ...).
 
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PadMode};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 /// A `k`x`k` convolution with "same" padding for odd `k` and the given stride.
 pub fn conv2d(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, device: &Device) -> Conv2d {
@@ -18,108 +20,88 @@ pub fn conv2d(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, devi
         .init(device)
 }
 
-/// Output pixels up to which [`conv_forward`] takes the im2col + one matmul path on the CPU. Measured on
-/// 2 cores at SD 1.5 shapes (docs/PERFORMANCE.md): burn flex's own tiled convolution re-flattens the
-/// weight on one thread for every call, which dominates where the image is small and the channels many
-/// (1280 channels at 8x8: 62 ms flex, 21 ms im2col; 4x4: 69 / 11 ms; 640 at 16x16: 26 / 20 ms); from
-/// 32x32 up flex's tiles are as fast or faster (320 at 64x64: 101 / 152 ms).
-pub const CPU_IM2COL_MAX_PIXELS: usize = 256;
-
-/// The most bytes of im2col columns [`conv_forward`] holds at once; larger batches go in chunks.
-pub const CPU_IM2COL_BUDGET: usize = 64 << 20;
-
-/// `conv.forward(x)`, on the CPU through im2col and a single matrix product where that is faster (see
-/// [`CPU_IM2COL_MAX_PIXELS`]); the same convolution everywhere else.
+/// `conv.forward(x)`; on the CPU through stepstone-kernels' convolution (im2col in tiles of output rows,
+/// each tile's product written in place). Measured on 2 cores at SD 1.5 / VAE shapes (docs/PERFORMANCE.md):
+/// burn flex's tiled convolution reaches 100-165 GFLOP/s and re-flattens the weight on one thread per call
+/// (1280 channels at 8x8: 62 ms), the kernel 210-285 GFLOP/s, as fast as PyTorch's (512 channels at 64x64:
+/// flex 124 ms, kernel 70, PyTorch 61; 128 at 512x512: 730 / 366 / 378). GPU devices, grouped or dilated
+/// convolutions and "same" padding keep burn's convolution.
 pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    conv_forward_within(conv, x, CPU_IM2COL_BUDGET)
+    match cpu_conv_dims(conv, x.dims()) {
+        Some(dims) if super::is_cpu(&x.device()) => cpu_conv(conv, x, dims),
+        _ => conv.forward(x),
+    }
 }
 
-/// How [`conv_forward`] runs a convolution on the CPU by im2col: the zero padding (left, right, top,
-/// bottom), the output size, and how many images' columns at a time.
-struct Im2colPlan {
-    pad: (usize, usize, usize, usize),
-    out: [usize; 2],
-    chunk: usize,
-    column_bytes: usize,
-}
-
-/// The im2col plan for `conv` over `n` images of `h` x `w` within `budget` bytes of columns, or `None`
-/// where burn's own kernel runs (grouped, dilated, 1x1, "same"-padded, or more than
-/// [`CPU_IM2COL_MAX_PIXELS`] output pixels).
-fn im2col_plan(conv: &Conv2d, [n, h, w]: [usize; 3], budget: usize) -> Option<Im2colPlan> {
-    let [kh, kw] = conv.kernel_size;
+/// The kernel's sizes for `conv` over `x` [N, C, H, W], or `None` where burn's convolution runs.
+fn cpu_conv_dims(conv: &Conv2d, [n, c, h, w]: [usize; 4]) -> Option<stepstone_kernels::ConvDims> {
     let (top, left, bottom, right) = match conv.padding {
         PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
         PaddingConfig2d::Valid => (0, 0, 0, 0),
         PaddingConfig2d::Same => return None,
     };
-    let [sh, sw] = conv.stride;
-    let (padded_h, padded_w) = (h + top + bottom, w + left + right);
-    if conv.groups != 1 || conv.dilation != [1, 1] || kh * kw == 1 || padded_h < kh || padded_w < kw {
+    let [out_channels, in_channels, _, _] = conv.weight.dims();
+    if conv.groups != 1 || conv.dilation != [1, 1] || in_channels != c {
         return None;
     }
-    let (oh, ow) = ((padded_h - kh) / sh + 1, (padded_w - kw) / sw + 1);
-    if oh * ow > CPU_IM2COL_MAX_PIXELS {
-        return None;
-    }
-    let cin = conv.weight.dims()[1];
-    let per_image = cin * kh * kw * oh * ow * std::mem::size_of::<f32>();
-    let chunk = (budget / per_image.max(1)).clamp(1, n.max(1));
-    Some(Im2colPlan { pad: (left, right, top, bottom), out: [oh, ow], chunk, column_bytes: chunk * per_image })
+    let dims = stepstone_kernels::ConvDims {
+        images: n,
+        in_channels,
+        height: h,
+        width: w,
+        out_channels,
+        kernel: conv.kernel_size,
+        stride: conv.stride,
+        padding: [top, left, bottom, right],
+    };
+    dims.output().is_ok().then_some(dims)
 }
 
-/// The scratch bytes [`conv_forward`] adds for `conv` over `n` images of `h` x `w` on the CPU (its im2col
-/// columns; nothing where burn's kernel runs), for memory planning.
+/// The scratch bytes [`conv_forward`] adds for `conv` over `n` images of `h` x `w` on the CPU, for memory
+/// planning: the input read out as one buffer and the kernel's column tiles (nothing where burn's
+/// convolution runs).
 pub fn cpu_conv_scratch_bytes(conv: &Conv2d, n: usize, h: usize, w: usize) -> u64 {
-    im2col_plan(conv, [n, h, w], CPU_IM2COL_BUDGET).map_or(0, |plan| plan.column_bytes as u64)
+    let channels = conv.weight.dims()[1];
+    cpu_conv_dims(conv, [n, channels, h, w]).map_or(0, |dims| {
+        let input = n * channels * h * w * std::mem::size_of::<f32>();
+        (input + stepstone_kernels::conv2d_scratch_bytes(&dims, super::attention::cpu_threads())) as u64
+    })
 }
 
-fn conv_forward_within(conv: &Conv2d, x: Tensor<4>, budget: usize) -> Tensor<4> {
-    let [n, _, h, w] = x.dims();
-    let plan = match im2col_plan(conv, [n, h, w], budget) {
-        Some(plan) if super::is_cpu(&x.device()) => plan,
-        _ => return conv.forward(x),
-    };
-    let ([kh, kw], [sh, sw], [oh, ow], chunk) = (conv.kernel_size, conv.stride, plan.out, plan.chunk);
-    let (left, right, top, bottom) = plan.pad;
-    let x = if left + right + top + bottom > 0 { x.pad(plan.pad, PadMode::Constant(0.0)) } else { x };
-    let weight = conv.weight.val();
-    let [cout, cin, _, _] = weight.dims();
-    let weight = weight.reshape([1, cout, cin * kh * kw]);
-    let product = |part: Tensor<4>| {
-        let images = part.dims()[0];
-        weight.clone().matmul(im2col(part, [kh, kw], [sh, sw], [oh, ow])).reshape([images, cout, oh, ow])
-    };
-    let y = if chunk >= n {
-        product(x)
-    } else {
-        Tensor::cat(
-            (0..n).step_by(chunk).map(|start| product(x.clone().slice([start..(start + chunk).min(n)]))).collect(),
-            0,
-        )
-    };
-    match &conv.bias {
-        Some(bias) => y + bias.val().reshape([1, cout, 1, 1]),
-        None => y,
-    }
-}
-
-/// The columns of a padded `x` [N, C, H, W] for a `kernel` at `stride` with `out` output pixels:
-/// [N, C * kh * kw, oh * ow], rows in the order of a [C, kh, kw] weight.
-fn im2col(x: Tensor<4>, kernel: [usize; 2], stride: [usize; 2], out: [usize; 2]) -> Tensor<3> {
-    use burn::tensor::Slice;
-    let [n, c, _, _] = x.dims();
-    let ([kh, kw], [sh, sw], [oh, ow]) = (kernel, stride, out);
-    let mut taps = Vec::with_capacity(kh * kw);
-    for i in 0..kh {
-        for j in 0..kw {
-            let rows = Slice::new(i as isize, Some((i + (oh - 1) * sh + 1) as isize), sh as isize);
-            let cols = Slice::new(j as isize, Some((j + (ow - 1) * sw + 1) as isize), sw as isize);
-            let all = Slice::new(0, None, 1);
-            taps.push(x.clone().slice([all, all, rows, cols]).reshape([n, c, 1, oh * ow]));
+/// [`conv_forward`] on the CPU: the kernel reads burn flex's buffers in place (the input, the weight and
+/// the bias are not copied; copying a 1280-channel weight for every call cost more than the 8x8 convolution
+/// itself). Tensors that are not contiguous are made so first; what is not an f32 flex tensor (not
+/// expected: the CPU back-end computes in f32) takes burn's convolution.
+fn cpu_conv(conv: &Conv2d, x: Tensor<4>, dims: stepstone_kernels::ConvDims) -> Tensor<4> {
+    let out = {
+        let (input, weight) = (flex_f32(x.clone()), flex_f32(conv.weight.val()));
+        let bias = conv.bias.as_ref().map(|b| flex_f32(b.val()));
+        let slices = (
+            input.as_ref().and_then(FlexTensor::as_slice::<f32>),
+            weight.as_ref().and_then(FlexTensor::as_slice::<f32>),
+            bias.as_ref().map(|b| b.as_ref().and_then(FlexTensor::as_slice::<f32>)),
+        );
+        match slices {
+            (Some(x), Some(weight), None) => stepstone_kernels::conv2d(x, weight, None, dims).ok(),
+            (Some(x), Some(weight), Some(Some(bias))) => stepstone_kernels::conv2d(x, weight, Some(bias), dims).ok(),
+            _ => None,
         }
+    };
+    match (out, dims.output()) {
+        (Some(out), Ok([oh, ow])) => {
+            Tensor::from_data(TensorData::new(out, [dims.images, dims.out_channels, oh, ow]), &x.device())
+        }
+        _ => conv.forward(x),
     }
-    Tensor::cat(taps, 2).reshape([n, c * kh * kw, oh * ow])
+}
+
+/// `t`'s flex tensor (contiguous: copied only if it was not), or `None` for a tensor of another back-end.
+fn flex_f32<const D: usize>(t: Tensor<D>) -> Option<FlexTensor> {
+    match t.try_into_primitive::<Flex>() {
+        Ok(flex) if flex.is_contiguous() => Some(flex),
+        Ok(flex) => Some(flex.to_contiguous()),
+        Err(_) => None,
+    }
 }
 
 pub fn group_norm(groups: usize, channels: usize, eps: f64, device: &Device) -> GroupNorm {
@@ -188,7 +170,7 @@ impl ResnetBlock2D {
         }
         let h = conv_forward(&self.conv2, silu(norm(&self.norm2, h)));
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv_forward(conv, x),
             None => x,
         };
         shortcut + h
@@ -282,19 +264,21 @@ mod tests {
         d.into_iter().fold(0.0, |m, v| if v.is_nan() || m.is_nan() { f32::NAN } else { m.max(v) })
     }
 
-    /// The CPU's im2col path equals burn's convolution on awkward shapes: non-square images, odd sizes,
-    /// stride 2, asymmetric and zero padding, 1x3 / 5x5 / 3x3 kernels, with and without bias, and batches
-    /// split into chunks by a small budget (the remainder chunk smaller than the rest).
+    /// The CPU kernel equals burn's convolution on awkward shapes: non-square images, odd sizes, stride 2,
+    /// asymmetric and zero padding, 1x1 (the resnet shortcut), 1x3 / 5x5 / 3x3 kernels, with and without
+    /// bias, and an image large enough for several column tiles.
     #[test]
-    fn the_cpu_im2col_convolution_equals_burns() {
+    fn the_cpu_convolution_equals_burns() {
         let device = Device::flex();
-        let cases: [(usize, usize, [usize; 2], [usize; 2], (usize, usize, usize, usize), [usize; 2], bool); 6] = [
+        let cases: [(usize, usize, [usize; 2], [usize; 2], (usize, usize, usize, usize), [usize; 2], bool); 8] = [
             (3, 5, [3, 3], [1, 1], (1, 1, 1, 1), [7, 5], true),
             (4, 6, [3, 3], [2, 2], (1, 1, 1, 1), [9, 6], true),
             (2, 3, [3, 3], [2, 2], (0, 0, 1, 1), [8, 8], false),
             (5, 2, [5, 5], [1, 1], (2, 2, 2, 2), [6, 11], true),
             (3, 4, [1, 3], [1, 1], (0, 1, 0, 1), [4, 13], true),
             (2, 2, [3, 3], [1, 1], (0, 0, 0, 0), [5, 5], true),
+            (6, 3, [1, 1], [1, 1], (0, 0, 0, 0), [5, 7], true),
+            (40, 3, [3, 3], [1, 1], (1, 1, 1, 1), [45, 61], true),
         ];
         for (cin, cout, kernel, stride, (top, left, bottom, right), [h, w], bias) in cases {
             let conv = Conv2dConfig::new([cin, cout], kernel)
@@ -302,25 +286,21 @@ mod tests {
                 .with_padding(PaddingConfig2d::Explicit(top, left, bottom, right))
                 .with_bias(bias)
                 .init(&device);
-            let x = Tensor::<4>::random([5, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
-            let expected = conv.forward(x.clone());
-            let whole = conv_forward(&conv, x.clone());
-            // A budget of two images' columns: chunks of 2, 2 and 1.
-            let per_image = cin * kernel[0] * kernel[1] * expected.dims()[2] * expected.dims()[3] * 4;
-            let chunked = conv_forward_within(&conv, x, 2 * per_image);
+            let x = Tensor::<4>::random([3, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let dims = cpu_conv_dims(&conv, x.dims());
             let case = format!("{cin}->{cout} k{kernel:?} s{stride:?} pad {top},{left},{bottom},{right} {h}x{w}");
-            assert!(max_difference(expected.clone(), whole) < 1e-5, "{case}: whole batch");
-            assert!(max_difference(expected, chunked) < 1e-5, "{case}: chunked");
+            assert!(dims.is_some(), "{case}: the kernel must take it");
+            assert!(max_difference(conv.forward(x.clone()), conv_forward(&conv, x)) < 1e-4, "{case}");
         }
     }
 
-    /// Larger images than [`CPU_IM2COL_MAX_PIXELS`] keep burn's own kernel; the result is the same either way.
+    /// Grouped convolutions are not the kernel's: burn's runs them, with the same result as always.
     #[test]
-    fn large_images_keep_burns_convolution() {
+    fn grouped_convolutions_keep_burns() {
         let device = Device::flex();
-        let conv = conv2d(2, 3, 3, 1, 1, &device);
-        let x = Tensor::<4>::random([1, 2, 17, 16], Distribution::Normal(0.0, 1.0), &device);
-        assert!(17 * 16 > CPU_IM2COL_MAX_PIXELS);
+        let conv = Conv2dConfig::new([4, 4], [3, 3]).with_groups(2).init(&device);
+        let x = Tensor::<4>::random([1, 4, 6, 6], Distribution::Normal(0.0, 1.0), &device);
+        assert!(cpu_conv_dims(&conv, x.dims()).is_none());
         assert!(max_difference(conv.forward(x.clone()), conv_forward(&conv, x)) == 0.0);
     }
 }

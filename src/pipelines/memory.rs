@@ -75,7 +75,7 @@ fn map_bytes(n: usize, channels: usize, h: usize, w: usize) -> u64 {
 /// A resnet's live set: its input, and two temporaries at its output width.
 fn resnet_bytes(resnet: &ResnetBlock2D, n: usize, h: usize, w: usize, cpu: bool) -> u64 {
     let [out, input, _, _] = resnet.conv1.weight.dims();
-    // On the CPU small maps convolve through im2col columns (models::blocks::conv_forward).
+    // On the CPU the convolutions read their input out and gather im2col columns (models::blocks::conv_forward).
     let scratch = if cpu {
         cpu_conv_scratch_bytes(&resnet.conv1, n, h, w).max(cpu_conv_scratch_bytes(&resnet.conv2, n, h, w))
     } else {
