@@ -104,5 +104,8 @@ fn text_encoder_matches_transformers_in_every_file_format() {
 /// The same comparison with every attention on the reference kernel in chunks (a 256-byte score budget: a few rows at a time).
 #[test]
 fn text_encoder_matches_transformers_in_every_file_format_with_chunked_attention() {
-    stepstone::models::attention::with_reference_chunks(256, text_encoder_matches_transformers_in_every_file_format_check);
+    stepstone::models::attention::with_reference_chunks(
+        256,
+        text_encoder_matches_transformers_in_every_file_format_check,
+    );
 }

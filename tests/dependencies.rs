@@ -14,7 +14,12 @@ fn a_single_wgpu_and_a_single_egui() {
     let text = String::from_utf8_lossy(&out.stdout);
     let dups: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("wgpu ") || l.starts_with("egui ") || l.starts_with("wgpu-core ") || l.starts_with("burn-core "))
+        .filter(|l| {
+            l.starts_with("wgpu ")
+                || l.starts_with("egui ")
+                || l.starts_with("wgpu-core ")
+                || l.starts_with("burn-core ")
+        })
         .collect();
     assert!(dups.is_empty(), "duplicated crates that must be single: {dups:?}");
     // The check itself must see the tree: both crates are in it.

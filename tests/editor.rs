@@ -293,7 +293,7 @@ fn clicking_a_ranked_candidate_picks_it_as_the_anchor_and_undo_takes_it_back() {
         run_id: 1,
         node: "selector".into(),
         label: "ranking".into(),
-        value: Arc::new(ranking),
+        value: stepstone::values::Value::Ranking(Arc::new(ranking)),
     });
     let mut output = None;
     for t in 1..6 {
@@ -398,7 +398,10 @@ fn running_a_shared_clip_in_the_editor_never_empties_a_folder() {
         let Some(stepstone::ui::session::Activity::Skipped { reason }) = export else {
             panic!("{path}: the export must be refused, got {export:?}");
         };
-        assert!(reason.contains("names the output folder") || reason.contains("only inside the output folder"), "{reason}");
+        assert!(
+            reason.contains("names the output folder") || reason.contains("only inside the output folder"),
+            "{reason}"
+        );
         assert_eq!(std::fs::read(out.join("keep.txt")).unwrap(), b"mine", "{path}");
         assert_eq!(std::fs::read(dir.path().join("also-mine.txt")).unwrap(), b"mine", "{path}");
         assert!(clip.is_file());

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stepstone::graph::{Graph, KindRegistry, KindSpec, Node, ParamSpec, ParamType, PathRole, PortRef, PortSpec, PortType};
+use stepstone::graph::{
+    Graph, KindRegistry, KindSpec, Node, ParamSpec, ParamType, PathRole, PortRef, PortSpec, PortType,
+};
 use stepstone::runtime::{Engine, EvalContext, Evaluators, Event, NodeError, NodeOutputs, RunOutcome, Worker};
 
 const SOURCE: KindSpec = KindSpec {
@@ -386,7 +388,9 @@ fn a_failing_node_blocks_only_its_downstream_and_keeps_upstream_results() {
 
     let (outcome, events) = run(&mut engine, &g, &[]);
     assert_eq!(outcome, RunOutcome::Failed { failed: vec!["f".to_string()] });
-    assert!(events.iter().any(|e| matches!(e, Event::NodeFailed { node, message, .. } if node == "f" && message == "boom")));
+    assert!(
+        events.iter().any(|e| matches!(e, Event::NodeFailed { node, message, .. } if node == "f" && message == "boom"))
+    );
     for skipped in ["b", "out_ab"] {
         assert!(
             events.iter().any(|e| matches!(e, Event::NodeSkipped { node, .. } if node == skipped)),
@@ -566,7 +570,13 @@ fn worker_reports_progress_wakes_the_front_end_and_cancels_mid_node() {
     let g = slow_chain(&engine, 400, 10);
     let wakes = Arc::new(AtomicUsize::new(0));
     let w = wakes.clone();
-    let mut worker = Worker::spawn(move || engine, Some(Box::new(move || { w.fetch_add(1, Ordering::SeqCst); }))).unwrap();
+    let mut worker = Worker::spawn(
+        move || engine,
+        Some(Box::new(move || {
+            w.fetch_add(1, Ordering::SeqCst);
+        })),
+    )
+    .unwrap();
     worker.set_graph(g.clone()).unwrap();
 
     // The stale query answers before anything runs, and matches what then starts.

@@ -226,7 +226,6 @@ fn mismatched_weights_name_file_keys_and_shapes() {
     assert!(err.to_string().contains("med_config.json"), "{err}");
 }
 
-
 #[test]
 fn large_config_has_the_released_layout() {
     let reference = manifest("image_reward");

@@ -87,7 +87,10 @@ fn v2_matches_the_original_animatediff_modules() {
                 // The two semantics really differ, so the comparison above can tell them apart.
                 let other = fx.values(&format!("eps_v2_diffusers_f{frames}"));
                 let spread = got.iter().zip(other).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(spread > 100.0 * TOL, "{frames} frames: original and diffusers norms differ only by {spread:e}");
+                assert!(
+                    spread > 100.0 * TOL,
+                    "{frames} frames: original and diffusers norms differ only by {spread:e}"
+                );
             }
         }
     }
@@ -100,7 +103,12 @@ fn v1_runs_with_its_own_config() {
     assert_eq!((adapter.version, adapter.max_seq_length, adapter.mid_block.is_none()), (MotionVersion::V1, 24, true));
     assert_eq!(adapter.norms.spatial, FrameNorm::AcrossFrames, "v1's UNet norms take statistics across frames");
     let model = video_unet(adapter);
-    let err = assert_close("v1, 3 frames, original config", &eps(&model, &fx, 3, Motion::On), fx.values("eps_v1_original_f3"), TOL);
+    let err = assert_close(
+        "v1, 3 frames, original config",
+        &eps(&model, &fx, 3, Motion::On),
+        fx.values("eps_v1_original_f3"),
+        TOL,
+    );
     eprintln!("v1: max abs error {err:e}");
 }
 
@@ -141,7 +149,12 @@ fn wrong_files_are_named() {
     let err = load_motion_module(&path, &device, &options(None)).unwrap_err().to_string();
     assert!(err.contains("looks like a diffusers UNet") && err.contains("motion module"), "{err}");
     // A motion module whose channels do not fit the UNet.
-    let full = stepstone::models::unet::motion::MotionAdapterConfig { block_out_channels: vec![8, 32], motion_num_attention_heads: 2, motion_norm_num_groups: 4, ..Default::default() };
+    let full = stepstone::models::unet::motion::MotionAdapterConfig {
+        block_out_channels: vec![8, 32],
+        motion_num_attention_heads: 2,
+        motion_norm_num_groups: 4,
+        ..Default::default()
+    };
     let adapter = full.init(&device).unwrap();
     let (unet, _) = load_unet(&common::fixtures().join("unet/unet"), &device).unwrap();
     let err = VideoUnet::new(unet, Some(adapter)).unwrap_err().to_string();

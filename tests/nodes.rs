@@ -55,7 +55,7 @@ struct Ran {
 }
 
 impl Ran {
-    fn output<T: 'static>(&self, node: &str, port: &str) -> &T {
+    fn output<T: stepstone::values::PortValue>(&self, node: &str, port: &str) -> &T {
         self.outputs
             .get(node)
             .and_then(|o| o.get::<T>(port))

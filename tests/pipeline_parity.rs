@@ -42,7 +42,8 @@ fn setup() -> Setup {
         serde_json::from_str(&std::fs::read_to_string(root.join("pipeline/i4vgen.json")).unwrap()).unwrap();
     let mut scheduler = Ddim::new(DdimConfig::animatediff()).unwrap();
     scheduler.set_timesteps(json["steps"].as_u64().unwrap() as usize).unwrap();
-    let timesteps: Vec<usize> = json["timesteps"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as usize).collect();
+    let timesteps: Vec<usize> =
+        json["timesteps"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as usize).collect();
     assert_eq!(scheduler.timesteps, timesteps, "DDIM timesteps");
     let text = TextConditioning { cond: fx.tensor("cond", &device), uncond: fx.tensor("uncond", &device) };
     Setup { unet: VideoUnet::new(unet, Some(motion)).unwrap(), vae, reward, text, scheduler, json, fx }
@@ -117,7 +118,8 @@ fn stages_report_progress_and_stop_when_cancelled() {
         if p.done == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
     };
     let z = i4vgen::static_video(&Tensor::zeros([2, 4, 1, 8, 8], &cpu()), 1, frames).unwrap();
-    let err = i4vgen::ni_vsds(&model, &s.scheduler, z, noise("constant_noise", shape), 0.6, &[1.0], &mut stop_after_two);
+    let err =
+        i4vgen::ni_vsds(&model, &s.scheduler, z, noise("constant_noise", shape), 0.6, &[1.0], &mut stop_after_two);
     assert!(matches!(err, Err(PipelineError::Cancelled { stage: "ni_vsds" })), "{err:?}");
     assert_eq!(seen.iter().map(|p| p.done).collect::<Vec<_>>(), vec![1, 2]);
     let total = i4vgen::ni_vsds_iterations(s.scheduler.timesteps.len(), 0.6);
@@ -128,7 +130,14 @@ fn stages_report_progress_and_stop_when_cancelled() {
         seen.push(p);
         ControlFlow::Break(())
     };
-    let err = i4vgen::regenerate(&model, &s.scheduler, noise("regen_noise", shape), noise("regen_noise", shape), 1.0, &mut stop_after_one);
+    let err = i4vgen::regenerate(
+        &model,
+        &s.scheduler,
+        noise("regen_noise", shape),
+        noise("regen_noise", shape),
+        1.0,
+        &mut stop_after_one,
+    );
     assert!(matches!(err, Err(PipelineError::Cancelled { stage: "regeneration" })), "{err:?}");
     assert_eq!(seen.len(), 1);
 }

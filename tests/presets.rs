@@ -93,9 +93,15 @@ fn unknown_kinds_and_parameters_are_kept_and_reported() {
     let g = parse_preset(UNKNOWN, "unknown.json").unwrap();
     let report = validate(&g, &KindRegistry::builtin(), &ValidateOptions::default());
     let w: Vec<_> = report.for_node("w").collect();
-    assert!(w.iter().any(|m| m.severity == Severity::Error && m.text.contains("unknown node kind 'warp_drive'")), "{report}");
+    assert!(
+        w.iter().any(|m| m.severity == Severity::Error && m.text.contains("unknown node kind 'warp_drive'")),
+        "{report}"
+    );
     let p: Vec<_> = report.for_node("p").collect();
-    assert!(p.iter().any(|m| m.severity == Severity::Warning && m.text.contains("unknown parameter 'sparkle'")), "{report}");
+    assert!(
+        p.iter().any(|m| m.severity == Severity::Warning && m.text.contains("unknown parameter 'sparkle'")),
+        "{report}"
+    );
     let saved = to_preset_string(&g);
     let back = parse_preset(&saved, "saved").unwrap();
     assert_eq!(back, g, "nothing may be dropped");
@@ -245,7 +251,8 @@ fn missing_model_files_name_the_file_and_the_models_directory() {
         "ck",
         &options,
     );
-    let expected = format!("model file 'absent.safetensors' not found in the models directory '{}'", dir.path().display());
+    let expected =
+        format!("model file 'absent.safetensors' not found in the models directory '{}'", dir.path().display());
     assert!(any(&e, &expected), "{e:?}");
     let e = errors_for(
         |g| g.insert_node("ck", Node::new("load_checkpoint").with_param("path", "present.safetensors")),

@@ -22,7 +22,9 @@ fn unet_matches_diffusers_in_every_file_format_check() {
     eprintln!("safetensors: max abs error {err:e}");
 
     let config: UnetConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    for (file, reference) in [("diffusion_pytorch_model.bin", "eps"), ("diffusion_pytorch_model.fp16.safetensors", "eps_from_f16")] {
+    for (file, reference) in
+        [("diffusion_pytorch_model.bin", "eps"), ("diffusion_pytorch_model.fp16.safetensors", "eps_from_f16")]
+    {
         let mut unet = config.init(&device).unwrap();
         let report = load_into(&mut unet, &dir.join(file), &LoadOptions::default()).unwrap();
         assert!(report.unused.is_empty(), "{file}: unused {:?}", report.unused);

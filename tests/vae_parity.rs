@@ -60,5 +60,8 @@ fn vae_encoder_and_decoder_match_diffusers_in_every_file_format() {
 /// The same comparison with every attention on the reference kernel in chunks (a 256-byte score budget: a few rows at a time).
 #[test]
 fn vae_encoder_and_decoder_match_diffusers_in_every_file_format_with_chunked_attention() {
-    stepstone::models::attention::with_reference_chunks(256, vae_encoder_and_decoder_match_diffusers_in_every_file_format_check);
+    stepstone::models::attention::with_reference_chunks(
+        256,
+        vae_encoder_and_decoder_match_diffusers_in_every_file_format_check,
+    );
 }

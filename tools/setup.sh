@@ -33,6 +33,18 @@ if ! command -v cargo >/dev/null 2>&1; then
     :
   else
     echo "stepstone setup: installing the Rust toolchain with rustup"
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy
   fi
+fi
+
+# rustfmt and clippy (the test command checks the formatting; contributors run clippy), where rustup
+# manages a toolchain that lacks them.
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+if command -v rustup >/dev/null 2>&1; then
+  for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+      echo "stepstone setup: adding the Rust component $component"
+      rustup component add "$component"
+    fi
+  done
 fi

@@ -236,13 +236,7 @@ impl Graph {
     }
 
     /// Sets a parameter after checking it against the node's kind. Unknown kinds accept anything.
-    pub fn set_param(
-        &mut self,
-        registry: &KindRegistry,
-        node: &str,
-        param: &str,
-        value: Value,
-    ) -> Result<(), String> {
+    pub fn set_param(&mut self, registry: &KindRegistry, node: &str, param: &str, value: Value) -> Result<(), String> {
         let n = self.nodes.get_mut(node).ok_or_else(|| format!("no node '{node}' in the graph"))?;
         if let Some(kind) = registry.get(&n.kind) {
             let spec = kind.param(param).ok_or_else(|| {
@@ -320,9 +314,7 @@ mod tests {
     #[test]
     fn connect_refuses_wrong_type_with_reason() {
         let (reg, mut g) = pipeline();
-        let err = g
-            .connect(&reg, PortRef::new("prompt", "prompt"), PortRef::new("cands", "model"))
-            .unwrap_err();
+        let err = g.connect(&reg, PortRef::new("prompt", "prompt"), PortRef::new("cands", "model")).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("prompt.prompt (prompt)") && text.contains("cands.model (checkpoint)"), "{text}");
         assert!(g.links.is_empty());

@@ -138,7 +138,10 @@ impl ParamSpec {
                 Some(text) => {
                     let limit = if matches!(self.ty, ParamType::Path { .. }) { MAX_PATH_BYTES } else { MAX_TEXT_BYTES };
                     if text.len() > limit {
-                        return Err(format!("the text is {} bytes long; at most {limit} bytes are allowed", text.len()));
+                        return Err(format!(
+                            "the text is {} bytes long; at most {limit} bytes are allowed",
+                            text.len()
+                        ));
                     }
                     if text.contains('\0') {
                         return Err("the text contains a NUL character".to_string());
@@ -200,7 +203,9 @@ impl ParamSpec {
             ParamType::Float { .. } => match text.trim().parse::<f64>() {
                 Ok(v) if v.is_finite() => Value::from(v),
                 // NaN and infinities parse, but JSON has no such numbers: say so instead of "found null".
-                Ok(_) => return Err(format!("\"{text}\" is not a finite number: expected {}", self.type_description())),
+                Ok(_) => {
+                    return Err(format!("\"{text}\" is not a finite number: expected {}", self.type_description()));
+                }
                 Err(_) => return Err(format!("\"{text}\" is not {}", self.type_description())),
             },
             ParamType::Bool { .. } => match text.trim() {

@@ -51,7 +51,9 @@ pub enum PresetError {
     Invalid { origin: String, message: String },
     #[error("{origin}: {what} is too large: {found}, at most {limit}")]
     TooLarge { origin: String, what: &'static str, found: usize, limit: usize },
-    #[error("{origin}: not UTF-8 text: invalid byte 0x{byte:02x} at byte offset {offset} (line {line}, column {column})")]
+    #[error(
+        "{origin}: not UTF-8 text: invalid byte 0x{byte:02x} at byte offset {offset} (line {line}, column {column})"
+    )]
     NotUtf8 { origin: String, byte: u8, offset: usize, line: usize, column: usize },
 }
 
@@ -83,7 +85,13 @@ pub fn preset_text<'a>(bytes: &'a [u8], origin: &str) -> Result<&'a str, PresetE
         let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         // Characters, not bytes, up to the bad byte (the text before it is valid UTF-8).
         let column = std::str::from_utf8(&before[line_start..]).map_or(0, |t| t.chars().count()) + 1;
-        PresetError::NotUtf8 { origin: origin.to_string(), byte: bytes.get(offset).copied().unwrap_or(0), offset, line, column }
+        PresetError::NotUtf8 {
+            origin: origin.to_string(),
+            byte: bytes.get(offset).copied().unwrap_or(0),
+            offset,
+            line,
+            column,
+        }
     })
 }
 
@@ -124,12 +132,7 @@ fn invalid(origin: &str, message: impl Into<String>) -> PresetError {
 }
 
 /// Checks `format` and brings a preset of any older version up to `current` with `migrations`.
-pub fn migrate(
-    mut value: Value,
-    origin: &str,
-    current: u64,
-    migrations: &[Migration],
-) -> Result<Value, PresetError> {
+pub fn migrate(mut value: Value, origin: &str, current: u64, migrations: &[Migration]) -> Result<Value, PresetError> {
     let obj = value.as_object().ok_or_else(|| not_a_preset(origin, "the top level is not a JSON object"))?;
     match obj.get("format").and_then(Value::as_str) {
         Some(FORMAT) => {}
@@ -149,14 +152,13 @@ pub fn migrate(
         return Err(PresetError::TooNew { origin: origin.to_string(), found: version, supported: current });
     }
     while version < current {
-        let step = usize::try_from(version - 1)
-            .ok()
-            .and_then(|i| migrations.get(i))
-            .ok_or_else(|| PresetError::Migration {
+        let step = usize::try_from(version - 1).ok().and_then(|i| migrations.get(i)).ok_or_else(|| {
+            PresetError::Migration {
                 origin: origin.to_string(),
                 from: version,
                 message: "no migration is registered for this version".to_string(),
-            })?;
+            }
+        })?;
         value = step(value).map_err(|message| PresetError::Migration {
             origin: origin.to_string(),
             from: version,
@@ -233,11 +235,11 @@ fn from_value(value: Value, origin: &str) -> Result<Graph, PresetError> {
     }
     for (i, link) in links.into_iter().enumerate() {
         let end = |key: &str| -> Result<PortRef, PresetError> {
-            let text = link.get(key).and_then(Value::as_str).ok_or_else(|| {
-                invalid(origin, format!("link #{i} has no \"{key}\" text (expected \"node.port\")"))
-            })?;
-            PortRef::parse(text)
-                .ok_or_else(|| invalid(origin, format!("link #{i}: \"{text}\" is not \"node.port\"")))
+            let text = link
+                .get(key)
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid(origin, format!("link #{i} has no \"{key}\" text (expected \"node.port\")")))?;
+            PortRef::parse(text).ok_or_else(|| invalid(origin, format!("link #{i}: \"{text}\" is not \"node.port\"")))
         };
         let link = Link { from: end("from")?, to: end("to")? };
         graph.links.insert(link);

@@ -67,11 +67,7 @@ impl Report {
     }
 
     fn warning(&mut self, node: &str, text: impl Into<String>) {
-        self.messages.push(Message {
-            node: Some(node.to_string()),
-            severity: Severity::Warning,
-            text: text.into(),
-        });
+        self.messages.push(Message { node: Some(node.to_string()), severity: Severity::Warning, text: text.into() });
     }
 }
 
@@ -119,18 +115,14 @@ pub fn validate(graph: &Graph, registry: &KindRegistry, options: &ValidateOption
             report.error(id, format!("node ids are at most {MAX_ID_LEN} characters (this one has {})", id.len()));
         }
         let Some(kind) = registry.get(&node.kind) else {
-            report.error(
-                id,
-                format!("unknown node kind '{}' (kept in the graph, but it cannot run)", node.kind),
-            );
+            report.error(id, format!("unknown node kind '{}' (kept in the graph, but it cannot run)", node.kind));
             continue;
         };
         for (name, value) in &node.params {
             match kind.param(name) {
-                None => report.warning(
-                    id,
-                    format!("unknown parameter '{name}' for kind '{}' (kept, but ignored)", kind.id),
-                ),
+                None => {
+                    report.warning(id, format!("unknown parameter '{name}' for kind '{}' (kept, but ignored)", kind.id))
+                }
                 Some(spec) => {
                     if let Err(e) = spec.check(value) {
                         report.error(id, format!("parameter '{name}': {e}"));
@@ -210,10 +202,8 @@ fn check_kind_rules(report: &mut Report, into: &[&Link], id: &str, kind: &str, p
     }
     if kind == "candidate_selector" && params.str("mode") == Some("reward") {
         if !into.iter().any(|l| l.to.port == "reward") {
-            report.error(
-                id,
-                "mode \"reward\" needs a reward model: connect input 'reward' or switch mode to \"manual\"",
-            );
+            report
+                .error(id, "mode \"reward\" needs a reward model: connect input 'reward' or switch mode to \"manual\"");
         }
     }
 }

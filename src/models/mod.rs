@@ -86,10 +86,8 @@ fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, Componen
     let path = dir.join("config.json");
     let text = bounds::read_text(&path, bounds::MAX_CONFIG_BYTES)
         .map_err(|message| ComponentError::Config { path: path.clone(), message })?;
-    serde_json::from_str(&text).map_err(|e| ComponentError::Config {
-        path,
-        message: format!("line {} column {}: {e}", e.line(), e.column()),
-    })
+    serde_json::from_str(&text)
+        .map_err(|e| ComponentError::Config { path, message: format!("line {} column {}: {e}", e.line(), e.column()) })
 }
 
 /// Reads a component folder: `config.json` into `C`, the model built by `init`, weights from the first
@@ -107,8 +105,8 @@ where
     E: std::fmt::Display,
 {
     let config: C = read_config(dir)?;
-    let mut model =
-        init(&config, device).map_err(|e| ComponentError::Config { path: dir.join("config.json"), message: e.to_string() })?;
+    let mut model = init(&config, device)
+        .map_err(|e| ComponentError::Config { path: dir.join("config.json"), message: e.to_string() })?;
     let weights = stems
         .iter()
         .find_map(|stem| diffusers_weight_file(dir, stem, false))
@@ -140,7 +138,8 @@ pub fn load_clip_weights(model: &mut clip::ClipTextModel, path: &Path) -> Result
 
 /// Loads diffusers' `AutoencoderKL` from a `vae/` folder.
 pub fn load_vae(dir: &Path, device: &Device) -> Result<(vae::AutoencoderKl, LoadReport), ComponentError> {
-    let options = LoadOptions { remap: VAE_LEGACY_ATTENTION, expected: Some("a diffusers VAE"), ..LoadOptions::default() };
+    let options =
+        LoadOptions { remap: VAE_LEGACY_ATTENTION, expected: Some("a diffusers VAE"), ..LoadOptions::default() };
     load_component(dir, device, &["diffusion_pytorch_model"], vae::VaeConfig::init, &options)
 }
 

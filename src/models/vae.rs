@@ -87,7 +87,10 @@ impl VaeConfig {
         let g = self.norm_num_groups;
         let last = *ch.last().unwrap_or(&0);
         let mid = || VaeMidBlock {
-            resnets: vec![ResnetBlock2D::new(last, last, None, g, EPS, device), ResnetBlock2D::new(last, last, None, g, EPS, device)],
+            resnets: vec![
+                ResnetBlock2D::new(last, last, None, g, EPS, device),
+                ResnetBlock2D::new(last, last, None, g, EPS, device),
+            ],
             attentions: if self.mid_block_add_attention {
                 vec![SpatialSelfAttention::new(last, g, EPS, device)]
             } else {

@@ -2,8 +2,8 @@
 
 use std::ops::ControlFlow;
 
-use crate::graph::to_preset_string;
 use crate::graph::Verdict;
+use crate::graph::to_preset_string;
 use crate::runtime::{CheckContext, EvalContext, NodeError, NodeOutputs};
 use crate::video::encode::{self, EncodeOptions, Format, GifLoop};
 use crate::video::{Video, output_path};
@@ -71,7 +71,9 @@ pub(super) fn export_check(ctx: &CheckContext<'_>) -> Result<(), String> {
     let file = ctx.access.resolve(ctx.node, "path", crate::graph::PathRole::Output, value);
     let template = match file.verdict {
         Verdict::Allowed => file.path.to_string_lossy().into_owned(),
-        Verdict::NeedsPermission(why) | Verdict::Refused(why) => return Err(format!("parameter 'path': '{value}': {why}")),
+        Verdict::NeedsPermission(why) | Verdict::Refused(why) => {
+            return Err(format!("parameter 'path': '{value}': {why}"));
+        }
     };
     let overwrite = ctx.params.bool("overwrite").unwrap_or(false);
     let placeholders = ["{prompt}", "{seed}", "{n}"].iter().any(|p| template.contains(p));

@@ -45,7 +45,7 @@ pub enum PipelineError {
 }
 
 /// Latents (or any f32 tensor) held on the host: [clips, channels, frames, height, width].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Latents {
     pub shape: [usize; 5],
     pub data: Arc<Vec<f32>>,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::engine::Plan;
+use super::plan::Plan;
 use super::{NodeOutputs, Value};
 use crate::graph::{NodeId, Report};
 

@@ -8,9 +8,9 @@
 pub mod cache;
 pub mod engine;
 pub mod events;
+pub mod plan;
 pub mod worker;
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,12 +18,12 @@ use std::sync::Arc;
 use crate::graph::{AccessPolicy, KindSpec, ParamType, ResolvedParams, Verdict};
 
 pub use cache::{CacheKey, ModelCache, ResultCache};
-pub use engine::{Engine, NodeStatus, Plan, PlanError};
+pub use engine::Engine;
 pub use events::{Command, Event, RunId, RunOutcome};
+pub use plan::{NodeStatus, Plan, PlanError};
 pub use worker::Worker;
 
-/// A value travelling along a link. Cheap to clone; node kinds agree on the concrete type per port type.
-pub type Value = Arc<dyn Any + Send + Sync>;
+pub use crate::values::{PortValue, Value};
 
 /// The outputs of one node evaluation, by output port name.
 #[derive(Clone, Default)]
@@ -37,14 +37,14 @@ impl NodeOutputs {
     }
 
     /// Builder: adds one output.
-    pub fn with<T: Any + Send + Sync>(mut self, port: &str, value: T) -> Self {
-        self.values.insert(port.to_string(), Arc::new(value));
+    pub fn with<T: PortValue>(mut self, port: &str, value: T) -> Self {
+        self.values.insert(port.to_string(), value.into_value());
         self
     }
 
     /// Typed access to one output.
-    pub fn get<T: Any>(&self, port: &str) -> Option<&T> {
-        self.values.get(port)?.downcast_ref::<T>()
+    pub fn get<T: PortValue>(&self, port: &str) -> Option<&T> {
+        T::from_value(self.values.get(port)?)
     }
 }
 
@@ -61,8 +61,8 @@ pub enum NodeError {
     Cancelled,
     #[error("input '{port}' is not connected")]
     MissingInput { port: String },
-    #[error("input '{port}' carries the wrong kind of value (expected {expected})")]
-    WrongInputType { port: String, expected: &'static str },
+    #[error("input '{port}' carries {found}, expected {expected}")]
+    WrongInputType { port: String, expected: &'static str, found: &'static str },
     #[error("parameter '{name}': {message}")]
     Param { name: String, message: String },
     #[error("{path}: {message}")]
@@ -168,17 +168,18 @@ pub enum NodeReport {
 
 impl EvalContext<'_> {
     /// A connected input of type `T`.
-    pub fn input<T: Any>(&self, port: &str) -> Result<&T, NodeError> {
+    pub fn input<T: PortValue>(&self, port: &str) -> Result<&T, NodeError> {
         self.optional_input(port)?.ok_or_else(|| NodeError::MissingInput { port: port.to_string() })
     }
 
     /// An input that may be unconnected.
-    pub fn optional_input<T: Any>(&self, port: &str) -> Result<Option<&T>, NodeError> {
+    pub fn optional_input<T: PortValue>(&self, port: &str) -> Result<Option<&T>, NodeError> {
         match self.inputs.get(port) {
             None => Ok(None),
-            Some(v) => v.downcast_ref::<T>().map(Some).ok_or_else(|| NodeError::WrongInputType {
+            Some(v) => T::from_value(v).map(Some).ok_or_else(|| NodeError::WrongInputType {
                 port: port.to_string(),
-                expected: std::any::type_name::<T>(),
+                expected: T::NAME,
+                found: v.describe(),
             }),
         }
     }
@@ -200,8 +201,8 @@ impl EvalContext<'_> {
     }
 
     /// Shows an intermediate result in the front end.
-    pub fn preview<T: Any + Send + Sync>(&mut self, label: &str, value: T) {
-        (self.report)(NodeReport::Preview { label: label.to_string(), value: Arc::new(value) });
+    pub fn preview<T: PortValue>(&mut self, label: &str, value: T) {
+        (self.report)(NodeReport::Preview { label: label.to_string(), value: value.into_value() });
     }
 
     /// A message shown on the node (a truncated prompt, a fallback taken, ...).

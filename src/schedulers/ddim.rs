@@ -287,12 +287,12 @@ mod tests {
 
     #[test]
     fn spacings_and_errors() {
-        let mut s = Ddim::new(DdimConfig { timestep_spacing: TimestepSpacing::Trailing, ..DdimConfig::default() })
-            .unwrap();
+        let mut s =
+            Ddim::new(DdimConfig { timestep_spacing: TimestepSpacing::Trailing, ..DdimConfig::default() }).unwrap();
         s.set_timesteps(10).unwrap();
         assert_eq!(s.timesteps, vec![999, 899, 799, 699, 599, 499, 399, 299, 199, 99]);
-        let mut s = Ddim::new(DdimConfig { timestep_spacing: TimestepSpacing::Linspace, ..DdimConfig::default() })
-            .unwrap();
+        let mut s =
+            Ddim::new(DdimConfig { timestep_spacing: TimestepSpacing::Linspace, ..DdimConfig::default() }).unwrap();
         s.set_timesteps(4).unwrap();
         assert_eq!(s.timesteps, vec![999, 666, 333, 0]);
         assert_eq!(s.set_timesteps(1001), Err(SchedulerError::TooManySteps { steps: 1001, train: 1000 }));

@@ -81,7 +81,9 @@ pub enum SchedulerError {
 /// Betas as diffusers computes them (in `float32`), returned as `f64`.
 pub fn betas(schedule: BetaSchedule, beta_start: f64, beta_end: f64, n: usize) -> Vec<f64> {
     match schedule {
-        BetaSchedule::Linear => linspace_f32(beta_start as f32, beta_end as f32, n).into_iter().map(f64::from).collect(),
+        BetaSchedule::Linear => {
+            linspace_f32(beta_start as f32, beta_end as f32, n).into_iter().map(f64::from).collect()
+        }
         BetaSchedule::ScaledLinear => linspace_f32(beta_start.sqrt() as f32, beta_end.sqrt() as f32, n)
             .into_iter()
             .map(|b| f64::from(b * b))
@@ -108,9 +110,7 @@ pub fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     }
     let step = (end - start) / (n - 1) as f32;
     let half = n / 2;
-    (0..n)
-        .map(|i| if i < half { start + step * i as f32 } else { end - step * (n - 1 - i) as f32 })
-        .collect()
+    (0..n).map(|i| if i < half { start + step * i as f32 } else { end - step * (n - 1 - i) as f32 }).collect()
 }
 
 /// diffusers' `rescale_zero_terminal_snr` (arXiv 2305.08891, Algorithm 1), in float32 like diffusers.

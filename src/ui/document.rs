@@ -96,10 +96,9 @@ impl Document {
             // A position from the file is drawn only when finite, and within the canvas's reach (a preset may
             // hold any number: 1e308 overflows egui's layout); the stored value is kept as it is.
             let placed_at = match node.pos {
-                Some([x, y]) if x.is_finite() && y.is_finite() => Pos2::new(
-                    x.clamp(-CANVAS_REACH, CANVAS_REACH) as f32,
-                    y.clamp(-CANVAS_REACH, CANVAS_REACH) as f32,
-                ),
+                Some([x, y]) if x.is_finite() && y.is_finite() => {
+                    Pos2::new(x.clamp(-CANVAS_REACH, CANVAS_REACH) as f32, y.clamp(-CANVAS_REACH, CANVAS_REACH) as f32)
+                }
                 _ => layout.get(id.as_str()).copied().unwrap_or(Pos2::new(LAYOUT_ORIGIN[0], LAYOUT_ORIGIN[1])),
             };
             let editor_node = EditorNode { id: id.clone(), node: node.clone(), inputs, outputs, placed_at };

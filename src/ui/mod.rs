@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 pub use app::Studio;
 
-use crate::cli::DeviceChoice;
+use crate::device::DeviceChoice;
 use crate::graph::KindRegistry;
 use crate::runtime::worker::Worker;
 
@@ -35,7 +35,7 @@ pub struct LaunchOptions {
     pub allow_paths: bool,
     pub device: DeviceChoice,
     /// The models' float precision (`--dtype`).
-    pub dtype: crate::cli::Precision,
+    pub dtype: crate::device::Precision,
     /// The memory limit of generation nodes in bytes (`--memory-limit`; see [`crate::pipelines::memory`]).
     pub memory_limit: Option<u64>,
     /// A preset or clip to open.
@@ -133,16 +133,16 @@ fn shares_window_device(choice: DeviceChoice) -> bool {
 /// The window's device for the models, or a wgpu device of their own when burn cannot use it.
 fn window_or_own_device(
     render: Option<&eframe::egui_wgpu::RenderState>,
-    dtype: crate::cli::Precision,
+    dtype: crate::device::Precision,
 ) -> anyhow::Result<burn::tensor::Device> {
     match shared_device::models_device(render) {
         Ok((device, adapter)) => {
             tracing::info!("the window and the models share one wgpu device: {adapter}");
-            crate::cli::with_precision(device, DeviceChoice::Wgpu, dtype)
+            crate::device::with_precision(device, DeviceChoice::Wgpu, dtype)
         }
         Err(e) => {
             tracing::warn!("{e}; the models get a wgpu device of their own");
-            crate::cli::open_device(DeviceChoice::Wgpu, dtype)
+            crate::device::open_device(DeviceChoice::Wgpu, dtype)
         }
     }
 }
@@ -172,7 +172,7 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
     let own_device = if shares_window_device(options.device) {
         None
     } else {
-        Some(crate::cli::open_device(options.device, options.dtype)?)
+        Some(crate::device::open_device(options.device, options.dtype)?)
     };
     let result = std::sync::Arc::new(std::sync::Mutex::new(None));
     let app_result = result.clone();

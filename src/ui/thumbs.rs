@@ -8,7 +8,7 @@ use egui::{Color32, ColorImage, RichText, TextureHandle, TextureOptions, Ui};
 use image::RgbImage;
 
 use super::session::NodeState;
-use crate::nodes::values::{Candidates, Ranking, SelectedBy, StillImage};
+use crate::values::{Candidates, Ranking, SelectedBy, StillImage, Value};
 use crate::video::Video;
 
 /// Which result of a node to show.
@@ -33,20 +33,15 @@ impl Shown<'_> {
 /// The result to show for a node: its newest preview, else its outputs.
 pub fn shown(state: &NodeState) -> Option<Shown<'_>> {
     for label in ["ranking", "video", "candidates", "image"] {
-        if let Some(v) = state.previews.get(label) {
-            if let Some(r) = v.downcast_ref::<Ranking>() {
-                return Some(Shown::Ranking(r));
-            }
-            if let Some(v) = v.downcast_ref::<Video>() {
-                return Some(Shown::Video(v));
-            }
-            if let Some(images) = v.downcast_ref::<Vec<Arc<RgbImage>>>() {
-                return Some(Shown::Images(images));
-            }
-            if let Some(s) = v.downcast_ref::<StillImage>() {
-                return Some(Shown::Still(s));
-            }
-        }
+        let shown = match state.previews.get(label) {
+            Some(Value::Ranking(r)) => Shown::Ranking(r),
+            Some(Value::Video(v)) => Shown::Video(v),
+            Some(Value::Images(images)) => Shown::Images(images),
+            Some(Value::Candidates(c)) => Shown::Images(&c.images),
+            Some(Value::Image(s)) => Shown::Still(s),
+            _ => continue,
+        };
+        return Some(shown);
     }
     let outputs = state.outputs.as_ref()?;
     if let Some(r) = outputs.get::<Ranking>("ranking") {

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 
 /// A clip: frames plus what made it (for output names and embedded metadata).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Video {
+    #[serde(with = "crate::values::rgb::list")]
     pub frames: Vec<RgbImage>,
     pub fps: f64,
     pub prompt: String,
@@ -64,7 +65,9 @@ impl ExportError {
         let fix_text = |text: String| text.replace(&tmp.display().to_string(), &output.display().to_string());
         match self {
             ExportError::Write { path, message } => ExportError::Write { path: fix(path), message: fix_text(message) },
-            ExportError::Ffmpeg { path, message } => ExportError::Ffmpeg { path: fix(path), message: fix_text(message) },
+            ExportError::Ffmpeg { path, message } => {
+                ExportError::Ffmpeg { path: fix(path), message: fix_text(message) }
+            }
             other => other,
         }
     }
@@ -160,10 +163,8 @@ pub fn write_png_sequence_with(
             .map_err(|e| write_err(&e))?;
         for (i, frame) in video.frames.iter().enumerate() {
             let name = format!("frame_{i:04}.png");
-            let frame_err = |e: &dyn std::fmt::Display| ExportError::Write {
-                path: dir.join(&name),
-                message: e.to_string(),
-            };
+            let frame_err =
+                |e: &dyn std::fmt::Display| ExportError::Write { path: dir.join(&name), message: e.to_string() };
             let mut bytes = Vec::new();
             frame
                 .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)

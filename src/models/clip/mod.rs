@@ -147,7 +147,8 @@ pub struct ClipMlp {
 impl ClipMlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = self.fc1.forward(x);
-        let x = if self.quick_gelu { x.clone() * sigmoid(x.mul_scalar(1.702)) } else { burn::tensor::activation::gelu(x) };
+        let x =
+            if self.quick_gelu { x.clone() * sigmoid(x.mul_scalar(1.702)) } else { burn::tensor::activation::gelu(x) };
         self.fc2.forward(x)
     }
 }
@@ -198,8 +199,8 @@ impl ClipTextModel {
         let [_, s] = input_ids.dims();
         let m = &self.text_model;
         let positions = Tensor::<1, Int>::arange(0..s as i64, &device).unsqueeze::<2>();
-        let mut x = m.embeddings.token_embedding.forward(input_ids)
-            + m.embeddings.position_embedding.forward(positions);
+        let mut x =
+            m.embeddings.token_embedding.forward(input_ids) + m.embeddings.position_embedding.forward(positions);
         let mask = causal_mask(s, &device);
         for layer in &m.encoder.layers {
             x = layer.forward(x, mask.clone());
@@ -218,7 +219,6 @@ impl ClipTextModel {
 
 /// The additive causal mask: 0 on and below the diagonal, -inf above.
 pub fn causal_mask(s: usize, device: &Device) -> Tensor<2> {
-    let data: Vec<f32> =
-        (0..s * s).map(|i| if i % s > i / s { f32::NEG_INFINITY } else { 0.0 }).collect();
+    let data: Vec<f32> = (0..s * s).map(|i| if i % s > i / s { f32::NEG_INFINITY } else { 0.0 }).collect();
     Tensor::from_data(TensorData::new(data, [s, s]), device)
 }

@@ -44,8 +44,13 @@ impl FileKind {
 /// Classifies a file from its tensor names.
 pub fn classify(keys: &[String]) -> FileKind {
     let any = |pred: &dyn Fn(&str) -> bool| keys.iter().any(|k| pred(k));
-    if any(&|k| k.contains("lora_down") || k.contains("lora_up") || k.contains(".lora_A.") || k.starts_with("lora_unet_") || k.starts_with("lora_te"))
-    {
+    if any(&|k| {
+        k.contains("lora_down")
+            || k.contains("lora_up")
+            || k.contains(".lora_A.")
+            || k.starts_with("lora_unet_")
+            || k.starts_with("lora_te")
+    }) {
         return FileKind::Lora;
     }
     if any(&|k| k.starts_with("conditioner.embedders.")) {
@@ -106,13 +111,34 @@ mod tests {
     #[test]
     fn classifies_the_files_artists_have() {
         assert_eq!(classify(&keys(&["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"])), FileKind::Lora);
-        assert_eq!(classify(&keys(&["conditioner.embedders.1.model.ln_final.weight", "model.diffusion_model.out.0.weight"])), FileKind::SdxlSingleFile);
-        assert_eq!(classify(&keys(&["cond_stage_model.model.transformer.resblocks.0.ln_1.weight", "model.diffusion_model.out.0.weight"])), FileKind::Sd2SingleFile);
-        assert_eq!(classify(&keys(&["cond_stage_model.transformer.text_model.final_layer_norm.weight", "model.diffusion_model.out.0.weight"])), FileKind::Sd1SingleFile);
-        assert_eq!(classify(&keys(&["down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight"])), FileKind::MotionModule);
+        assert_eq!(
+            classify(&keys(&["conditioner.embedders.1.model.ln_final.weight", "model.diffusion_model.out.0.weight"])),
+            FileKind::SdxlSingleFile
+        );
+        assert_eq!(
+            classify(&keys(&[
+                "cond_stage_model.model.transformer.resblocks.0.ln_1.weight",
+                "model.diffusion_model.out.0.weight"
+            ])),
+            FileKind::Sd2SingleFile
+        );
+        assert_eq!(
+            classify(&keys(&[
+                "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+                "model.diffusion_model.out.0.weight"
+            ])),
+            FileKind::Sd1SingleFile
+        );
+        assert_eq!(
+            classify(&keys(&["down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight"])),
+            FileKind::MotionModule
+        );
         assert_eq!(classify(&keys(&["down_blocks.0.motion_modules.0.proj_in.weight"])), FileKind::MotionAdapter);
         assert_eq!(classify(&keys(&["encoder.conv_in.weight", "decoder.conv_out.weight"])), FileKind::DiffusersVae);
-        assert_eq!(classify(&keys(&["time_embedding.linear_1.weight", "down_blocks.0.resnets.0.conv1.weight"])), FileKind::DiffusersUnet);
+        assert_eq!(
+            classify(&keys(&["time_embedding.linear_1.weight", "down_blocks.0.resnets.0.conv1.weight"])),
+            FileKind::DiffusersUnet
+        );
         assert_eq!(classify(&keys(&["text_model.embeddings.token_embedding.weight"])), FileKind::ClipTextEncoder);
         assert_eq!(classify(&keys(&["something.else"])), FileKind::Unknown);
     }
