@@ -26,7 +26,7 @@ pub fn install() -> std::io::Result<()> {
             for signal in [libc::SIGINT, libc::SIGTERM] {
                 // SAFETY: the action only touches an atomic counter, which is async-signal-safe; it neither
                 // allocates nor locks.
-                unsafe { signal_hook_registry::register(signal, || count_one()) }.map_err(|e| e.to_string())?;
+                unsafe { signal_hook_registry::register(signal, count_one) }.map_err(|e| e.to_string())?;
             }
             Ok(())
         })

@@ -1,5 +1,8 @@
 //! The command line: failures exit non-zero with messages that name what is wrong.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,6 +1,9 @@
 //! Crafted model files (issue 11, "shared graphs are untrusted input"): every size, count, offset and
 //! index a file declares is checked before it sizes anything, and the error names the file and the field.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,8 @@
 //! DDIM against diffusers' DDIMScheduler (fixtures from tools/fixtures/make_fixtures.py).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Fixture, assert_close, cpu, to_vec};

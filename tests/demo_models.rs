@@ -2,6 +2,9 @@
 //! with our loaders without unused keys, they fit together, the tokenizer agrees with transformers, and the
 //! folder stays under its size limit.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::ops::ControlFlow;

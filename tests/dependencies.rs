@@ -1,5 +1,8 @@
 //! One wgpu and one egui in the dependency graph, so the UI and the models can share a device.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 #[test]

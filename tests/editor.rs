@@ -3,6 +3,9 @@
 //! wrong; undo brings back what an open replaced; saving a graph that came from a clip writes a preset, not
 //! over the clip.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

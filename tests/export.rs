@@ -1,6 +1,9 @@
 //! Exported clips decoded back with FFmpeg: frame count, size, frame rate, pixels, the embedded graph; and bad
 //! input, each with a clear error and no file left behind.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::ops::ControlFlow;
 use std::path::Path;
 
@@ -118,7 +121,7 @@ fn lossless_formats_round_trip_exactly() {
             assert!(
                 got == want,
                 "{name}: frame {i} differs (mean abs {})",
-                mean_abs_error(&[got.clone()], &[want.clone()])
+                mean_abs_error(std::slice::from_ref(got), std::slice::from_ref(want))
             );
         }
     }

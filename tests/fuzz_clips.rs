@@ -12,6 +12,9 @@
 //! 512 MiB so that a runaway request aborts the test visibly instead of swapping. FFmpeg's own allocations
 //! (MP4/WebM) are C `malloc`s, which it cannot see.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::alloc::Layout;
 use std::ops::{ControlFlow, Range};
 use std::path::Path;

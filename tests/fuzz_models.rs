@@ -7,6 +7,9 @@
 //!
 //! The seed is fixed, so a failure names the target, the case number and the mutation, and reproduces.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,9 @@
 //! document) with a fixed seed corpus and generated mutations: nothing may panic and no single allocation may
 //! exceed a cap. Bounded in time (a few seconds in the dev profile).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use stepstone::graph::preset::{parse_preset, preset_text};
 use stepstone::graph::{KindRegistry, ValidateOptions, validate};
 
@@ -148,7 +151,7 @@ fn mutated_presets_never_panic_or_allocate_without_bound() {
             // Every 4th input that is still a graph is also drawn in the editor.
             let parses = preset_text(&input, "fuzz").ok().and_then(|t| parse_preset(t, "fuzz").ok()).is_some();
             parsed += usize::from(parses);
-            if result.is_ok() && parses && parsed % 4 == 0 {
+            if result.is_ok() && parses && parsed.is_multiple_of(4) {
                 drawn += 1;
                 let (drew, _) = guarded(|| draw(&input, dir.path(), &ctx));
                 if drew.is_err() {

@@ -3,6 +3,9 @@
 //! references, within stated tolerances. Its own test binary: a device's default dtype is set once per
 //! process.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::OnceLock;

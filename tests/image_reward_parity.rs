@@ -2,6 +2,9 @@
 //! tokenizer, Pillow's bicubic resize, preprocessing, image embeds, [CLS] states and scores from `.pt` and
 //! `.safetensors`, the full-size key layout, and wrong files.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

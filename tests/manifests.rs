@@ -1,6 +1,9 @@
 //! Our module trees expect exactly the keys and shapes of the real full-size checkpoint layouts
 //! (manifests made by tools/fixtures from the reference classes, without weights).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,9 @@
 //! modules (original key names and norm semantics). Every file format of the motion modules; several frame
 //! counts; bypassed motion modules equal the plain 2-D UNet.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use burn::tensor::Tensor;

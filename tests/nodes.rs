@@ -1,6 +1,9 @@
 //! The built-in nodes on the bundled demo models (assets/demo-models: tiny random networks in the real
 //! formats), through the engine: what each artist's edit re-runs, what the selector shows, and bad input.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,9 @@
 //! The I4VGen stages against a Python reference of the official AnimateDiff procedure
 //! (tools/fixtures/pipeline.py) on the tiny random models, with all noise replayed from the reference.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::ops::ControlFlow;

@@ -1,5 +1,8 @@
 //! Shipped presets, preset round trips, and every validation message.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use serde_json::json;

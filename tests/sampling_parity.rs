@@ -1,6 +1,9 @@
 //! The DDIM + classifier-free-guidance loop with the tiny UNet against diffusers' pipeline loop (fixtures
 //! from tools/fixtures/sampling.py: AnimateDiff's scheduler, 4 steps, guidance 7.5, eta 0 and 1).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::ops::ControlFlow;

@@ -2,6 +2,9 @@
 //! never deletes what it did not write, that Ctrl-C leaves nothing behind, and clear refusals of bad input.
 //! One test per defect found in issue 11.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

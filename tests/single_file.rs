@@ -2,6 +2,9 @@
 //! tables against the full-size SD 1.5 single-file layout, and files of the wrong kind
 //! (fixtures from tools/fixtures/single_file.py).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,5 +1,8 @@
 //! AutoencoderKL against diffusers (fixtures from tools/fixtures/make_fixtures.py).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use burn::tensor::Tensor;

@@ -1,6 +1,9 @@
 //! Tiled VAE decoding against diffusers' `AutoencoderKL.tiled_decode` (fixtures from
 //! tools/fixtures/sampling.py, on the tiny VAE of tests/fixtures/vae/vae).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use burn::tensor::Tensor;

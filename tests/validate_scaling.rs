@@ -4,6 +4,9 @@
 //! The complexity check runs in the suite; the 100k-node benchmark is ignored by default:
 //! `cargo test --test validate_scaling -- --ignored --nocapture`.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use stepstone::graph::{Graph, KindRegistry, KindSpec, Node, PortRef, PortSpec, PortType, ValidateOptions, validate};

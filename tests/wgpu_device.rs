@@ -1,6 +1,9 @@
 //! The same network on the wgpu device (Vulkan; Mesa's software rasteriser "llvmpipe" on CI) and on the
 //! flex CPU device must agree.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use burn::tensor::{Device, DeviceKind};

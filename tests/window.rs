@@ -4,6 +4,9 @@
 //! is checked to show a drawn window, not a blank one. With `--device wgpu` the models run on the window's
 //! own wgpu device.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::process::Command;

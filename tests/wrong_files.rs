@@ -1,5 +1,8 @@
 //! A file of the wrong kind, or a damaged one, gets a message that says what it is.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;

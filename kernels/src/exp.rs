@@ -16,7 +16,7 @@ const HIGHEST: f32 = 88.0;
 /// e^x (0 below -87, +inf above 88, NaN stays NaN), inlined into the caller's loop so that it vectorises.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
-    let clamped = x.max(LOWEST).min(HIGHEST);
+    let clamped = x.clamp(LOWEST, HIGHEST);
     // Adding ROUND leaves round(x log2 e) in the low mantissa bits: read it from there (integer ops on the
     // bits vectorise; an `as i32` cast, which saturates, does not).
     let shifted = clamped * LOG2_E + ROUND;

@@ -124,7 +124,7 @@ pub struct BenchArgs {
 
 /// Runs the cases and prints one JSON object.
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    if args.size < 8 || args.size % 8 != 0 {
+    if args.size < 8 || !args.size.is_multiple_of(8) {
         anyhow::bail!("--size {}: the latent side must be a multiple of 8 (the UNet halves it three times)", args.size);
     }
     if args.frames == 0 || args.frames > MotionVersion::V2.config().motion_max_seq_length {

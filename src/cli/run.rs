@@ -158,11 +158,9 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
                 bar.set_position(step);
             }
             Event::NodeNote { node, text, .. } => say(&bar, format!("{node}: {text}")),
-            Event::NodeFinished { node, cached, elapsed, .. } => {
-                if !args.quiet {
-                    let how = if cached { "cached".to_string() } else { format!("{:.2} s", elapsed.as_secs_f64()) };
-                    say(&bar, format!("done {node} ({how})"));
-                }
+            Event::NodeFinished { node, cached, elapsed, .. } if !args.quiet => {
+                let how = if cached { "cached".to_string() } else { format!("{:.2} s", elapsed.as_secs_f64()) };
+                say(&bar, format!("done {node} ({how})"));
             }
             Event::NodeFailed { node, message, .. } => {
                 say(&bar, format!("error: node '{node}' failed: {message}"));

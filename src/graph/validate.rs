@@ -194,17 +194,17 @@ fn check_paths(
 /// Rules that involve more than one parameter or port of a kind.
 fn check_kind_rules(report: &mut Report, into: &[&Link], id: &str, kind: &str, params: &ResolvedParams) {
     for name in ["width", "height"] {
-        if let Some(v) = params.i64(name) {
-            if v % 8 != 0 {
-                report.error(id, format!("parameter '{name}': {v} is not a multiple of 8 (the VAE downsamples by 8)"));
-            }
+        if let Some(v) = params.i64(name)
+            && v % 8 != 0
+        {
+            report.error(id, format!("parameter '{name}': {v} is not a multiple of 8 (the VAE downsamples by 8)"));
         }
     }
-    if kind == "candidate_selector" && params.str("mode") == Some("reward") {
-        if !into.iter().any(|l| l.to.port == "reward") {
-            report
-                .error(id, "mode \"reward\" needs a reward model: connect input 'reward' or switch mode to \"manual\"");
-        }
+    if kind == "candidate_selector"
+        && params.str("mode") == Some("reward")
+        && !into.iter().any(|l| l.to.port == "reward")
+    {
+        report.error(id, "mode \"reward\" needs a reward model: connect input 'reward' or switch mode to \"manual\"");
     }
 }
 

@@ -270,7 +270,8 @@ mod tests {
     #[test]
     fn the_cpu_convolution_equals_burns() {
         let device = Device::flex();
-        let cases: [(usize, usize, [usize; 2], [usize; 2], (usize, usize, usize, usize), [usize; 2], bool); 8] = [
+        type Case = (usize, usize, [usize; 2], [usize; 2], (usize, usize, usize, usize), [usize; 2], bool);
+        let cases: [Case; 8] = [
             (3, 5, [3, 3], [1, 1], (1, 1, 1, 1), [7, 5], true),
             (4, 6, [3, 3], [2, 2], (1, 1, 1, 1), [9, 6], true),
             (2, 3, [3, 3], [2, 2], (0, 0, 1, 1), [8, 8], false),

@@ -35,7 +35,7 @@ pub enum StableDiffusionError {
         path: PathBuf,
         component: &'static str,
         #[source]
-        source: ComponentError,
+        source: Box<ComponentError>,
     },
     #[error(transparent)]
     SingleFile(#[from] SingleFileError),
@@ -79,7 +79,7 @@ pub fn load_stable_diffusion(
             move |source: ComponentError| StableDiffusionError::Component {
                 path: path.to_path_buf(),
                 component,
-                source,
+                source: Box::new(source),
             }
         };
         let (unet, r_unet) = load_unet(&path.join("unet"), device).map_err(component("unet"))?;

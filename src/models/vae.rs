@@ -293,10 +293,10 @@ impl VaeMidBlock {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut x = x;
         for (i, resnet) in self.resnets.iter().enumerate() {
-            if i > 0 {
-                if let Some(attn) = self.attentions.get(i - 1) {
-                    x = attn.forward(x);
-                }
+            if i > 0
+                && let Some(attn) = self.attentions.get(i - 1)
+            {
+                x = attn.forward(x);
             }
             x = resnet.forward(x, None);
         }

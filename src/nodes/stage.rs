@@ -52,7 +52,7 @@ pub(super) fn scheduler(ctx: &EvalContext<'_>) -> Result<Ddim, NodeError> {
 /// A size parameter (`width`, `height`) in pixels, checked to be a multiple of 8.
 pub(super) fn pixels(ctx: &EvalContext<'_>, name: &str) -> Result<usize, NodeError> {
     let value = ctx.param_u64(name)? as usize;
-    if value % 8 != 0 {
+    if !value.is_multiple_of(8) {
         let down = value / 8 * 8;
         return Err(NodeError::Param {
             name: name.to_string(),
@@ -186,10 +186,10 @@ pub(super) fn check_memory(
         return Ok(());
     }
     let mut advice = Vec::new();
-    if let Some(name) = frames_param {
-        if let Some(f) = (1..shape.frames).rev().find(|&f| fits(StageShape { frames: f, ..shape })) {
-            advice.push(format!("{name} {f}"));
-        }
+    if let Some(name) = frames_param
+        && let Some(f) = (1..shape.frames).rev().find(|&f| fits(StageShape { frames: f, ..shape }))
+    {
+        advice.push(format!("{name} {f}"));
     }
     if size_params {
         // Same aspect ratio, in 64-pixel steps (8 latents) of the shorter side.

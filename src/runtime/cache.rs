@@ -189,10 +189,11 @@ impl ResultCache {
 
     pub fn insert(&mut self, key: CacheKey, node: &str, outputs: NodeOutputs) {
         self.clock += 1;
-        if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
-            if let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| *k) {
-                self.entries.remove(&oldest);
-            }
+        if !self.entries.contains_key(&key)
+            && self.entries.len() >= self.capacity
+            && let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| *k)
+        {
+            self.entries.remove(&oldest);
         }
         self.entries.insert(key, Entry { node: node.to_string(), outputs, last_used: self.clock });
     }

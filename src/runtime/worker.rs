@@ -2,7 +2,7 @@
 //! loaded models). Front ends send commands and read events over bounded channels; the GUI never waits.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -111,10 +111,7 @@ impl Worker {
 
     /// The next event, if one is waiting.
     pub fn try_event(&self) -> Option<Event> {
-        match self.events.try_recv() {
-            Ok(e) => Some(e),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.events.try_recv().ok()
     }
 
     /// The next event, waiting up to `timeout`. `Err(Stopped)` once the worker is gone and drained.
@@ -166,10 +163,8 @@ impl WorkerState {
     fn emit(&self, event: Event) {
         let lossy = matches!(event, Event::Progress { .. } | Event::Preview { .. });
         let sent = if lossy { self.events.try_send(event).is_ok() } else { self.events.send(event).is_ok() };
-        if sent {
-            if let Some(w) = &self.waker {
-                w();
-            }
+        if sent && let Some(w) = &self.waker {
+            w();
         }
     }
 

@@ -384,7 +384,6 @@ pub fn decode(path: &Path) -> Result<DecodedClip, ExportError> {
     }
     decoder.send_eof().map_err(|e| fail("cannot decode", e))?;
     receive(&mut decoder, &mut frames)?;
-    drop(receive);
     // The frame rate as played: from the frames' timestamps (what every muxer stores), else the stream's
     // declared average rate.
     let fps = match (stamps.first(), stamps.last()) {

@@ -225,7 +225,7 @@ mod tests {
         let huge = [RgbImage::from_fn(1024, 1100, |_, y| image::Rgb([0, (y % 256) as u8, (y / 256) as u8]))];
         let samples = training_pixels(&huge);
         assert_eq!(samples.len() / 4, 1024 * 550);
-        assert!(samples.chunks_exact(4).all(|p| (p[1] as u32 + 256 * p[2] as u32) % 2 == 0));
+        assert!(samples.chunks_exact(4).all(|p| (p[1] as u32 + 256 * p[2] as u32).is_multiple_of(2)));
     }
 
     #[test]

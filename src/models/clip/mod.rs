@@ -64,7 +64,7 @@ impl ClipTextConfig {
         bounds::check("num_hidden_layers", self.num_hidden_layers, 1, MAX_DEPTH)?;
         bounds::check("num_attention_heads", self.num_attention_heads, 1, MAX_HEADS)?;
         bounds::check("max_position_embeddings", self.max_position_embeddings, 1, MAX_POSITIONS)?;
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ClipConfigError::Heads { hidden: self.hidden_size, heads: self.num_attention_heads });
         }
         if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {

@@ -143,14 +143,14 @@ impl ImageRewardConfig {
         self.check_bounds()?;
         self.text.check_bounds()?;
         let v = &self.vision;
-        if v.heads == 0 || v.width % v.heads != 0 {
+        if v.heads == 0 || !v.width.is_multiple_of(v.heads) {
             return Err(ImageRewardConfigError::Heads { what: "vision", width: v.width, heads: v.heads });
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(ImageRewardConfigError::Patch { image: v.image_size, patch: v.patch_size });
         }
         let t = &self.text;
-        if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
+        if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             return Err(ImageRewardConfigError::Heads {
                 what: "text",
                 width: t.hidden_size,

@@ -16,7 +16,7 @@ use image::RgbImage;
 /// CLIP's normalisation mean (ImageReward uses CLIP's `Normalize`).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP's normalisation standard deviation.
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// Fixed-point precision of Pillow's 8-bit resampling (`PRECISION_BITS = 32 - 8 - 2`).
 const PRECISION_BITS: u32 = 22;
@@ -127,7 +127,7 @@ pub fn resized_size(width: u32, height: u32, short: u32) -> (u32, u32) {
 /// Python's `round(d / 2)` for an integer `d >= 0` (half to even).
 fn half_round_even(d: u32) -> u32 {
     let half = d / 2;
-    if d % 2 == 0 || half % 2 == 0 { half } else { half + 1 }
+    if d.is_multiple_of(2) || half.is_multiple_of(2) { half } else { half + 1 }
 }
 
 /// torchvision's `CenterCrop(size)` of an image at least `size` on both sides.

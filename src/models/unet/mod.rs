@@ -194,7 +194,7 @@ impl UnetConfig {
         let eps = self.norm_eps;
         let temb = ch[0] * 4;
         let transformer = |c: usize, h: usize| -> Result<Transformer2DModel, UnetConfigError> {
-            if h == 0 || c % h != 0 {
+            if h == 0 || !c.is_multiple_of(h) {
                 return Err(UnetConfigError::Heads { channels: c, heads: h });
             }
             Ok(Transformer2DModel::new(

@@ -60,7 +60,7 @@ pub fn gif_comment_from<R: BufRead>(mut reader: R) -> Result<Option<String>, Met
                 }
                 if text.capacity() - text.len() < data.len() {
                     // Doubling, but never past the cap: the largest buffer is MAX_TEXT bytes.
-                    let wanted = (text.len() * 2).max(4096).min(MAX_TEXT);
+                    let wanted = (text.len() * 2).clamp(4096, MAX_TEXT);
                     text.reserve_exact(wanted.saturating_sub(text.len()).max(data.len()));
                 }
                 text.extend_from_slice(data);

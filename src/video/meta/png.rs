@@ -198,7 +198,7 @@ impl<R: BufRead> BufRead for Recorder<'_, R> {
         {
             if self.kept.capacity() - self.kept.len() < bytes.len() {
                 // Doubling, but never past KEPT_BYTES.
-                let wanted = (self.kept.len() * 2).max(64 << 10).min(KEPT_BYTES);
+                let wanted = (self.kept.len() * 2).clamp(64 << 10, KEPT_BYTES);
                 self.kept.reserve_exact(wanted.saturating_sub(self.kept.len()).max(bytes.len()));
             }
             self.kept.extend_from_slice(bytes);
