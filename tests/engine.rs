@@ -24,6 +24,7 @@ const SOURCE: KindSpec = KindSpec {
     outputs: &[PortSpec::output("out", PortType::Int, "value")],
     params: &[ParamSpec::new("value", ParamType::Int { default: 1, min: -1000, max: 1000 }, "value")],
     is_output: false,
+    pick: None,
 };
 const ADD: KindSpec = KindSpec {
     id: "add",
@@ -38,6 +39,7 @@ const ADD: KindSpec = KindSpec {
         ParamSpec::new("scale", ParamType::Float { default: 1.0, min: 0.0, max: 10.0 }, "scale"),
     ],
     is_output: false,
+    pick: None,
 };
 const SLOW: KindSpec = KindSpec {
     id: "slow",
@@ -52,6 +54,7 @@ const SLOW: KindSpec = KindSpec {
         ParamSpec::new("step_ms", ParamType::Int { default: 0, min: 0, max: 1000 }, "sleep per step"),
     ],
     is_output: false,
+    pick: None,
 };
 const FAIL: KindSpec = KindSpec {
     id: "fail",
@@ -67,6 +70,7 @@ const FAIL: KindSpec = KindSpec {
         ParamSpec::new("panic_text", ParamType::Text { default: "deliberate panic", multiline: false }, "its message"),
     ],
     is_output: false,
+    pick: None,
 };
 const FILE: KindSpec = KindSpec {
     id: "file",
@@ -78,6 +82,7 @@ const FILE: KindSpec = KindSpec {
     outputs: &[PortSpec::output("out", PortType::Int, "size")],
     params: &[ParamSpec::new("path", ParamType::Path { default: "", role: PathRole::InputFile }, "file")],
     is_output: false,
+    pick: None,
 };
 const LOADER: KindSpec = KindSpec {
     id: "loader",
@@ -89,6 +94,7 @@ const LOADER: KindSpec = KindSpec {
     outputs: &[PortSpec::output("out", PortType::Int, "model size")],
     params: &[ParamSpec::new("path", ParamType::Path { default: "", role: PathRole::Model }, "model")],
     is_output: false,
+    pick: None,
 };
 const SINK: KindSpec = KindSpec {
     id: "sink",
@@ -100,6 +106,7 @@ const SINK: KindSpec = KindSpec {
     outputs: &[],
     params: &[],
     is_output: true,
+    pick: None,
 };
 
 /// Evaluation counts per node id, and the values sinks saw.

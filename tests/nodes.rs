@@ -239,7 +239,7 @@ fn bad_sizes_frames_and_indices_are_named_and_lose_nothing() {
     let mut g1 = demo();
     assert!(g1.disconnect(&PortRef::new("selector", "reward")));
     let r = run(&mut engine, &g1, &["selector"]);
-    assert!(r.skipped["selector"].contains("needs a reward model"), "{:?}", r.skipped);
+    assert!(r.skipped["selector"].contains("needs input 'reward' (reward model)"), "{:?}", r.skipped);
 }
 
 #[test]

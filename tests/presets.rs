@@ -201,7 +201,7 @@ fn validation_reports_each_problem_on_its_node() {
         "s",
         &none,
     );
-    assert!(any(&e, "mode \"reward\" needs a reward model"), "{e:?}");
+    assert!(any(&e, "mode \"reward\" needs input 'reward' (reward model)"), "{e:?}");
     let e = errors_for(
         |g| {
             g.insert_node("s", Node::new("candidate_selector").with_param("mode", "manual"));

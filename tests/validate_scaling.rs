@@ -22,6 +22,7 @@ const PASS: KindSpec = KindSpec {
     outputs: &[PortSpec::output("y", PortType::Int, "out")],
     params: &[],
     is_output: true,
+    pick: None,
 };
 
 fn registry() -> KindRegistry {

@@ -7,7 +7,6 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{RunArgs, apply_override, describe_models_dir};
-use crate::graph::kinds::EXPORT;
 use crate::graph::{AccessPolicy, KindRegistry, validate};
 use crate::paths::models_dir;
 use crate::runtime::{Event, NodeStatus, RunOutcome, Worker};
@@ -27,23 +26,27 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
         // An unknown format is refused before any work is done.
         crate::video::encode::Format::from_path(out)?;
-        let exports: Vec<String> =
-            graph.nodes.iter().filter(|(_, n)| n.kind == EXPORT.id).map(|(id, _)| id.clone()).collect();
+        // The nodes that write a file: those whose kind has an output path parameter (Export).
+        let exports: Vec<(String, &'static str)> = graph
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| Some((id.clone(), registry.get(&n.kind)?.output_path()?)))
+            .collect();
         match exports.as_slice() {
-            [one] => {
+            [(one, param)] => {
                 let text = out.to_string_lossy().into_owned();
                 graph
-                    .set_param(&registry, one, "path", serde_json::Value::from(text.clone()))
+                    .set_param(&registry, one, param, serde_json::Value::from(text.clone()))
                     .map_err(anyhow::Error::msg)?;
                 // The user named this path on the command line: it may point anywhere.
-                access.choose(one, "path", &text);
+                access.choose(one, param, &text);
             }
             [] => bail!("--out: {} has no Export node to write to", args.preset.display()),
             many => bail!(
                 "--out: {} has {} Export nodes ({}); use --set NODE.path=... instead",
                 args.preset.display(),
                 many.len(),
-                many.join(", ")
+                many.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ")
             ),
         }
     }

@@ -23,6 +23,18 @@ pub struct KindSpec {
     pub params: &'static [ParamSpec],
     /// Output nodes are what a run evaluates when no target is named (previews, exports).
     pub is_output: bool,
+    /// Where a click on one of the node's result images picks that image by hand (the candidate selector).
+    pub pick: Option<PickParams>,
+}
+
+/// The parameters a hand pick writes: `choice` set to `by_hand` with the image's number in `index`, or back to
+/// `automatic`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PickParams {
+    pub choice: &'static str,
+    pub by_hand: &'static str,
+    pub automatic: &'static str,
+    pub index: &'static str,
 }
 
 impl KindSpec {
@@ -34,6 +46,10 @@ impl KindSpec {
     }
     pub fn param(&self, name: &str) -> Option<&ParamSpec> {
         self.params.iter().find(|p| p.name == name)
+    }
+    /// The parameter naming the file this kind writes, if it writes one (`--out` sets it).
+    pub fn output_path(&self) -> Option<&'static str> {
+        self.params.iter().find(|p| matches!(p.ty, ParamType::Path { role: PathRole::Output, .. })).map(|p| p.name)
     }
 }
 
@@ -103,10 +119,14 @@ const BETA_END: ParamSpec = ParamSpec::new(
     ParamType::Float { default: 0.012, min: 0.0, max: 0.5 },
     "Last beta of the noise schedule",
 );
+/// Why image sizes are multiples of 8.
+const VAE_BLOCKS: &str = "the VAE downsamples by 8";
 const WIDTH: ParamSpec =
-    ParamSpec::new("width", ParamType::Int { default: 512, min: 64, max: 2048 }, "Width in pixels (a multiple of 8)");
+    ParamSpec::new("width", ParamType::Int { default: 512, min: 64, max: 2048 }, "Width in pixels (a multiple of 8)")
+        .multiple_of(8, VAE_BLOCKS);
 const HEIGHT: ParamSpec =
-    ParamSpec::new("height", ParamType::Int { default: 512, min: 64, max: 2048 }, "Height in pixels (a multiple of 8)");
+    ParamSpec::new("height", ParamType::Int { default: 512, min: 64, max: 2048 }, "Height in pixels (a multiple of 8)")
+        .multiple_of(8, VAE_BLOCKS);
 const FRAMES: ParamSpec = ParamSpec::new(
     "frames",
     ParamType::Int { default: 16, min: 1, max: 64 },
@@ -141,6 +161,7 @@ pub const PROMPT: KindSpec = KindSpec {
         ),
     ],
     is_output: false,
+    pick: None,
 };
 
 pub const LOAD_CHECKPOINT: KindSpec = KindSpec {
@@ -157,6 +178,7 @@ pub const LOAD_CHECKPOINT: KindSpec = KindSpec {
         "Checkpoint file or diffusers folder, relative to the models directory",
     )],
     is_output: false,
+    pick: None,
 };
 
 pub const LOAD_MOTION_MODULE: KindSpec = KindSpec {
@@ -180,6 +202,7 @@ pub const LOAD_MOTION_MODULE: KindSpec = KindSpec {
         ),
     ],
     is_output: false,
+    pick: None,
 };
 
 pub const LOAD_REWARD_MODEL: KindSpec = KindSpec {
@@ -196,6 +219,7 @@ pub const LOAD_REWARD_MODEL: KindSpec = KindSpec {
         "ImageReward folder (ImageReward.pt or .safetensors with med_config.json and vocab.txt), or the weights file in it, relative to the models directory",
     )],
     is_output: false,
+    pick: None,
 };
 
 pub const LOAD_IMAGE: KindSpec = KindSpec {
@@ -212,6 +236,7 @@ pub const LOAD_IMAGE: KindSpec = KindSpec {
         "Image file (PNG, JPEG, WebP)",
     )],
     is_output: false,
+    pick: None,
 };
 
 pub const T2I_CANDIDATES: KindSpec = KindSpec {
@@ -239,6 +264,7 @@ pub const T2I_CANDIDATES: KindSpec = KindSpec {
         BETA_END,
     ],
     is_output: false,
+    pick: None,
 };
 
 pub const CANDIDATE_SELECTOR: KindSpec = KindSpec {
@@ -253,7 +279,8 @@ pub const CANDIDATE_SELECTOR: KindSpec = KindSpec {
             "reward",
             PortType::RewardModel,
             "Reward model (required when mode is \"reward\"; scores are shown when connected)",
-        ),
+        )
+        .required_when("mode", "reward"),
     ],
     outputs: &[
         PortSpec::output("anchor", PortType::Image, "The selected candidate"),
@@ -273,6 +300,7 @@ pub const CANDIDATE_SELECTOR: KindSpec = KindSpec {
         .only_when("mode", "manual"),
     ],
     is_output: false,
+    pick: Some(PickParams { choice: "mode", by_hand: "manual", automatic: "reward", index: "index" }),
 };
 
 pub const NI_VSDS: KindSpec = KindSpec {
@@ -304,6 +332,7 @@ pub const NI_VSDS: KindSpec = KindSpec {
         BETA_END,
     ],
     is_output: false,
+    pick: None,
 };
 
 pub const REGENERATOR: KindSpec = KindSpec {
@@ -329,6 +358,7 @@ pub const REGENERATOR: KindSpec = KindSpec {
         BETA_END,
     ],
     is_output: false,
+    pick: None,
 };
 
 pub const TEXT_TO_VIDEO: KindSpec = KindSpec {
@@ -341,6 +371,7 @@ pub const TEXT_TO_VIDEO: KindSpec = KindSpec {
     outputs: &[OUT_VIDEO],
     params: &[FRAMES, WIDTH, HEIGHT, STEPS, CFG, CFG_BATCH, SEED, BETA_SCHEDULE, BETA_START, BETA_END],
     is_output: false,
+    pick: None,
 };
 
 pub const VIDEO_PREVIEW: KindSpec = KindSpec {
@@ -353,6 +384,7 @@ pub const VIDEO_PREVIEW: KindSpec = KindSpec {
     outputs: &[],
     params: &[FPS],
     is_output: true,
+    pick: None,
 };
 
 pub const EXPORT: KindSpec = KindSpec {
@@ -414,6 +446,7 @@ pub const EXPORT: KindSpec = KindSpec {
         ParamSpec::new("overwrite", ParamType::Bool { default: false }, "Replace an existing output"),
     ],
     is_output: true,
+    pick: None,
 };
 
 /// Every built-in kind, in menu order.

@@ -342,6 +342,7 @@ mod tests {
             outputs: &[PortSpec::output("y", PortType::Int, "out")],
             params: &[],
             is_output: false,
+            pick: None,
         };
         reg2.register(PASS);
         let mut g = Graph::new();

@@ -75,11 +75,20 @@ pub struct ParamSpec {
     /// `(parameter, value)`: this parameter matters only while that choice parameter has that value. Otherwise
     /// it is left out of the node's cache key (editing it re-runs nothing) and the editor can grey it out.
     pub only_when: Option<(&'static str, &'static str)>,
+    /// For integers: the value must be a multiple of this, for the reason given (checked when a graph is
+    /// validated, with the nearest valid values in the message).
+    pub multiple_of: Option<(i64, &'static str)>,
 }
 
 impl ParamSpec {
     pub const fn new(name: &'static str, ty: ParamType, description: &'static str) -> Self {
-        ParamSpec { name, ty, description, only_when: None }
+        ParamSpec { name, ty, description, only_when: None, multiple_of: None }
+    }
+
+    /// Declares that an integer parameter must be a multiple of `step` (`why` says what needs it).
+    pub const fn multiple_of(mut self, step: i64, why: &'static str) -> Self {
+        self.multiple_of = Some((step, why));
+        self
     }
 
     /// Declares that the parameter matters only while choice parameter `param` is `value`.

@@ -56,19 +56,27 @@ pub struct PortSpec {
     pub ty: PortType,
     /// For inputs: whether the node cannot run without a link here.
     pub required: bool,
+    /// For optional inputs: `(parameter, value)`: the input is required while that choice parameter has that
+    /// value (the candidate selector's reward model in mode "reward").
+    pub required_when: Option<(&'static str, &'static str)>,
     /// One line, shown as a tooltip.
     pub description: &'static str,
 }
 
 impl PortSpec {
     pub const fn required(name: &'static str, ty: PortType, description: &'static str) -> Self {
-        PortSpec { name, ty, required: true, description }
+        PortSpec { name, ty, required: true, required_when: None, description }
     }
     pub const fn optional(name: &'static str, ty: PortType, description: &'static str) -> Self {
-        PortSpec { name, ty, required: false, description }
+        PortSpec { name, ty, required: false, required_when: None, description }
+    }
+    /// Declares that this (optional) input is required while choice parameter `param` is `value`.
+    pub const fn required_when(mut self, param: &'static str, value: &'static str) -> Self {
+        self.required_when = Some((param, value));
+        self
     }
     /// Output ports are never "required"; this is the constructor for them.
     pub const fn output(name: &'static str, ty: PortType, description: &'static str) -> Self {
-        PortSpec { name, ty, required: false, description }
+        PortSpec { name, ty, required: false, required_when: None, description }
     }
 }

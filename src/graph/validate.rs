@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::access::{AccessPolicy, Verdict};
-use super::params::{ParamType, PathRole};
+use super::params::{ParamSpec, ParamType, PathRole};
 use super::{Graph, KindRegistry, Link, NodeId, ResolvedParams};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -132,11 +132,24 @@ pub fn validate(graph: &Graph, registry: &KindRegistry, options: &ValidateOption
         }
         let resolved = ResolvedParams::resolve(kind, node);
         check_paths(&mut report, id, kind.params, &resolved, options);
-        check_kind_rules(&mut report, into, id, kind.id, &resolved);
+        check_multiples(&mut report, id, kind.params, &resolved);
 
-        for input in kind.inputs.iter().filter(|p| p.required) {
-            if !into.iter().any(|l| l.to.port == input.name) {
+        for input in kind.inputs {
+            if into.iter().any(|l| l.to.port == input.name) {
+                continue;
+            }
+            if input.required {
                 report.error(id, format!("required input '{}' ({}) is not connected", input.name, input.ty));
+            } else if let Some((param, value)) = input.required_when
+                && resolved.str(param) == Some(value)
+            {
+                report.error(
+                    id,
+                    format!(
+                        "{param} \"{value}\" needs input '{}' ({}): connect it or change {param}",
+                        input.name, input.ty
+                    ),
+                );
             }
         }
     }
@@ -191,20 +204,23 @@ fn check_paths(
     }
 }
 
-/// Rules that involve more than one parameter or port of a kind.
-fn check_kind_rules(report: &mut Report, into: &[&Link], id: &str, kind: &str, params: &ResolvedParams) {
-    for name in ["width", "height"] {
-        if let Some(v) = params.i64(name)
-            && v % 8 != 0
+/// Integer parameters declared as multiples of a step ([`ParamSpec::multiple_of`]).
+fn check_multiples(report: &mut Report, id: &str, specs: &[ParamSpec], params: &ResolvedParams) {
+    for spec in specs {
+        if let (Some((step, why)), Some(v)) = (spec.multiple_of, params.i64(spec.name))
+            && step > 0
+            && v % step != 0
         {
-            report.error(id, format!("parameter '{name}': {v} is not a multiple of 8 (the VAE downsamples by 8)"));
+            let down = v.div_euclid(step) * step;
+            report.error(
+                id,
+                format!(
+                    "parameter '{}': {v} is not a multiple of {step} ({why}): use {down} or {}",
+                    spec.name,
+                    down + step
+                ),
+            );
         }
-    }
-    if kind == "candidate_selector"
-        && params.str("mode") == Some("reward")
-        && !into.iter().any(|l| l.to.port == "reward")
-    {
-        report.error(id, "mode \"reward\" needs a reward model: connect input 'reward' or switch mode to \"manual\"");
     }
 }
 
@@ -332,5 +348,56 @@ fn check_cycles(report: &mut Report, graph: &Graph) {
         if self_loop[i] || sizes[component[i]] > 1 {
             report.error(id, "is part of a cycle: links must not lead back to the node they start from");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{KindSpec, Node, PortSpec, PortType};
+    use super::*;
+
+    /// A kind of no built-in id with its own names: the rules come from the declarations, not from ids.
+    const SHAPER: KindSpec = KindSpec {
+        id: "shaper",
+        title: "Shaper",
+        category: "Test",
+        version: 1,
+        description: "test kind",
+        inputs: &[
+            PortSpec::optional("guide", PortType::Int, "needed in mode 'guided'").required_when("style", "guided")
+        ],
+        outputs: &[PortSpec::output("y", PortType::Int, "out")],
+        params: &[
+            ParamSpec::new("style", ParamType::Choice { default: "guided", options: &["guided", "free"] }, "style"),
+            ParamSpec::new("size", ParamType::Int { default: 48, min: 1, max: 1000 }, "size").multiple_of(16, "tiles"),
+        ],
+        is_output: true,
+        pick: None,
+    };
+
+    fn errors_of(node: Node) -> Vec<String> {
+        let mut registry = KindRegistry::empty();
+        registry.register(SHAPER);
+        let mut graph = Graph::new();
+        graph.insert_node("s", node);
+        let options =
+            ValidateOptions { access: AccessPolicy::new("models", "out"), check_models: false, check_inputs: false };
+        validate(&graph, &registry, &options).errors().map(|m| m.text.clone()).collect()
+    }
+
+    #[test]
+    fn conditional_inputs_and_multiples_come_from_the_declarations() {
+        let errors = errors_of(Node::new("shaper"));
+        assert_eq!(
+            errors,
+            vec!["style \"guided\" needs input 'guide' (integer): connect it or change style".to_string()]
+        );
+        let mut free = Node::new("shaper");
+        free.params.insert("style".into(), "free".into());
+        free.params.insert("size".into(), 40.into());
+        assert_eq!(
+            errors_of(free),
+            vec!["parameter 'size': 40 is not a multiple of 16 (tiles): use 32 or 48".to_string()]
+        );
     }
 }

@@ -14,6 +14,7 @@ use super::document::{self, EditorNode, Slot};
 use super::params::{ERROR_COLOUR, param_editor};
 use super::session::{Activity, Notice, Session};
 use super::thumbs::{self, Pick, Textures};
+use crate::graph::kinds::PickParams;
 use crate::graph::params::describe_value;
 use crate::graph::{KindRegistry, NodeId, PortType, Severity};
 use crate::runtime::engine::NodeStatus;
@@ -111,14 +112,15 @@ impl GraphViewer<'_> {
         if slot.ty.is_none() { info.with_shape(PinShape::Square) } else { info }
     }
 
-    fn apply_pick(node: &mut EditorNode, pick: Pick) {
+    /// Writes a pick into the node's parameters, where its kind says (`KindSpec::pick`).
+    fn apply_pick(node: &mut EditorNode, spec: PickParams, pick: Pick) {
         match pick {
             Pick::Candidate(i) => {
-                node.node.params.insert("mode".to_string(), Value::from("manual"));
-                node.node.params.insert("index".to_string(), Value::from(i as u64));
+                node.node.params.insert(spec.choice.to_string(), Value::from(spec.by_hand));
+                node.node.params.insert(spec.index.to_string(), Value::from(i as u64));
             }
             Pick::ByReward => {
-                node.node.params.insert("mode".to_string(), Value::from("reward"));
+                node.node.params.insert(spec.choice.to_string(), Value::from(spec.automatic));
             }
         }
     }
@@ -245,8 +247,9 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
             });
             if let Some(state) = self.session.node(&editor_node.id)
                 && let Some(pick) = thumbs::show(ui, self.textures, &editor_node.id, state)
+                && let Some(spec) = kind.and_then(|k| k.pick)
             {
-                Self::apply_pick(editor_node, pick);
+                Self::apply_pick(editor_node, spec, pick);
             }
         });
     }
