@@ -32,5 +32,5 @@ use std::path::PathBuf;
 
 /// An engine with every built-in node kind, resolving model paths in `models_dir`.
 pub fn builtin_engine(models_dir: PathBuf) -> runtime::Engine {
-    runtime::Engine::new(graph::KindRegistry::builtin(), nodes::builtin_evaluators(), models_dir)
+    runtime::Engine::new(nodes::registry(), nodes::builtin_evaluators(), models_dir)
 }

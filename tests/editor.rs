@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use image::{Rgb, RgbImage};
-use stepstone::graph::{Graph, KindRegistry, load_preset, parse_preset, to_preset_string};
+use stepstone::graph::{Graph, load_preset, parse_preset, to_preset_string};
 use stepstone::ui::Studio;
 use stepstone::ui::session::Level;
 use stepstone::video::Video;
@@ -35,7 +35,7 @@ fn repo(rel: &str) -> PathBuf {
 }
 
 fn studio() -> Studio {
-    Studio::new(KindRegistry::builtin(), repo("assets/demo-models"))
+    Studio::new(stepstone::nodes::registry(), repo("assets/demo-models"))
 }
 
 /// One frame of the window, 1280x800, with `dropped` files dropped on it this frame.

@@ -104,7 +104,7 @@ fn exercise(bytes: &[u8], registry: &KindRegistry, engine: &stepstone::runtime::
 fn draw(bytes: &[u8], dir: &std::path::Path, ctx: &egui::Context) {
     let path = dir.join("fuzzed.json");
     std::fs::write(&path, bytes).unwrap();
-    let mut studio = stepstone::ui::Studio::new(KindRegistry::builtin(), dir.to_path_buf());
+    let mut studio = stepstone::ui::Studio::new(stepstone::nodes::registry(), dir.to_path_buf());
     if !studio.open(&path) {
         return;
     }
@@ -124,7 +124,7 @@ fn mutated_presets_never_panic_or_allocate_without_bound() {
     // The cap check can fail: an allocation above the cap is recorded, a runaway refused.
     fuzz_support::assert_tracker_works(CAP);
 
-    let registry = KindRegistry::builtin();
+    let registry = stepstone::nodes::registry();
     let engine = stepstone::builtin_engine(std::path::PathBuf::from("no-models"));
     let corpus = corpus();
     let mut rng = Rng(0x5EED);

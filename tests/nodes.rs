@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use stepstone::graph::{Graph, KindRegistry, Node, PortRef, load_preset};
+use stepstone::graph::{Graph, Node, PortRef, load_preset};
 use stepstone::nodes::{Candidates, Ranking, SelectedBy, StillImage};
 use stepstone::runtime::{Engine, Event, NodeStatus, RunOutcome};
 use stepstone::video::Video;
@@ -42,7 +42,7 @@ fn demo() -> Graph {
 }
 
 fn set(g: &mut Graph, node: &str, param: &str, value: serde_json::Value) {
-    g.set_param(&KindRegistry::builtin(), node, param, value).unwrap_or_else(|e| panic!("{node}.{param}: {e}"));
+    g.set_param(&stepstone::nodes::registry(), node, param, value).unwrap_or_else(|e| panic!("{node}.{param}: {e}"));
 }
 
 /// What one run did.
@@ -226,7 +226,7 @@ fn bad_sizes_frames_and_indices_are_named_and_lose_nothing() {
 
     // Zero candidates: refused by validation, naming the parameter.
     let mut g0 = demo();
-    let registry = KindRegistry::builtin();
+    let registry = stepstone::nodes::registry();
     assert!(g0.set_param(&registry, "candidates", "count", json!(0)).is_err(), "the editor refuses 0");
     g0.nodes.get_mut("candidates").unwrap().params.insert("count".into(), json!(0));
     let plan = engine.plan(&g0, &["candidates".to_string()]).unwrap();
@@ -295,7 +295,7 @@ fn anchor_from_an_image_file() {
     std::fs::write(&text, "not an image").unwrap();
 
     let mut g = demo();
-    let registry = KindRegistry::builtin();
+    let registry = stepstone::nodes::registry();
     g.insert_node("image", Node::new("load_image").with_param("path", good.to_str().unwrap()));
     g.disconnect(&PortRef::new("animator", "anchor"));
     g.connect(&registry, PortRef::new("image", "image"), PortRef::new("animator", "anchor")).unwrap();
@@ -370,7 +370,7 @@ fn progress_per_step_and_cancellation_within_a_stage() {
 #[test]
 fn text_to_video_baseline_runs_on_the_same_models() {
     let mut g = demo();
-    let registry = KindRegistry::builtin();
+    let registry = stepstone::nodes::registry();
     g.insert_node(
         "t2v",
         Node::new("text_to_video")

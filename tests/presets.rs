@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use stepstone::graph::{
-    Graph, KindRegistry, Node, PortRef, ResolvedParams, Severity, ValidateOptions, load_preset, parse_preset,
-    to_preset_string, validate,
+    Graph, Node, PortRef, ResolvedParams, Severity, ValidateOptions, load_preset, parse_preset, to_preset_string,
+    validate,
 };
 
 fn graphs_dir() -> PathBuf {
@@ -27,7 +27,7 @@ fn shipped() -> Vec<PathBuf> {
 
 #[test]
 fn shipped_presets_round_trip_byte_for_byte_and_validate() {
-    let reg = KindRegistry::builtin();
+    let reg = stepstone::nodes::registry();
     let presets = shipped();
     assert!(presets.len() >= 2, "graphs/ must ship the I4VGen and vanilla presets");
     for path in presets {
@@ -40,7 +40,7 @@ fn shipped_presets_round_trip_byte_for_byte_and_validate() {
 }
 
 fn params(graph: &Graph, node: &str) -> ResolvedParams {
-    let reg = KindRegistry::builtin();
+    let reg = stepstone::nodes::registry();
     let n = &graph.nodes[node];
     ResolvedParams::resolve(reg.get(&n.kind).unwrap(), n)
 }
@@ -94,7 +94,7 @@ const UNKNOWN: &str = r#"{
 #[test]
 fn unknown_kinds_and_parameters_are_kept_and_reported() {
     let g = parse_preset(UNKNOWN, "unknown.json").unwrap();
-    let report = validate(&g, &KindRegistry::builtin(), &ValidateOptions::default());
+    let report = validate(&g, &stepstone::nodes::registry(), &ValidateOptions::default());
     let w: Vec<_> = report.for_node("w").collect();
     assert!(
         w.iter().any(|m| m.severity == Severity::Error && m.text.contains("unknown node kind 'warp_drive'")),
@@ -118,7 +118,7 @@ fn unknown_kinds_and_parameters_are_kept_and_reported() {
 fn errors_for(build: impl FnOnce(&mut Graph), node: &str, options: &ValidateOptions) -> Vec<String> {
     let mut g = Graph::new();
     build(&mut g);
-    let report = validate(&g, &KindRegistry::builtin(), options);
+    let report = validate(&g, &stepstone::nodes::registry(), options);
     report.for_node(node).filter(|m| m.severity == Severity::Error).map(|m| m.text.clone()).collect()
 }
 
@@ -233,7 +233,7 @@ fn validation_finds_cycles() {
     }
     link(&mut g, "r1.video", "r2.video");
     link(&mut g, "r2.video", "r1.video");
-    let report = validate(&g, &KindRegistry::builtin(), &ValidateOptions::default());
+    let report = validate(&g, &stepstone::nodes::registry(), &ValidateOptions::default());
     for node in ["r1", "r2"] {
         assert!(report.for_node(node).any(|m| m.text.contains("part of a cycle")), "{node}: {report}");
     }

@@ -76,14 +76,14 @@ fn video_unet_with_motion_modules_agrees_on_wgpu_and_with_the_original() {
 #[test]
 fn demo_nodes_agree_on_wgpu_and_flex() {
     use serde_json::json;
-    use stepstone::graph::{KindRegistry, load_preset};
+    use stepstone::graph::load_preset;
     use stepstone::nodes::{Candidates, Ranking};
     use stepstone::runtime::{Event, RunOutcome};
 
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut graph = load_preset(&root.join("graphs/i4vgen_demo.json")).unwrap();
     for (param, value) in [("count", json!(2)), ("steps", json!(3))] {
-        graph.set_param(&KindRegistry::builtin(), "candidates", param, value).unwrap();
+        graph.set_param(&stepstone::nodes::registry(), "candidates", param, value).unwrap();
     }
     let run = |device: Device| {
         let mut engine = stepstone::builtin_engine(root.join("assets/demo-models")).with_device(device);

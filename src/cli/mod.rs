@@ -179,7 +179,7 @@ pub fn main() -> ExitCode {
         Some(Commands::Bench(args)) => bench::bench(args),
         Some(Commands::Devices) => devices::devices(),
         Some(Commands::Nodes) => {
-            print_nodes(&KindRegistry::builtin());
+            print_nodes(&crate::nodes::registry());
             Ok(())
         }
     };
@@ -219,7 +219,7 @@ fn validate_presets(
         }
         _ => true,
     };
-    let registry = KindRegistry::builtin();
+    let registry = crate::nodes::registry();
     let mut access = crate::graph::AccessPolicy::new(dir, out_dir);
     access.allow_inputs = allow_paths;
     let options = crate::graph::ValidateOptions { access, check_models, check_inputs: true };

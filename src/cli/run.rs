@@ -7,13 +7,13 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{RunArgs, apply_override, describe_models_dir};
-use crate::graph::{AccessPolicy, KindRegistry, validate};
+use crate::graph::{AccessPolicy, validate};
 use crate::paths::models_dir;
 use crate::runtime::{Event, NodeStatus, RunOutcome, Worker};
 use crate::signals::{self, Action, Interrupted};
 
 pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
-    let registry = KindRegistry::builtin();
+    let registry = crate::nodes::registry();
     let mut graph = super::load_graph(&args.preset)?;
     let (dir, source) = models_dir(args.models.clone());
     let mut access = AccessPolicy::new(dir.clone(), args.out_dir.clone());

@@ -302,7 +302,7 @@ mod tests {
     use super::*;
 
     fn pipeline() -> (KindRegistry, Graph) {
-        let reg = KindRegistry::builtin();
+        let reg = crate::nodes::registry();
         let mut g = Graph::new();
         g.insert_node("prompt", Node::new("prompt"));
         g.insert_node("ckpt", Node::new("load_checkpoint"));

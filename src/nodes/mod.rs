@@ -1,45 +1,89 @@
-//! Evaluators of the built-in node kinds, over the pipeline stages of [`crate::pipelines`].
+//! The built-in node kinds. Each kind is one unit ([`NodeKind`]): its declaration (ports, parameters, rules
+//! such as an input required in one mode or the editor's hand pick), a typed parameter struct read once,
+//! its evaluator and its check before a run, in one file. Generic code (validation, the editor, the command
+//! line) asks the declaration instead of naming kinds.
 //!
-//! - [`inputs`]: prompt, the model loaders (SD 1.5 checkpoint, motion module, ImageReward; loaded once into
-//!   the engine's model cache, on the engine's device), load image;
-//! - [`candidates`], [`selector`]: I4VGen stages 1 and 2;
-//! - [`animate`]: NI-VSDS, regeneration and plain text-to-video (stages 3 and 4, and the baseline);
-//! - [`outputs`]: video preview and export.
+//! - [`inputs`]: prompt, load image;
+//! - [`animatediff`]: the SD 1.5 + AnimateDiff family: checkpoint and motion-module loaders, plain text to
+//!   video, and what its generation nodes share (prompt encoding, the video UNet, memory checks, decoding);
+//! - [`i4vgen`]: the method's stages: T2I candidates, NI-VSDS animator, regenerator;
+//! - [`reward`]: the ImageReward loader and the candidate selector;
+//! - [`outputs`]: video preview and export;
+//! - [`params`]: parameter declarations and groups shared by several kinds (the sampler's settings).
 //!
-//! The values on each port type are in [`values`].
+//! The values on each port type are in [`values`] (defined in [`crate::values`]).
 
-mod animate;
-mod candidates;
-mod inputs;
-mod outputs;
-mod selector;
-mod stage;
+pub mod animatediff;
+pub mod i4vgen;
+pub mod inputs;
+mod loading;
+pub mod outputs;
+pub mod params;
+pub mod reward;
 pub mod values;
 
 use std::path::PathBuf;
 
-use crate::graph::kinds;
-use crate::runtime::{EvalContext, Evaluators, NodeError};
+use crate::graph::{KindRegistry, KindSpec};
+use crate::runtime::{Check, EvalContext, Evaluators, NodeError, NodeOutputs};
 
 pub use values::{Candidates, Loaded, PromptValue, Ranking, SelectedBy, StillImage};
 
-/// Evaluators for every built-in kind.
+/// How a node of a kind is evaluated.
+pub type Evaluate = fn(&mut EvalContext<'_>) -> Result<NodeOutputs, NodeError>;
+
+/// One node kind: what it declares, how it runs, and what it checks before a run.
+#[derive(Clone, Copy)]
+pub struct NodeKind {
+    pub spec: KindSpec,
+    pub evaluate: Evaluate,
+    /// What the kind checks when a graph is planned, before any node computes (Export: its output path).
+    pub check: Option<Check>,
+}
+
+/// Every built-in kind, in menu order.
+pub const BUILTIN: &[&NodeKind] = &[
+    &inputs::PROMPT,
+    &animatediff::LOAD_CHECKPOINT,
+    &animatediff::LOAD_MOTION_MODULE,
+    &reward::LOAD_REWARD_MODEL,
+    &inputs::LOAD_IMAGE,
+    &i4vgen::T2I_CANDIDATES,
+    &reward::CANDIDATE_SELECTOR,
+    &i4vgen::NI_VSDS,
+    &i4vgen::REGENERATOR,
+    &animatediff::TEXT_TO_VIDEO,
+    &outputs::VIDEO_PREVIEW,
+    &outputs::EXPORT,
+];
+
+/// The declarations of every built-in kind.
+pub fn registry() -> KindRegistry {
+    let mut registry = KindRegistry::empty();
+    for kind in BUILTIN {
+        registry.register(kind.spec);
+    }
+    registry
+}
+
+/// Evaluators (and checks) for every built-in kind.
 pub fn builtin_evaluators() -> Evaluators {
     let mut e = Evaluators::new();
-    e.register(kinds::PROMPT.id, inputs::prompt);
-    e.register(kinds::LOAD_CHECKPOINT.id, inputs::load_checkpoint);
-    e.register(kinds::LOAD_MOTION_MODULE.id, inputs::load_motion_module_node);
-    e.register(kinds::LOAD_REWARD_MODEL.id, inputs::load_reward_model);
-    e.register(kinds::LOAD_IMAGE.id, inputs::load_image);
-    e.register(kinds::T2I_CANDIDATES.id, candidates::evaluate);
-    e.register(kinds::CANDIDATE_SELECTOR.id, selector::evaluate);
-    e.register(kinds::NI_VSDS.id, animate::ni_vsds);
-    e.register(kinds::REGENERATOR.id, animate::regenerator);
-    e.register(kinds::TEXT_TO_VIDEO.id, animate::text_to_video);
-    e.register(kinds::VIDEO_PREVIEW.id, outputs::video_preview);
-    e.register(kinds::EXPORT.id, outputs::export);
-    e.register_check(kinds::EXPORT.id, outputs::export_check);
+    for kind in BUILTIN {
+        e.register(kind.spec.id, kind.evaluate);
+        if let Some(check) = kind.check {
+            e.register_check(kind.spec.id, check);
+        }
+    }
     e
+}
+
+/// A pipeline error as a node error: cancellation stays cancellation, the rest keeps its message.
+fn failed(e: crate::pipelines::PipelineError) -> NodeError {
+    match e {
+        crate::pipelines::PipelineError::Cancelled { .. } => NodeError::Cancelled,
+        other => NodeError::Failed(other.to_string()),
+    }
 }
 
 /// Resolves a model path parameter inside the models directory (the access policy refuses paths that lead
@@ -60,4 +104,51 @@ fn model_path(ctx: &EvalContext<'_>, param: &str) -> Result<PathBuf, NodeError> 
         });
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn builtin_kinds_are_well_formed() {
+        let mut ids = HashSet::new();
+        for kind in BUILTIN.iter().map(|k| &k.spec) {
+            assert!(ids.insert(kind.id), "duplicate kind id {}", kind.id);
+            assert!(!kind.description.is_empty(), "{} has no description", kind.id);
+            let mut names = HashSet::new();
+            for p in kind.params {
+                assert!(names.insert(p.name), "{}: duplicate param {}", kind.id, p.name);
+                assert!(!p.description.is_empty(), "{}.{} has no description", kind.id, p.name);
+                p.check(&p.default_value()).unwrap_or_else(|e| panic!("{}.{}: {e}", kind.id, p.name));
+            }
+            // An input and an output may share a name (a link's direction tells them apart).
+            for ports in [kind.inputs, kind.outputs] {
+                let mut names = HashSet::new();
+                for p in ports {
+                    assert!(names.insert(p.name), "{}: duplicate port {}", kind.id, p.name);
+                    assert!(!p.description.is_empty(), "{}.{} has no description", kind.id, p.name);
+                    assert!(!p.name.contains('.'), "{}.{}: port names cannot contain dots", kind.id, p.name);
+                }
+            }
+            for port in kind.inputs {
+                if let Some((param, value)) = port.required_when {
+                    let choice = kind.param(param).map(|p| p.ty);
+                    assert!(
+                        matches!(choice, Some(crate::graph::ParamType::Choice { options, .. }) if options.contains(&value)),
+                        "{}.{}: required when {param} is {value}, which is not a choice of the kind",
+                        kind.id,
+                        port.name
+                    );
+                }
+            }
+            if let Some(pick) = kind.pick {
+                for name in [pick.choice, pick.index] {
+                    assert!(kind.param(name).is_some(), "{}: the pick writes '{name}', not a parameter", kind.id);
+                }
+            }
+            assert!(kind.is_output || !kind.outputs.is_empty(), "{} produces nothing", kind.id);
+        }
+    }
 }

@@ -2,21 +2,106 @@
 
 use std::ops::ControlFlow;
 
-use crate::graph::Verdict;
+use super::NodeKind;
+use super::params::FPS;
 use crate::graph::to_preset_string;
+use crate::graph::{KindSpec, ParamSpec, ParamType, PathRole, PortSpec, PortType, Verdict};
 use crate::runtime::{CheckContext, EvalContext, NodeError, NodeOutputs};
 use crate::video::encode::{self, EncodeOptions, Format, GifLoop};
 use crate::video::{Video, output_path};
 
-pub(super) fn video_preview(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
+pub const VIDEO_PREVIEW: NodeKind = NodeKind {
+    spec: KindSpec {
+        id: "video_preview",
+        title: "Video Preview",
+        category: "Outputs",
+        version: 1,
+        description: "Plays the clip in the editor",
+        inputs: &[PortSpec::required("video", PortType::Video, "Clip to show")],
+        outputs: &[],
+        params: &[FPS],
+        is_output: true,
+        pick: None,
+    },
+    evaluate: video_preview,
+    check: None,
+};
+
+fn video_preview(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
     let video = ctx.input::<Video>("video")?.clone();
     let fps = ctx.param_f64("fps")?;
     ctx.preview("video", Video { fps, ..video });
     Ok(NodeOutputs::new())
 }
 
+pub const EXPORT: NodeKind = NodeKind {
+    spec: KindSpec {
+        id: "export",
+        title: "Export",
+        category: "Outputs",
+        version: 2,
+        description: "Writes the clip to disk (MP4, WebM, GIF, animated PNG or PNG frames), with the graph inside",
+        inputs: &[PortSpec::required("video", PortType::Video, "Clip to write")],
+        outputs: &[],
+        params: &[
+            ParamSpec::new(
+                "path",
+                ParamType::Path { default: "{prompt}-{seed}.mp4", role: PathRole::Output },
+                "Output file, inside the output folder (default ./out); the extension picks the format (.mp4, .webm, .gif, .png/.apng; none: a folder of PNG \
+                 frames); {prompt}, {seed}, {date} and {n} are filled in",
+            ),
+            FPS,
+            ParamSpec::new(
+                "crf",
+                ParamType::Int { default: 18, min: 0, max: 63 },
+                "MP4/WebM quality: lower is better, 0 is lossless (H.264 uses 0-51, VP9 0-63)",
+            ),
+            ParamSpec::new(
+                "preset",
+                ParamType::Choice {
+                    default: "medium",
+                    options: &[
+                        "ultrafast",
+                        "superfast",
+                        "veryfast",
+                        "faster",
+                        "fast",
+                        "medium",
+                        "slow",
+                        "slower",
+                        "veryslow",
+                    ],
+                },
+                "MP4 (x264) speed preset: slower makes smaller files at the same quality",
+            ),
+            ParamSpec::new("pingpong", ParamType::Bool { default: false }, "Play forward, then backward"),
+            ParamSpec::new(
+                "repeat",
+                ParamType::Int { default: 1, min: 1, max: 100 },
+                "How many times the frames are written into the file (a longer clip; not the GIF loop flag)",
+            ),
+            ParamSpec::new(
+                "loop",
+                ParamType::Choice { default: "forever", options: &["forever", "count", "once"] },
+                "GIF/animated PNG: how viewers loop the file",
+            ),
+            ParamSpec::new(
+                "loop_count",
+                ParamType::Int { default: 1, min: 1, max: 65535 },
+                "GIF/animated PNG: extra plays after the first",
+            )
+            .only_when("loop", "count"),
+            ParamSpec::new("overwrite", ParamType::Bool { default: false }, "Replace an existing output"),
+        ],
+        is_output: true,
+        pick: None,
+    },
+    evaluate: export,
+    check: Some(export_check),
+};
+
 /// Writes the clip in the format the path's extension names, with the graph preset embedded.
-pub(super) fn export(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
+fn export(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
     let video = ctx.input::<Video>("video")?.clone();
     // Inside the output folder unless the user chose the path (see graph::access).
     let template = ctx.file("path")?.to_string_lossy().into_owned();
@@ -66,9 +151,9 @@ pub(super) fn export(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError
 /// format stepstone writes, in a folder that is (or can be made) writable, and what is there already may be
 /// replaced. Placeholders that only the run knows (`{prompt}`, `{seed}`, `{n}`) are filled with stand-ins:
 /// then only the format and the folder are checked.
-pub(super) fn export_check(ctx: &CheckContext<'_>) -> Result<(), String> {
+fn export_check(ctx: &CheckContext<'_>) -> Result<(), String> {
     let Some(value) = ctx.params.str("path") else { return Ok(()) };
-    let file = ctx.access.resolve(ctx.node, "path", crate::graph::PathRole::Output, value);
+    let file = ctx.access.resolve(ctx.node, "path", PathRole::Output, value);
     let template = match file.verdict {
         Verdict::Allowed => file.path.to_string_lossy().into_owned(),
         Verdict::NeedsPermission(why) | Verdict::Refused(why) => {

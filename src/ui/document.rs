@@ -247,7 +247,7 @@ mod tests {
     use crate::graph::parse_preset;
 
     fn registry() -> KindRegistry {
-        KindRegistry::builtin()
+        crate::nodes::registry()
     }
 
     #[test]

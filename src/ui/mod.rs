@@ -22,7 +22,6 @@ use std::path::PathBuf;
 pub use app::Studio;
 
 use crate::device::DeviceChoice;
-use crate::graph::KindRegistry;
 use crate::runtime::worker::Worker;
 
 /// How the editor window starts.
@@ -195,7 +194,7 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
                 },
                 Some(Box::new(move || ctx.request_repaint())),
             )?;
-            let mut studio = Studio::new(KindRegistry::builtin(), options.models_dir)
+            let mut studio = Studio::new(crate::nodes::registry(), options.models_dir)
                 .with_output_dir(options.output_dir.clone())
                 .with_worker(worker);
             if let Some(path) = &options.open {

@@ -1,72 +1,22 @@
-//! What the generation nodes share: reading sampler parameters, encoding the prompt, the video UNet,
-//! progress and cancellation, decoding, turning pipeline errors into node errors.
+//! What the generation nodes of the SD 1.5 + AnimateDiff family share: encoding the prompt, the video UNet,
+//! progress and cancellation, decoding, memory checks.
 
 use std::ops::ControlFlow;
 
 use burn::tensor::Tensor;
 
-use super::values::{CheckpointValue, MotionValue, PromptValue};
+use super::super::failed;
 use crate::models::unet::VideoUnet;
 use crate::models::unet::motion::MotionError;
+use crate::nodes::values::{CheckpointValue, MotionValue, PromptValue};
 use crate::pipelines::PipelineError;
 use crate::pipelines::i4vgen::{self, Guided, StageProgress, TextConditioning};
 use crate::pipelines::memory::{self, CfgBatch, Room, StageShape};
 use crate::runtime::{EvalContext, NodeError};
-use crate::schedulers::{BetaSchedule, Ddim, DdimConfig};
 use crate::video::Video;
 
-/// A pipeline error as a node error: cancellation stays cancellation, the rest keeps its message.
-pub(super) fn failed(e: PipelineError) -> NodeError {
-    match e {
-        PipelineError::Cancelled { .. } => NodeError::Cancelled,
-        other => NodeError::Failed(other.to_string()),
-    }
-}
-
-/// The DDIM scheduler of the node's `steps`, `beta_schedule`, `beta_start` and `beta_end` (the other
-/// settings are the official AnimateDiff inference config's).
-pub(super) fn scheduler(ctx: &EvalContext<'_>) -> Result<Ddim, NodeError> {
-    let beta_schedule = match ctx.param_str("beta_schedule")? {
-        "linear" => BetaSchedule::Linear,
-        "scaled_linear" => BetaSchedule::ScaledLinear,
-        other => {
-            return Err(NodeError::Param {
-                name: "beta_schedule".into(),
-                message: format!("'{other}' is not a schedule this node knows (linear, scaled_linear)"),
-            });
-        }
-    };
-    let config = DdimConfig {
-        beta_start: ctx.param_f64("beta_start")?,
-        beta_end: ctx.param_f64("beta_end")?,
-        beta_schedule,
-        ..DdimConfig::animatediff()
-    };
-    let param = |name: &str, e: &dyn std::fmt::Display| NodeError::Param { name: name.into(), message: e.to_string() };
-    let mut ddim = Ddim::new(config).map_err(|e| param("beta_start", &e))?;
-    let steps = ctx.param_u64("steps")? as usize;
-    ddim.set_timesteps(steps).map_err(|e| param("steps", &e))?;
-    Ok(ddim)
-}
-
-/// A size parameter (`width`, `height`) in pixels, checked to be a multiple of 8.
-pub(super) fn pixels(ctx: &EvalContext<'_>, name: &str) -> Result<usize, NodeError> {
-    let value = ctx.param_u64(name)? as usize;
-    if !value.is_multiple_of(8) {
-        let down = value / 8 * 8;
-        return Err(NodeError::Param {
-            name: name.to_string(),
-            message: format!(
-                "{value} is not a multiple of 8 (the VAE works on 8x8 pixel blocks): use {down} or {}",
-                down + 8
-            ),
-        });
-    }
-    Ok(value)
-}
-
 /// The prompt encoded with the checkpoint's tokenizer and text encoder; truncation is reported on the node.
-pub(super) fn encode(
+pub(crate) fn encode(
     ctx: &mut EvalContext<'_>,
     checkpoint: &CheckpointValue,
     prompt: &PromptValue,
@@ -88,13 +38,13 @@ pub(super) fn encode(
 }
 
 /// The checkpoint's UNet with the motion modules (or none: single images).
-pub(super) fn video_unet(checkpoint: &CheckpointValue, motion: Option<&MotionValue>) -> Result<VideoUnet, NodeError> {
+pub(crate) fn video_unet(checkpoint: &CheckpointValue, motion: Option<&MotionValue>) -> Result<VideoUnet, NodeError> {
     VideoUnet::new(checkpoint.model.unet.clone(), motion.map(|m| m.model.as_ref().clone()))
         .map_err(|e: MotionError| NodeError::Failed(e.to_string()))
 }
 
 /// The `frames` parameter, checked against the motion module's positional limit before any work is done.
-pub(super) fn frames(ctx: &EvalContext<'_>, unet: &VideoUnet) -> Result<usize, NodeError> {
+pub(crate) fn frames(ctx: &EvalContext<'_>, unet: &VideoUnet) -> Result<usize, NodeError> {
     let frames = ctx.param_u64("frames")? as usize;
     if let Some(motion) = &unet.motion {
         motion.check_frames(frames).map_err(|e| NodeError::Param { name: "frames".into(), message: e.to_string() })?;
@@ -103,7 +53,7 @@ pub(super) fn frames(ctx: &EvalContext<'_>, unet: &VideoUnet) -> Result<usize, N
 }
 
 /// Runs a stage with per-step progress on the node; a cancelled run stops the stage within one step.
-pub(super) fn with_progress<T>(
+pub(crate) fn with_progress<T>(
     ctx: &mut EvalContext<'_>,
     stage: impl FnOnce(&mut dyn FnMut(StageProgress) -> ControlFlow<()>) -> Result<T, PipelineError>,
 ) -> Result<T, NodeError> {
@@ -115,7 +65,7 @@ pub(super) fn with_progress<T>(
 }
 
 /// Decodes video latents [1, C, F, h, w] into a clip (frames as 8-bit images) that keeps the latents.
-pub(super) fn clip_of(
+pub(crate) fn clip_of(
     checkpoint: &CheckpointValue,
     latents: &Tensor<5>,
     prompt: &PromptValue,
@@ -132,23 +82,9 @@ pub(super) fn clip_of(
     Ok(Video { frames, fps: 8.0, prompt: prompt.positive.clone(), seed, latents: Some(stored) })
 }
 
-/// The `cfg_batch` parameter.
-pub(super) fn cfg_batch(ctx: &EvalContext<'_>) -> Result<CfgBatch, NodeError> {
-    let value = ctx.param_str("cfg_batch")?;
-    CfgBatch::parse(value).ok_or_else(|| NodeError::Param {
-        name: "cfg_batch".into(),
-        message: format!("'{value}' is not a choice of this parameter (together, sequential)"),
-    })
-}
-
-/// The guided UNet of the node's `cfg`, with the `cfg_batch` the node planned its memory for.
-pub(super) fn guided<'a>(
-    ctx: &EvalContext<'_>,
-    unet: &'a VideoUnet,
-    text: &'a TextConditioning,
-    shape: StageShape,
-) -> Result<Guided<'a>, NodeError> {
-    Ok(Guided::new(unet, text, ctx.param_f64("cfg")?).with_cfg_batch(shape.cfg_batch))
+/// The guided UNet at guidance scale `cfg`, with the `cfg_batch` the node planned its memory for.
+pub(crate) fn guided<'a>(unet: &'a VideoUnet, text: &'a TextConditioning, cfg: f64, shape: StageShape) -> Guided<'a> {
+    Guided::new(unet, text, cfg).with_cfg_batch(shape.cfg_batch)
 }
 
 /// The memory this node may use: the run's limit, or on the CPU what the system has available now; `None`
@@ -165,7 +101,7 @@ fn room(ctx: &EvalContext<'_>) -> Option<Room> {
 /// the settings that would fit (fewer frames, a smaller size, sequential guidance). `frames_param` names
 /// the node's frame count parameter when the artist can lower it; `size_params` whether width and height
 /// are the node's own.
-pub(super) fn check_memory(
+pub(crate) fn check_memory(
     ctx: &EvalContext<'_>,
     unet: &VideoUnet,
     checkpoint: &CheckpointValue,
