@@ -200,7 +200,7 @@ fn demo_models_stay_under_the_size_limit_and_say_they_are_random() {
 #[test]
 #[ignore]
 fn whole_pipeline_runs_on_the_demo_models() {
-    use stepstone::pipelines::i4vgen::{self, Guided, StageProgress, TextConditioning};
+    use stepstone::pipelines::i4vgen::{self, GuidanceConditioning, Guided, StageProgress};
 
     let device = cpu();
     let start = Instant::now();
@@ -213,7 +213,7 @@ fn whole_pipeline_runs_on_the_demo_models() {
     let model = VideoUnet::new(unet, Some(motion)).unwrap();
     let prompt = "a panda playing the guitar on a boat, ocean waves, golden sunset";
     let encode = |p: &str| text.encode_ids(&[tok.encode(p).unwrap().ids], &device);
-    let conditioning = TextConditioning { cond: encode(prompt), uncond: encode("") };
+    let conditioning = GuidanceConditioning::text(encode(prompt), encode(""));
     let guided = Guided::new(&model, &conditioning, 7.5);
     let mut scheduler = Ddim::new(DdimConfig::animatediff()).unwrap();
     scheduler.set_timesteps(25).unwrap();

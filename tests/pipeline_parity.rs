@@ -16,7 +16,7 @@ use stepstone::models::unet::motion::VideoNorms;
 use stepstone::models::vae::AutoencoderKl;
 use stepstone::models::{MotionLoadOptions, load_motion_module, load_unet, load_vae};
 use stepstone::pipelines::PipelineError;
-use stepstone::pipelines::i4vgen::{self, Guided, StageProgress, TextConditioning};
+use stepstone::pipelines::i4vgen::{self, GuidanceConditioning, Guided, StageProgress};
 use stepstone::pipelines::noise::{NoiseSource, ReplayNoise};
 use stepstone::schedulers::{Ddim, DdimConfig};
 
@@ -26,7 +26,7 @@ struct Setup {
     unet: VideoUnet,
     vae: AutoencoderKl,
     reward: ImageReward,
-    text: TextConditioning,
+    text: GuidanceConditioning,
     scheduler: Ddim,
     json: serde_json::Value,
     fx: Fixture,
@@ -48,7 +48,7 @@ fn setup() -> Setup {
     let timesteps: Vec<usize> =
         json["timesteps"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as usize).collect();
     assert_eq!(scheduler.timesteps, timesteps, "DDIM timesteps");
-    let text = TextConditioning { cond: fx.tensor("cond", &device), uncond: fx.tensor("uncond", &device) };
+    let text = GuidanceConditioning::text(fx.tensor("cond", &device), fx.tensor("uncond", &device));
     Setup { unet: VideoUnet::new(unet, Some(motion)).unwrap(), vae, reward, text, scheduler, json, fx }
 }
 

@@ -13,7 +13,7 @@ use crate::models::clip::ClipTextConfig;
 use crate::models::unet::motion::MotionVersion;
 use crate::models::unet::{Motion, UnetConfig, VideoUnet};
 use crate::models::vae::VaeConfig;
-use crate::pipelines::i4vgen::{self, Guided, TextConditioning};
+use crate::pipelines::i4vgen::{self, GuidanceConditioning, Guided};
 use crate::pipelines::memory::{self, CfgBatch, StageShape};
 use crate::pipelines::noise::{NoiseSource, SeededNoise};
 use crate::schedulers::{Ddim, DdimConfig};
@@ -288,10 +288,10 @@ fn run_case(
             let video = VideoUnet::new(unet, Some(MotionVersion::V2.config().init(device)?))?;
             let image_unet = VideoUnet::new(video.unet.clone(), None)?;
             let vae = VaeConfig::default().init(device)?;
-            let text = TextConditioning {
-                cond: Tensor::<3>::random([1, 77, width], normal, device),
-                uncond: Tensor::<3>::random([1, 77, width], normal, device),
-            };
+            let text = GuidanceConditioning::text(
+                Tensor::<3>::random([1, 77, width], normal, device),
+                Tensor::<3>::random([1, 77, width], normal, device),
+            );
             let mut ddim = Ddim::new(DdimConfig::animatediff())?;
             ddim.set_timesteps(args.steps)?;
             let shape = StageShape { clips: 1, frames: args.frames, height: size, width: size, cfg_batch };

@@ -13,20 +13,14 @@ use image::RgbImage;
 
 use crate::models::image_reward::preprocess::frame_to_image;
 use crate::models::image_reward::{ImageReward, argmax};
-use crate::models::unet::{Motion, VideoUnet};
+use crate::models::unet::Motion;
 use crate::models::vae::AutoencoderKl;
 use crate::schedulers::{CfgDdim, Ddim, SampleError, guide, sample_ddim_cfg};
 
 use super::PipelineError;
 use super::memory::CfgBatch;
 
-/// The text conditioning of one prompt: CLIP last hidden states [1, S, D] of the prompt and of the negative
-/// prompt (the unconditional branch of classifier-free guidance).
-#[derive(Clone, Debug)]
-pub struct TextConditioning {
-    pub cond: Tensor<3>,
-    pub uncond: Tensor<3>,
-}
+pub use super::denoiser::{Conditioning, GuidanceConditioning, VideoDenoiser};
 
 /// What a stage reports after each of its steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,10 +33,10 @@ pub struct StageProgress {
 /// Called after every step; [`ControlFlow::Break`] cancels the stage before its next UNet call.
 pub type Observer<'a> = &'a mut dyn FnMut(StageProgress) -> ControlFlow<()>;
 
-/// The video UNet with classifier-free guidance over one prompt.
+/// A video denoiser with classifier-free guidance over one conditioning pair.
 pub struct Guided<'a> {
-    pub unet: &'a VideoUnet,
-    pub text: &'a TextConditioning,
+    pub denoiser: &'a dyn VideoDenoiser,
+    pub conditioning: &'a GuidanceConditioning,
     pub guidance_scale: f64,
     /// Both branches in one UNet call, or one after the other (half the activation memory).
     pub cfg_batch: CfgBatch,
@@ -50,8 +44,8 @@ pub struct Guided<'a> {
 
 impl<'a> Guided<'a> {
     /// Guidance with both branches in one call ([`CfgBatch::Together`], as the reference runs it).
-    pub fn new(unet: &'a VideoUnet, text: &'a TextConditioning, guidance_scale: f64) -> Self {
-        Guided { unet, text, guidance_scale, cfg_batch: CfgBatch::Together }
+    pub fn new(denoiser: &'a dyn VideoDenoiser, conditioning: &'a GuidanceConditioning, guidance_scale: f64) -> Self {
+        Guided { denoiser, conditioning, guidance_scale, cfg_batch: CfgBatch::Together }
     }
 
     pub fn with_cfg_batch(self, cfg_batch: CfgBatch) -> Self {
@@ -61,20 +55,20 @@ impl<'a> Guided<'a> {
     /// Raw predictions for `pair` = [x; x] (2B clips): the first B unconditional, the last B conditional.
     fn predict_pair(&self, pair: Tensor<5>, t: usize, motion: Motion) -> Result<Tensor<5>, PipelineError> {
         let clips = pair.dims()[0] / 2;
-        let uncond = self.text.uncond.clone().repeat_dim(0, clips);
-        let cond = self.text.cond.clone().repeat_dim(0, clips);
+        let uncond = self.conditioning.uncond.for_clips(clips);
+        let cond = self.conditioning.cond.for_clips(clips);
         match self.cfg_batch {
             CfgBatch::Together => {
-                let context = Tensor::cat(vec![uncond, cond], 0);
+                let both = Conditioning::batched(&uncond, &cond)?;
                 let timesteps = vec![t as f64; 2 * clips];
-                Ok(self.unet.forward(pair, &timesteps, context, motion)?)
+                self.denoiser.predict(pair, &timesteps, &both, motion)
             }
             CfgBatch::Sequential => {
                 let timesteps = vec![t as f64; clips];
                 let halves = pair.chunk(2, 0);
                 let mut out = Vec::with_capacity(2);
-                for (half, context) in halves.into_iter().zip([uncond, cond]) {
-                    out.push(self.unet.forward(half, &timesteps, context, motion)?);
+                for (half, conditioning) in halves.into_iter().zip([uncond, cond]) {
+                    out.push(self.denoiser.predict(half, &timesteps, &conditioning, motion)?);
                 }
                 Ok(Tensor::cat(out, 0))
             }

@@ -5,6 +5,7 @@
 //!   plain text-to-video for comparison.
 //! - [`noise`]: the one noise-source abstraction every random draw goes through (seeded or replayed).
 
+pub mod denoiser;
 pub mod i4vgen;
 pub mod memory;
 pub mod noise;

@@ -10,7 +10,7 @@ use crate::models::unet::VideoUnet;
 use crate::models::unet::motion::MotionError;
 use crate::nodes::values::{CheckpointValue, MotionValue, PromptValue};
 use crate::pipelines::PipelineError;
-use crate::pipelines::i4vgen::{self, Guided, StageProgress, TextConditioning};
+use crate::pipelines::i4vgen::{self, GuidanceConditioning, Guided, StageProgress};
 use crate::pipelines::memory::{self, CfgBatch, Room, StageShape};
 use crate::runtime::{EvalContext, NodeError};
 use crate::video::Video;
@@ -20,7 +20,7 @@ pub(crate) fn encode(
     ctx: &mut EvalContext<'_>,
     checkpoint: &CheckpointValue,
     prompt: &PromptValue,
-) -> Result<TextConditioning, NodeError> {
+) -> Result<GuidanceConditioning, NodeError> {
     let encoded = checkpoint
         .model
         .encode_prompt(&prompt.positive, &prompt.negative, ctx.device)
@@ -34,7 +34,7 @@ pub(crate) fn encode(
             ));
         }
     }
-    Ok(TextConditioning { cond: encoded.cond, uncond: encoded.uncond })
+    Ok(GuidanceConditioning::text(encoded.cond, encoded.uncond))
 }
 
 /// The checkpoint's UNet with the motion modules (or none: single images).
@@ -83,7 +83,12 @@ pub(crate) fn clip_of(
 }
 
 /// The guided UNet at guidance scale `cfg`, with the `cfg_batch` the node planned its memory for.
-pub(crate) fn guided<'a>(unet: &'a VideoUnet, text: &'a TextConditioning, cfg: f64, shape: StageShape) -> Guided<'a> {
+pub(crate) fn guided<'a>(
+    unet: &'a VideoUnet,
+    text: &'a GuidanceConditioning,
+    cfg: f64,
+    shape: StageShape,
+) -> Guided<'a> {
     Guided::new(unet, text, cfg).with_cfg_batch(shape.cfg_batch)
 }
 
