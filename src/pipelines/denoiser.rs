@@ -146,7 +146,7 @@ mod tests {
         b.concat_latents = Some(filled([3, 2, 1, 2, 2], 6.0));
         let both = Conditioning::batched(&a, &b).unwrap();
         assert_eq!(both.text.dims(), [6, 3, 4]);
-        let values = both.text.into_data().to_vec::<f32>().unwrap();
+        let values = both.text.into_data().try_to_vec::<f32>().unwrap();
         assert!(values[..36].iter().all(|&v| v == 1.0) && values[36..].iter().all(|&v| v == 2.0));
 
         // One branch with image latents and one without cannot be batched.
