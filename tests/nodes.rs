@@ -491,3 +491,38 @@ fn a_setting_that_cannot_fit_is_refused_with_what_to_lower_and_loses_nothing() {
     let diff = a.data.iter().zip(b.data.iter()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(diff < 1e-4, "sequential and together guidance differ by {diff}");
 }
+
+/// The TI2V-Zero preset on the demo models, cheaper: the I4VGen anchor animated by TI2V-Zero. The clip
+/// starts with the anchor itself and has one frame per new frame after it; the latents travel with it (a
+/// regenerator could continue); an edit to the TI2V-Zero node re-runs it and what is below, nothing above.
+#[test]
+fn ti2v_zero_animates_the_anchor_and_reruns_alone() {
+    let mut engine = engine();
+    let mut g = load_preset(&repo("graphs/ti2v_zero_demo.json")).unwrap();
+    for (node, param, value) in [
+        ("candidates", "count", json!(2)),
+        ("candidates", "steps", json!(2)),
+        ("animator", "frames", json!(3)),
+        ("animator", "new_frames", json!(2)),
+        ("animator", "steps", json!(2)),
+        ("animator", "resample", json!(1)),
+    ] {
+        set(&mut g, node, param, value);
+    }
+    let first = run(&mut engine, &g, &["preview"]);
+    assert!(first.completed(), "{:?} {:?}", first.failures, first.skipped);
+    let video = first.output::<Video>("animator", "video");
+    assert_eq!(video.frames.len(), 3, "the image and two new frames");
+    let anchor = first.output::<StillImage>("selector", "anchor");
+    assert_eq!(video.frames[0], *anchor.image, "the clip starts with the anchor");
+    assert_ne!(video.frames[1], video.frames[0], "a new frame was made");
+    let latents = video.latents.as_ref().expect("the clip keeps its latents");
+    assert_eq!(latents.shape[2], 3);
+    assert!(latents.is_finite());
+
+    set(&mut g, "animator", "resample", json!(2));
+    let second = run(&mut engine, &g, &["preview"]);
+    assert!(second.completed(), "{:?}", second.failures);
+    assert_eq!(sorted(&second.evaluated), ["animator", "preview"]);
+    assert_ne!(second.output::<Video>("animator", "video").frames[1], video.frames[1], "resampling changed the frame");
+}

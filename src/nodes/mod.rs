@@ -8,6 +8,7 @@
 //!   video, and what its generation nodes share (prompt encoding, the video UNet, memory checks, decoding);
 //! - [`i4vgen`]: the method's stages: T2I candidates, NI-VSDS animator, regenerator;
 //! - [`reward`]: the ImageReward loader and the candidate selector;
+//! - [`ti2v_zero`]: TI2V-Zero Animator, a still image animated by a frozen text-to-video model;
 //! - [`outputs`]: video preview and export;
 //! - [`params`]: parameter declarations and groups shared by several kinds (the sampler's settings).
 //!
@@ -20,6 +21,7 @@ mod loading;
 pub mod outputs;
 pub mod params;
 pub mod reward;
+pub mod ti2v_zero;
 pub mod values;
 
 use std::path::PathBuf;
@@ -53,6 +55,7 @@ pub const BUILTIN: &[&NodeKind] = &[
     &i4vgen::NI_VSDS,
     &i4vgen::REGENERATOR,
     &animatediff::TEXT_TO_VIDEO,
+    &ti2v_zero::TI2V_ZERO,
     &outputs::VIDEO_PREVIEW,
     &outputs::EXPORT,
 ];

@@ -92,6 +92,19 @@ impl SamplerParams {
     /// The group's declarations, in the order the editor shows them.
     pub const SPECS: [ParamSpec; 7] = [STEPS, CFG, CFG_BATCH, SEED, BETA_SCHEDULE, BETA_START, BETA_END];
 
+    /// [`Self::SPECS`] with other defaults for the steps and the guidance scale (a method's reference
+    /// settings).
+    pub const fn specs_with(steps: i64, cfg: f64) -> [ParamSpec; 7] {
+        let mut specs = Self::SPECS;
+        if let ParamType::Int { min, max, .. } = specs[0].ty {
+            specs[0].ty = ParamType::Int { default: steps, min, max };
+        }
+        if let ParamType::Float { min, max, .. } = specs[1].ty {
+            specs[1].ty = ParamType::Float { default: cfg, min, max };
+        }
+        specs
+    }
+
     pub fn read(ctx: &EvalContext<'_>) -> Result<Self, NodeError> {
         let beta_schedule = match ctx.param_str("beta_schedule")? {
             "linear" => BetaSchedule::Linear,

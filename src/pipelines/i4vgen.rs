@@ -167,6 +167,13 @@ pub fn images_of(frames: &Tensor<5>) -> Vec<RgbImage> {
 /// An image as a one-frame clip of scaled latents [1, C, 1, H/8, W/8] (the VAE posterior's mean, so the same
 /// image always gives the same latent): the anchor when the artist brings their own picture.
 pub fn encode_image(vae: &AutoencoderKl, image: &RgbImage, device: &Device) -> Result<Tensor<5>, PipelineError> {
+    let z = vae.encode_scaled(pixels_of(image, device)?);
+    let [_, c, lh, lw] = z.dims();
+    Ok(z.reshape([1, c, 1, lh, lw]))
+}
+
+/// An image as pixels in [-1, 1], [1, 3, H, W]; its sides must be multiples of 8 (the VAE's blocks).
+pub fn pixels_of(image: &RgbImage, device: &Device) -> Result<Tensor<4>, PipelineError> {
     let (width, height) = image.dimensions();
     if width % 8 != 0 || height % 8 != 0 || width == 0 || height == 0 {
         return Err(PipelineError::ImageSize { width, height });
@@ -178,10 +185,7 @@ pub fn encode_image(vae: &AutoencoderKl, image: &RgbImage, device: &Device) -> R
             planar[ch * h * w + i] = f32::from(v) / 127.5 - 1.0;
         }
     }
-    let x = Tensor::<4>::from_data(TensorData::new(planar, [1, 3, h, w]), device);
-    let z = vae.encode_scaled(x);
-    let [_, c, lh, lw] = z.dims();
-    Ok(z.reshape([1, c, 1, lh, lw]))
+    Ok(Tensor::<4>::from_data(TensorData::new(planar, [1, 3, h, w]), device))
 }
 
 /// Stage 2 scoring: ImageReward scores of every candidate image against the prompt (images rounded to 8 bits

@@ -106,8 +106,8 @@ fn replace_first(x: Tensor<5>, with: Tensor<5>) -> Tensor<5> {
     Tensor::cat(vec![with, x.narrow(2, k, f - k)], 2)
 }
 
-/// Runs TI2V-Zero from `image` [1, 3, H, W] in [-1, 1] (sides multiples of 8). Progress counts DDIM steps
-/// over all new frames; a break stops before the next UNet call.
+/// Runs TI2V-Zero from `image` [1, 3, H, W] in [-1, 1] (sides multiples of the VAE's downsampling). Progress
+/// counts DDIM steps over all new frames; a break stops before the next UNet call.
 pub fn ti2v_zero(
     model: &Guided<'_>,
     vae: &AutoencoderKl,
@@ -116,6 +116,21 @@ pub fn ti2v_zero(
     settings: Ti2vZeroSettings,
     noise: &mut dyn NoiseSource,
     observer: Observer<'_>,
+) -> Result<Ti2vZeroOutput, PipelineError> {
+    ti2v_zero_with(model, vae, ddim, image, settings, noise, observer, &mut |_| {})
+}
+
+/// [`ti2v_zero`], calling `on_frame` with the output so far after each new frame (for previews).
+#[allow(clippy::too_many_arguments)]
+pub fn ti2v_zero_with(
+    model: &Guided<'_>,
+    vae: &AutoencoderKl,
+    ddim: &ModelScopeDdim,
+    image: Tensor<4>,
+    settings: Ti2vZeroSettings,
+    noise: &mut dyn NoiseSource,
+    observer: Observer<'_>,
+    on_frame: &mut dyn FnMut(&Ti2vZeroOutput),
 ) -> Result<Ti2vZeroOutput, PipelineError> {
     let Ti2vZeroSettings { frames, new_frames, resample } = settings;
     if frames < 2 {
@@ -166,6 +181,7 @@ pub fn ti2v_zero(
         queue.push(frame.clone());
         out.frames.push(frame);
         out.new_latents.push(latent);
+        on_frame(&out);
     }
     Ok(out)
 }
