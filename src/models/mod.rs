@@ -42,6 +42,7 @@ pub mod bounds;
 pub mod clip;
 pub mod image_reward;
 pub mod load;
+pub mod modelscope;
 pub mod single_file;
 pub mod stable_diffusion;
 pub mod unet;

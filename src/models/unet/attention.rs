@@ -135,6 +135,14 @@ impl BasicTransformerBlock {
         let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context)) + x;
         self.ff.forward(self.norm3.forward(x.clone())) + x
     }
+
+    /// diffusers' `double_self_attention`: the second attention attends over the tokens too (the temporal
+    /// transformers of ModelScope T2V, which get no context).
+    pub fn forward_double_self(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.attn1.forward(self.norm1.forward(x.clone()), None) + x;
+        let x = self.attn2.forward(self.norm2.forward(x.clone()), None) + x;
+        self.ff.forward(self.norm3.forward(x.clone())) + x
+    }
 }
 
 /// `proj_in`/`proj_out` of a `Transformer2DModel`: 1x1 convolutions (SD 1.x) or linear layers

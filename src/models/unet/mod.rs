@@ -334,7 +334,19 @@ impl Unet2DConditionModel {
     /// `context` [N, S, cross_attention_dim].
     pub fn forward(&self, sample: Tensor<4>, timesteps: &[f64], context: Tensor<3>) -> Tensor<4> {
         let temb = self.time_embed(timesteps, &sample.device());
-        self.forward_inner(sample, temb, context, None)
+        self.forward_inner(sample, temb, context, None, None)
+    }
+
+    /// The walk with another family's temporal layers woven in (`sample` [N, C, H, W] holds clips of frames,
+    /// clip-major; `temb` and `context` per frame).
+    pub fn forward_with_layers(
+        &self,
+        sample: Tensor<4>,
+        temb: Tensor<2>,
+        context: Tensor<3>,
+        layers: &dyn TemporalLayers,
+    ) -> Tensor<4> {
+        self.forward_inner(sample, temb, context, None, Some(layers))
     }
 
     /// The UNet walk. With `video`, N holds clips of `video.frames` frames (clip-major): motion modules run
@@ -345,6 +357,7 @@ impl Unet2DConditionModel {
         temb: Tensor<2>,
         context: Tensor<3>,
         video: Option<&Frames<'_>>,
+        layers: Option<&dyn TemporalLayers>,
     ) -> Tensor<4> {
         let across = video.and_then(|v| v.spatial_across());
         let motion = |h: Tensor<4>, level: Option<&MotionModules>, j: usize| match (video, level) {
@@ -355,14 +368,25 @@ impl Unet2DConditionModel {
             _ => h,
         };
         let adapter = video.map(|v| v.adapter);
+        let after_resnet = |site: Site, h: Tensor<4>| match layers {
+            Some(l) => l.after_resnet(site, h),
+            None => h,
+        };
+        let after_attention = |site: Site, h: Tensor<4>| match layers {
+            Some(l) => l.after_attention(site, h),
+            None => h,
+        };
         let mut h = crate::models::blocks::conv_forward(&self.conv_in, sample);
+        if let Some(l) = layers {
+            h = l.after_conv_in(h);
+        }
         let mut skips = vec![h.clone()];
         for (i, block) in self.down_blocks.iter().enumerate() {
             let level = adapter.and_then(|a| a.down_blocks.get(i));
             for (j, resnet) in block.resnets.iter().enumerate() {
-                h = resnet.forward_frames(h, Some(temb.clone()), across);
+                h = after_resnet(Site::Down(i, j), resnet.forward_frames(h, Some(temb.clone()), across));
                 if let Some(attn) = block.attentions.get(j) {
-                    h = attn.forward(h, context.clone());
+                    h = after_attention(Site::Down(i, j), attn.forward(h, context.clone()));
                 }
                 h = motion(h, level, j);
                 skips.push(h.clone());
@@ -374,11 +398,11 @@ impl Unet2DConditionModel {
         }
         let mid = &self.mid_block;
         let level = adapter.and_then(|a| a.mid_block.as_ref());
-        h = mid.resnets[0].forward_frames(h, Some(temb.clone()), across);
+        h = after_resnet(Site::Mid(0), mid.resnets[0].forward_frames(h, Some(temb.clone()), across));
         for (j, (attn, resnet)) in mid.attentions.iter().zip(mid.resnets.iter().skip(1)).enumerate() {
-            h = attn.forward(h, context.clone());
+            h = after_attention(Site::Mid(j), attn.forward(h, context.clone()));
             h = motion(h, level, j);
-            h = resnet.forward_frames(h, Some(temb.clone()), across);
+            h = after_resnet(Site::Mid(j + 1), resnet.forward_frames(h, Some(temb.clone()), across));
         }
         for (i, block) in self.up_blocks.iter().enumerate() {
             let level = adapter.and_then(|a| a.up_blocks.get(i));
@@ -386,9 +410,9 @@ impl Unet2DConditionModel {
                 if let Some(skip) = skips.pop() {
                     h = Tensor::cat(vec![h, skip], 1);
                 }
-                h = resnet.forward_frames(h, Some(temb.clone()), across);
+                h = after_resnet(Site::Up(i, j), resnet.forward_frames(h, Some(temb.clone()), across));
                 if let Some(attn) = block.attentions.get(j) {
-                    h = attn.forward(h, context.clone());
+                    h = after_attention(Site::Up(i, j), attn.forward(h, context.clone()));
                 }
                 h = motion(h, level, j);
             }
@@ -417,6 +441,24 @@ impl Unet2DConditionModel {
         let first = mid.chain(down).flat_map(|a| a.transformer_blocks.first()).next()?;
         Some(first.attn2.to_k.weight.dims()[0])
     }
+}
+
+/// Where in the UNet walk a temporal layer runs: (level, layer) of the down and up blocks, or the mid block's
+/// layer (its resnets 0, 1, ... and attentions 0, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    Down(usize, usize),
+    Mid(usize),
+    Up(usize, usize),
+}
+
+/// Temporal layers of a video family woven into the 2-D UNet's walk (ModelScope T2V: a temporal transformer
+/// after `conv_in`, a temporal convolution after every resnet, a temporal transformer after every spatial
+/// transformer). Each takes and returns the frames [clips * frames, C, H, W].
+pub trait TemporalLayers {
+    fn after_conv_in(&self, h: Tensor<4>) -> Tensor<4>;
+    fn after_resnet(&self, site: Site, h: Tensor<4>) -> Tensor<4>;
+    fn after_attention(&self, site: Site, h: Tensor<4>) -> Tensor<4>;
 }
 
 /// Clips of `frames` frames with their motion modules, for the UNet walk.
@@ -509,7 +551,7 @@ impl VideoUnet {
         let context = context.unsqueeze_dim::<4>(1).repeat_dim(1, f).reshape([b * f, s, d]);
         let x = sample.permute([0, 2, 1, 3, 4]).reshape([b * f, c, h, w]);
         let video = adapter.map(|adapter| Frames { frames: f, adapter });
-        let out = self.unet.forward_inner(x, temb, context, video.as_ref());
+        let out = self.unet.forward_inner(x, temb, context, video.as_ref(), None);
         let [_, oc, _, _] = out.dims();
         Ok(out.reshape([b, f, oc, h, w]).permute([0, 2, 1, 3, 4]))
     }

@@ -1,0 +1,48 @@
+//! ModelScope T2V's UNet (diffusers UNet3DConditionModel) against diffusers on tiny random models
+//! (tools/fixtures/modelscope.py): two and three levels, one and two layers per block, odd frame counts,
+//! non-square latents, two timesteps per batch.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Fixture, cpu, to_vec};
+use stepstone::models::modelscope::load_unet3d;
+
+/// Max abs error and its ratio to the reference's largest magnitude; panics above `relative_tol`.
+fn assert_relative(what: &str, got: &[f32], want: &[f32], relative_tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    assert!(got.iter().all(|v| v.is_finite()), "{what}: not finite");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("{what}: max abs error {err:e}, relative {:e} (largest |value| {scale})", err / scale);
+    assert!(
+        err / scale <= relative_tol,
+        "{what}: max abs error {err:e}, relative {:e} > {relative_tol:e}",
+        err / scale
+    );
+}
+
+fn check(name: &str) {
+    let device = cpu();
+    let root = common::fixtures().join("modelscope");
+    let (unet, report) = load_unet3d(&root.join(name), &device).unwrap();
+    assert!(report.unused.is_empty(), "{name}: unused weights {:?}", report.unused);
+    let fx = Fixture::load(&format!("modelscope/{name}_io.safetensors"));
+    let timesteps: Vec<f64> = fx.values("timesteps").iter().map(|&t| f64::from(t)).collect();
+    let out =
+        unet.forward(fx.tensor("sample", &device), &timesteps, fx.tensor("encoder_hidden_states", &device)).unwrap();
+    assert_eq!(out.dims().to_vec(), fx.get("out").0, "{name}: output shape");
+    assert_relative(name, &to_vec(&out), fx.values("out"), 1e-5);
+}
+
+#[test]
+fn unet3d_with_two_levels_matches_diffusers() {
+    check("unet3d_two_levels");
+}
+
+#[test]
+fn unet3d_with_three_levels_matches_diffusers() {
+    check("unet3d_three_levels");
+}
