@@ -28,6 +28,8 @@ pub enum Value {
     MotionModule(MotionValue),
     #[serde(skip)]
     RewardModel(RewardValue),
+    #[serde(skip)]
+    VideoModel(VideoModelValue),
     Candidates(Arc<Candidates>),
     Image(Arc<StillImage>),
     Ranking(Arc<Ranking>),
@@ -45,6 +47,7 @@ impl Value {
             Value::Checkpoint(_) => PortType::Checkpoint,
             Value::MotionModule(_) => PortType::MotionModule,
             Value::RewardModel(_) => PortType::RewardModel,
+            Value::VideoModel(_) => PortType::VideoModel,
             Value::Candidates(_) => PortType::Candidates,
             Value::Image(_) => PortType::Image,
             Value::Ranking(_) => PortType::Ranking,
@@ -64,7 +67,7 @@ impl Value {
 
     /// Whether the value is data that serialises (everything but model handles).
     pub fn is_data(&self) -> bool {
-        !matches!(self, Value::Checkpoint(_) | Value::MotionModule(_) | Value::RewardModel(_))
+        !matches!(self, Value::Checkpoint(_) | Value::MotionModule(_) | Value::RewardModel(_) | Value::VideoModel(_))
     }
 }
 
@@ -120,6 +123,7 @@ shared_port_value!(Vec<Arc<RgbImage>>, Images, "images");
 plain_port_value!(CheckpointValue, Checkpoint, "checkpoint");
 plain_port_value!(MotionValue, MotionModule, "motion module");
 plain_port_value!(RewardValue, RewardModel, "reward model");
+plain_port_value!(VideoModelValue, VideoModel, "video model");
 plain_port_value!(i64, Int, "integer");
 
 /// The value on a prompt port.
@@ -132,12 +136,12 @@ pub struct PromptValue {
 /// A loaded model on a model port, with the model-cache key it was loaded under (file and fingerprint),
 /// which identifies it in other caches.
 #[derive(Debug)]
-pub struct Loaded<T> {
+pub struct Loaded<T: ?Sized> {
     pub model: Arc<T>,
     pub key: String,
 }
 
-impl<T> Clone for Loaded<T> {
+impl<T: ?Sized> Clone for Loaded<T> {
     fn clone(&self) -> Self {
         Loaded { model: self.model.clone(), key: self.key.clone() }
     }
@@ -149,6 +153,8 @@ pub type CheckpointValue = Loaded<StableDiffusion>;
 pub type MotionValue = Loaded<MotionAdapter>;
 /// The value on a reward-model port.
 pub type RewardValue = Loaded<ImageReward>;
+/// The value on a video-model port: any family's text-to-video model.
+pub type VideoModelValue = Loaded<dyn crate::pipelines::denoiser::VideoModel>;
 
 /// The value on an image port.
 #[derive(Clone, Debug, Serialize, Deserialize)]

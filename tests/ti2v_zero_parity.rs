@@ -145,3 +145,46 @@ fn cancel_and_bad_settings() {
     let err = ti2v_zero(&model, &s.vae, &ddim, image, short, &mut noise, &mut |_| ControlFlow::Continue(())).err();
     assert!(err.is_some_and(|e| e.to_string().contains("at least 2 frames")));
 }
+
+/// The reference's draws for the ModelScope run, stored under "modelscope/".
+struct Prefixed(ReplayNoise);
+
+impl stepstone::pipelines::noise::NoiseSource for Prefixed {
+    fn normal(
+        &mut self,
+        name: &str,
+        shape: [usize; 5],
+        device: &burn::tensor::Device,
+    ) -> Result<burn::tensor::Tensor<5>, stepstone::pipelines::noise::NoiseError> {
+        self.0.normal(&format!("modelscope/{name}"), shape, device)
+    }
+}
+
+/// The same loop on the second family: ModelScope T2V's UNet3DConditionModel (tiny) with its scaled-linear
+/// schedule, against the same reference.
+#[test]
+fn ti2v_zero_on_modelscope_matches_the_clean_room_reference() {
+    use stepstone::models::modelscope::load_unet3d;
+    use stepstone::schedulers::BetaSchedule;
+
+    let s = setup();
+    let (unet, _) = load_unet3d(&common::fixtures().join("modelscope/unet3d_two_levels"), &cpu()).unwrap();
+    let config = DdimConfig { beta_schedule: BetaSchedule::ScaledLinear, ..DdimConfig::default() };
+    let config = DdimConfig { beta_start: 0.00085, beta_end: 0.012, ..config };
+    let ddim = ModelScopeDdim::new(Ddim::new(config).unwrap().alphas_cumprod, 2).unwrap();
+    let text =
+        GuidanceConditioning::text(s.fx.tensor("modelscope/cond", &cpu()), s.fx.tensor("modelscope/uncond", &cpu()));
+    let model = Guided::new(&unet, &text, s.json["guidance"].as_f64().unwrap());
+    let replay = ReplayNoise::from_file(&common::fixtures().join("ti2v_zero/ti2v_zero_io.safetensors")).unwrap();
+    let mut noise = Prefixed(replay);
+    let settings = settings(&s.json);
+    let image = s.fx.tensor::<4>("image", &cpu());
+    let out =
+        ti2v_zero(&model, &s.vae, &ddim, image, settings, &mut noise, &mut |_| ControlFlow::Continue(())).unwrap();
+    for n in 0..settings.new_frames {
+        let want = s.fx.values(&format!("modelscope/new_latent_{n}"));
+        assert_relative(&format!("ModelScope new latent {n}"), &to_vec(&out.new_latents[n]), want, 2e-5);
+        let want = s.fx.values(&format!("modelscope/new_frame_{n}"));
+        assert_relative(&format!("ModelScope new frame {n}"), &to_vec(&out.frames[n + 1]), want, 2e-5);
+    }
+}

@@ -14,6 +14,8 @@ pub enum PortType {
     MotionModule,
     /// An ImageReward model.
     RewardModel,
+    /// A text-to-video model of any family (its denoiser, VAE, text encoder and noise schedule).
+    VideoModel,
     /// N candidate anchor images with their latents (and, once scored, their rewards).
     Candidates,
     /// One still image (an anchor).
@@ -34,6 +36,7 @@ impl PortType {
             PortType::Checkpoint => "checkpoint",
             PortType::MotionModule => "motion module",
             PortType::RewardModel => "reward model",
+            PortType::VideoModel => "video model",
             PortType::Candidates => "candidates",
             PortType::Image => "image",
             PortType::Ranking => "ranking",

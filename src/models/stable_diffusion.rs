@@ -154,8 +154,24 @@ impl StableDiffusion {
         negative: &str,
         device: &Device,
     ) -> Result<EncodedPrompt, TokenizerError> {
-        let (cond, pos) = self.encode_text(prompt, device)?;
-        let (uncond, neg) = self.encode_text(negative, device)?;
-        Ok(EncodedPrompt { cond, uncond, truncated: pos.truncated, truncated_negative: neg.truncated })
+        encode_prompt(&self.text_encoder, &self.tokenizer, prompt, negative, device)
     }
+}
+
+/// A prompt and its negative prompt through a CLIP tokenizer and text encoder (last hidden states), with what
+/// truncation dropped: the text side of every family with a CLIP text encoder.
+pub fn encode_prompt(
+    text_encoder: &ClipTextModel,
+    tokenizer: &ClipTokenizer,
+    prompt: &str,
+    negative: &str,
+    device: &Device,
+) -> Result<EncodedPrompt, TokenizerError> {
+    let encode = |text: &str| -> Result<(Tensor<3>, usize), TokenizerError> {
+        let encoding = tokenizer.encode(text)?;
+        Ok((text_encoder.encode_ids(std::slice::from_ref(&encoding.ids), device), encoding.truncated))
+    };
+    let (cond, truncated) = encode(prompt)?;
+    let (uncond, truncated_negative) = encode(negative)?;
+    Ok(EncodedPrompt { cond, uncond, truncated, truncated_negative })
 }

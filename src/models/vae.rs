@@ -376,6 +376,11 @@ pub struct AutoencoderKl {
 }
 
 impl AutoencoderKl {
+    /// How many pixels one latent spans per side (8 for SD's four levels): 2 to the number of downsamplers.
+    pub fn downsampling(&self) -> usize {
+        1 << self.encoder.down_blocks.iter().map(|b| b.downsamplers.len()).sum::<usize>()
+    }
+
     /// Images in [-1, 1], [N, 3, H, W] -> the posterior over unscaled latents [N, 4, H/8, W/8].
     pub fn encode(&self, x: Tensor<4>) -> DiagonalGaussian {
         let e = &self.encoder;

@@ -8,6 +8,9 @@
 //!   video, and what its generation nodes share (prompt encoding, the video UNet, memory checks, decoding);
 //! - [`i4vgen`]: the method's stages: T2I candidates, NI-VSDS animator, regenerator;
 //! - [`reward`]: the ImageReward loader and the candidate selector;
+//! - [`modelscope`]: the ModelScope T2V family's loader;
+//! - [`video_model`]: nodes on any family's video model (T2V Sampler); AnimateDiff Video Model (in
+//!   [`animatediff`]) makes one of a checkpoint and motion modules;
 //! - [`ti2v_zero`]: TI2V-Zero Animator, a still image animated by a frozen text-to-video model;
 //! - [`outputs`]: video preview and export;
 //! - [`params`]: parameter declarations and groups shared by several kinds (the sampler's settings).
@@ -18,11 +21,13 @@ pub mod animatediff;
 pub mod i4vgen;
 pub mod inputs;
 mod loading;
+pub mod modelscope;
 pub mod outputs;
 pub mod params;
 pub mod reward;
 pub mod ti2v_zero;
 pub mod values;
+pub mod video_model;
 
 use std::path::PathBuf;
 
@@ -55,6 +60,9 @@ pub const BUILTIN: &[&NodeKind] = &[
     &i4vgen::NI_VSDS,
     &i4vgen::REGENERATOR,
     &animatediff::TEXT_TO_VIDEO,
+    &animatediff::ANIMATEDIFF_MODEL,
+    &modelscope::LOAD_MODELSCOPE,
+    &video_model::T2V_SAMPLER,
     &ti2v_zero::TI2V_ZERO,
     &outputs::VIDEO_PREVIEW,
     &outputs::EXPORT,

@@ -92,20 +92,8 @@ impl SamplerParams {
     /// The group's declarations, in the order the editor shows them.
     pub const SPECS: [ParamSpec; 7] = [STEPS, CFG, CFG_BATCH, SEED, BETA_SCHEDULE, BETA_START, BETA_END];
 
-    /// [`Self::SPECS`] with other defaults for the steps and the guidance scale (a method's reference
-    /// settings).
-    pub const fn specs_with(steps: i64, cfg: f64) -> [ParamSpec; 7] {
-        let mut specs = Self::SPECS;
-        if let ParamType::Int { min, max, .. } = specs[0].ty {
-            specs[0].ty = ParamType::Int { default: steps, min, max };
-        }
-        if let ParamType::Float { min, max, .. } = specs[1].ty {
-            specs[1].ty = ParamType::Float { default: cfg, min, max };
-        }
-        specs
-    }
-
     pub fn read(ctx: &EvalContext<'_>) -> Result<Self, NodeError> {
+        let GuidanceParams { steps, cfg, cfg_batch, seed } = GuidanceParams::read(ctx)?;
         let beta_schedule = match ctx.param_str("beta_schedule")? {
             "linear" => BetaSchedule::Linear,
             "scaled_linear" => BetaSchedule::ScaledLinear,
@@ -116,16 +104,11 @@ impl SamplerParams {
                 });
             }
         };
-        let cfg_batch = ctx.param_str("cfg_batch")?;
-        let cfg_batch = CfgBatch::parse(cfg_batch).ok_or_else(|| NodeError::Param {
-            name: "cfg_batch".into(),
-            message: format!("'{cfg_batch}' is not a choice of this parameter (together, sequential)"),
-        })?;
         Ok(SamplerParams {
-            steps: ctx.param_u64("steps")? as usize,
-            cfg: ctx.param_f64("cfg")?,
+            steps,
+            cfg,
             cfg_batch,
-            seed: ctx.param_u64("seed")?,
+            seed,
             beta_schedule,
             beta_start: ctx.param_f64("beta_start")?,
             beta_end: ctx.param_f64("beta_end")?,
@@ -146,6 +129,50 @@ impl SamplerParams {
         let mut ddim = Ddim::new(config).map_err(|e| param("beta_start", &e))?;
         ddim.set_timesteps(self.steps).map_err(|e| param("steps", &e))?;
         Ok(ddim)
+    }
+}
+
+/// The sampler's settings of a node whose noise schedule comes with its model (any [`VideoModel`]'s):
+/// steps, guidance, how the guidance batches run, the seed.
+///
+/// [`VideoModel`]: crate::pipelines::denoiser::VideoModel
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuidanceParams {
+    pub steps: usize,
+    pub cfg: f64,
+    pub cfg_batch: CfgBatch,
+    pub seed: u64,
+}
+
+impl GuidanceParams {
+    /// The group's declarations, in the order the editor shows them.
+    pub const SPECS: [ParamSpec; 4] = [STEPS, CFG, CFG_BATCH, SEED];
+
+    /// [`Self::SPECS`] with other defaults for the steps and the guidance scale (a method's reference
+    /// settings).
+    pub const fn specs_with(steps: i64, cfg: f64) -> [ParamSpec; 4] {
+        let mut specs = Self::SPECS;
+        if let ParamType::Int { min, max, .. } = specs[0].ty {
+            specs[0].ty = ParamType::Int { default: steps, min, max };
+        }
+        if let ParamType::Float { min, max, .. } = specs[1].ty {
+            specs[1].ty = ParamType::Float { default: cfg, min, max };
+        }
+        specs
+    }
+
+    pub fn read(ctx: &EvalContext<'_>) -> Result<Self, NodeError> {
+        let cfg_batch = ctx.param_str("cfg_batch")?;
+        let cfg_batch = CfgBatch::parse(cfg_batch).ok_or_else(|| NodeError::Param {
+            name: "cfg_batch".into(),
+            message: format!("'{cfg_batch}' is not a choice of this parameter (together, sequential)"),
+        })?;
+        Ok(GuidanceParams {
+            steps: ctx.param_u64("steps")? as usize,
+            cfg: ctx.param_f64("cfg")?,
+            cfg_batch,
+            seed: ctx.param_u64("seed")?,
+        })
     }
 }
 

@@ -5,14 +5,14 @@
 use std::cell::RefCell;
 use std::ops::ControlFlow;
 
-use super::animatediff::stage::{check_memory, encode, video_unet};
-use super::animatediff::{IN_CHECKPOINT, IN_MOTION, IN_PROMPT, OUT_VIDEO, finish, video_inputs};
-use super::params::{SamplerParams, with_group};
-use super::values::StillImage;
+use super::animatediff::stage::encode_with;
+use super::animatediff::{IN_PROMPT, OUT_VIDEO, finish};
+use super::params::{GuidanceParams, with_group};
+use super::values::{PromptValue, StillImage, VideoModelValue};
+use super::video_model::IN_VIDEO_MODEL;
 use super::{NodeKind, failed};
 use crate::graph::{KindSpec, ParamSpec, ParamType, PortSpec, PortType};
 use crate::pipelines::i4vgen::{self, Guided, StageProgress};
-use crate::pipelines::memory::StageShape;
 use crate::pipelines::noise::SeededNoise;
 use crate::pipelines::ti2v_zero::{ModelScopeDdim, Ti2vZeroOutput, Ti2vZeroSettings, ti2v_zero_with};
 use crate::pipelines::{Latents, PipelineError};
@@ -37,7 +37,7 @@ const OWN: [ParamSpec; 3] = [
     ),
 ];
 /// TI2V-Zero's demo settings: 10 DDIM steps, guidance 9.
-const PARAMS: [ParamSpec; 10] = with_group(OWN, SamplerParams::specs_with(10, 9.0));
+const PARAMS: [ParamSpec; 7] = with_group(OWN, GuidanceParams::specs_with(10, 9.0));
 
 pub const TI2V_ZERO: NodeKind = NodeKind {
     spec: KindSpec {
@@ -47,8 +47,7 @@ pub const TI2V_ZERO: NodeKind = NodeKind {
         version: 1,
         description: "Animates a still image with a frozen text-to-video model by repeat-and-slide (TI2V-Zero)",
         inputs: &[
-            IN_CHECKPOINT,
-            IN_MOTION,
+            IN_VIDEO_MODEL,
             IN_PROMPT,
             PortSpec::required("image", PortType::Image, "The first frame: a loaded image or the selected anchor"),
         ],
@@ -63,7 +62,7 @@ pub const TI2V_ZERO: NodeKind = NodeKind {
 
 struct Params {
     settings: Ti2vZeroSettings,
-    sampler: SamplerParams,
+    sampler: GuidanceParams,
 }
 
 impl Params {
@@ -71,7 +70,7 @@ impl Params {
         let n = |name: &str| ctx.param_u64(name).map(|v| v as usize);
         let settings =
             Ti2vZeroSettings { frames: n("frames")?, new_frames: n("new_frames")?, resample: n("resample")? };
-        Ok(Params { settings, sampler: SamplerParams::read(ctx)? })
+        Ok(Params { settings, sampler: GuidanceParams::read(ctx)? })
     }
 }
 
@@ -92,31 +91,36 @@ fn clip(
 }
 
 fn animate(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
-    let inputs = video_inputs(ctx)?;
+    let model = ctx.input::<VideoModelValue>("video_model")?.clone();
+    let prompt = ctx.input::<PromptValue>("prompt")?.clone();
     let image = ctx.input::<StillImage>("image")?.clone();
     let params = Params::read(ctx)?;
     let Ti2vZeroSettings { frames, .. } = params.settings;
-    let unet = video_unet(&inputs.checkpoint, Some(&inputs.motion))?;
-    if let Some(motion) = &unet.motion {
-        motion.check_frames(frames).map_err(|e| NodeError::Param { name: "frames".into(), message: e.to_string() })?;
+    let family = model.model.as_ref();
+    if let Some(most) = family.max_frames()
+        && frames > most
+    {
+        return Err(NodeError::Param {
+            name: "frames".into(),
+            message: format!("{frames} frames; {} takes at most {most} per clip", family.family()),
+        });
     }
     let device = ctx.device.clone();
-    let vae = &inputs.checkpoint.model.vae;
+    let vae = family.vae();
     let pixels = i4vgen::pixels_of(&image.image, &device)
         .map_err(|e| NodeError::Failed(format!("image ({}): {e}", image.source)))?;
     let first = vae.encode_scaled(pixels.clone());
     let [_, c, h, w] = first.dims();
-    let shape = StageShape { clips: 1, frames, height: h, width: w, cfg_batch: params.sampler.cfg_batch };
-    check_memory(ctx, &unet, &inputs.checkpoint, shape, Some("frames"), false)?;
     // The family's trained noise schedule, with ModelScope's timesteps and DDIM step.
-    let schedule = params.sampler.scheduler(super::animatediff::scheduler_config())?;
+    let schedule = crate::schedulers::Ddim::new(family.scheduler())
+        .map_err(|e| NodeError::Failed(format!("{}'s scheduler: {e}", family.family())))?;
     let ddim = ModelScopeDdim::new(schedule.alphas_cumprod.clone(), params.sampler.steps)
         .map_err(|e| NodeError::Param { name: "steps".into(), message: e.to_string() })?;
-    let text = encode(ctx, &inputs.checkpoint, &inputs.prompt)?;
-    let model = Guided::new(&unet, &text, params.sampler.cfg).with_cfg_batch(shape.cfg_batch);
+    let text = encode_with(ctx, family, &prompt)?;
+    let guided = Guided::new(family.denoiser(), &text, params.sampler.cfg).with_cfg_batch(params.sampler.cfg_batch);
     let mut noise = SeededNoise::new(params.sampler.seed);
     let first = first.reshape([1, c, 1, h, w]);
-    let (prompt, seed) = (inputs.prompt.positive.clone(), params.sampler.seed);
+    let (positive, seed) = (prompt.positive.clone(), params.sampler.seed);
     // Progress after every DDIM step and the clip so far after every new frame: both report through the
     // node's context, one at a time.
     let shared = RefCell::new(&mut *ctx);
@@ -125,12 +129,12 @@ fn animate(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
         Err(_) => ControlFlow::Break(()),
     };
     let mut on_frame = |so_far: &Ti2vZeroOutput| {
-        if let Ok(video) = clip(so_far, &first, &prompt, seed) {
+        if let Ok(video) = clip(so_far, &first, &positive, seed) {
             shared.borrow_mut().preview("video", video);
         }
     };
-    let out = ti2v_zero_with(&model, vae, &ddim, pixels, params.settings, &mut noise, &mut observer, &mut on_frame)
+    let out = ti2v_zero_with(&guided, vae, &ddim, pixels, params.settings, &mut noise, &mut observer, &mut on_frame)
         .map_err(failed)?;
-    let video = clip(&out, &first, &prompt, seed).map_err(failed)?;
+    let video = clip(&out, &first, &positive, seed).map_err(failed)?;
     finish(ctx, video)
 }

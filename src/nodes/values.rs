@@ -2,5 +2,5 @@
 
 pub use crate::values::{
     Candidates, CheckpointValue, Loaded, MotionValue, PortValue, PromptValue, Ranking, RewardValue, SelectedBy,
-    StillImage, Value,
+    StillImage, Value, VideoModelValue,
 };

@@ -99,6 +99,93 @@ pub trait VideoDenoiser {
     fn latent_channels(&self) -> usize;
 }
 
+/// A model family's text-to-video model as the family-independent nodes use it (TI2V-Zero, the text-to-video
+/// sampler): its denoiser, its VAE, its text side and its scheduler configuration.
+pub trait VideoModel: Send + Sync + std::fmt::Debug {
+    /// The family, for messages ("SD 1.5 + AnimateDiff", "ModelScope T2V").
+    fn family(&self) -> &'static str;
+    fn denoiser(&self) -> &dyn VideoDenoiser;
+    fn vae(&self) -> &crate::models::vae::AutoencoderKl;
+    /// The prompt and negative prompt encoded for guidance.
+    fn encode_prompt(
+        &self,
+        prompt: &str,
+        negative: &str,
+        device: &burn::tensor::Device,
+    ) -> Result<crate::models::stable_diffusion::EncodedPrompt, crate::models::clip::TokenizerError>;
+    /// Tokens of text that fit the text encoder's window (for truncation notes).
+    fn prompt_room(&self) -> usize;
+    /// The family's scheduler configuration (its trained noise schedule).
+    fn scheduler(&self) -> crate::schedulers::DdimConfig;
+    /// The most frames a clip may have, if the model has a limit.
+    fn max_frames(&self) -> Option<usize>;
+}
+
+/// SD 1.5 + AnimateDiff as a [`VideoModel`]: a checkpoint and its motion modules.
+#[derive(Debug)]
+pub struct AnimateDiffModel {
+    pub sd: std::sync::Arc<crate::models::stable_diffusion::StableDiffusion>,
+    pub unet: VideoUnet,
+}
+
+impl VideoModel for AnimateDiffModel {
+    fn family(&self) -> &'static str {
+        "SD 1.5 + AnimateDiff"
+    }
+    fn denoiser(&self) -> &dyn VideoDenoiser {
+        &self.unet
+    }
+    fn vae(&self) -> &crate::models::vae::AutoencoderKl {
+        &self.sd.vae
+    }
+    fn encode_prompt(
+        &self,
+        prompt: &str,
+        negative: &str,
+        device: &burn::tensor::Device,
+    ) -> Result<crate::models::stable_diffusion::EncodedPrompt, crate::models::clip::TokenizerError> {
+        self.sd.encode_prompt(prompt, negative, device)
+    }
+    fn prompt_room(&self) -> usize {
+        self.sd.tokenizer.max_length.saturating_sub(2)
+    }
+    fn scheduler(&self) -> crate::schedulers::DdimConfig {
+        crate::schedulers::DdimConfig::animatediff()
+    }
+    fn max_frames(&self) -> Option<usize> {
+        self.unet.max_frames()
+    }
+}
+
+impl VideoModel for crate::models::modelscope::ModelScopeT2v {
+    fn family(&self) -> &'static str {
+        "ModelScope T2V"
+    }
+    fn denoiser(&self) -> &dyn VideoDenoiser {
+        &self.unet
+    }
+    fn vae(&self) -> &crate::models::vae::AutoencoderKl {
+        &self.vae
+    }
+    fn encode_prompt(
+        &self,
+        prompt: &str,
+        negative: &str,
+        device: &burn::tensor::Device,
+    ) -> Result<crate::models::stable_diffusion::EncodedPrompt, crate::models::clip::TokenizerError> {
+        crate::models::stable_diffusion::encode_prompt(&self.text_encoder, &self.tokenizer, prompt, negative, device)
+    }
+    fn prompt_room(&self) -> usize {
+        self.tokenizer.max_length.saturating_sub(2)
+    }
+    fn scheduler(&self) -> crate::schedulers::DdimConfig {
+        self.scheduler.clone()
+    }
+    fn max_frames(&self) -> Option<usize> {
+        None
+    }
+}
+
 /// SD 1.5 + AnimateDiff: text conditioning only.
 impl VideoDenoiser for VideoUnet {
     fn predict(

@@ -414,3 +414,73 @@ pub fn load_unet3d(dir: &Path, device: &Device) -> Result<(Unet3d, LoadReport), 
     unused.extend(temporal_report.unused);
     Ok((model, LoadReport { path: weights, applied: report.applied + temporal_report.applied, unused }))
 }
+
+/// ModelScope T2V as diffusers holds it (`damo-vilab/text-to-video-ms-1.7b`): `unet/` (UNet3DConditionModel),
+/// `vae/`, `text_encoder/` (OpenCLIP-H as a transformers CLIPTextModel, GELU), `tokenizer/` and
+/// `scheduler/scheduler_config.json` (DDIM).
+#[derive(Debug)]
+pub struct ModelScopeT2v {
+    pub unet: Unet3d,
+    pub vae: super::vae::AutoencoderKl,
+    pub text_encoder: super::clip::ClipTextModel,
+    pub tokenizer: super::clip::ClipTokenizer,
+    pub scheduler: crate::schedulers::DdimConfig,
+    pub source: std::path::PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelScopeError {
+    #[error("{path}: {component}: {source}")]
+    Component {
+        path: std::path::PathBuf,
+        component: &'static str,
+        #[source]
+        source: Box<ComponentError>,
+    },
+    #[error(transparent)]
+    Tokenizer(#[from] super::clip::TokenizerError),
+    #[error("{path}: {message}")]
+    Layout { path: std::path::PathBuf, message: String },
+}
+
+/// Loads a ModelScope T2V diffusers folder; the text encoder's width is checked against the UNet's context.
+pub fn load_modelscope(path: &Path, device: &Device) -> Result<(ModelScopeT2v, Vec<LoadReport>), ModelScopeError> {
+    let layout = |message: String| ModelScopeError::Layout { path: path.to_path_buf(), message };
+    let parts = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
+    let missing: Vec<String> = parts.iter().filter(|c| !path.join(c).is_dir()).map(|c| format!("{c}/")).collect();
+    if !missing.is_empty() {
+        return Err(layout(format!(
+            "not a ModelScope T2V diffusers folder: missing {} (expected {})",
+            missing.join(", "),
+            parts.map(|c| format!("{c}/")).join(", ")
+        )));
+    }
+    let component = |component: &'static str| {
+        move |source: ComponentError| ModelScopeError::Component {
+            path: path.to_path_buf(),
+            component,
+            source: Box::new(source),
+        }
+    };
+    let (unet, r_unet) = load_unet3d(&path.join("unet"), device).map_err(component("unet"))?;
+    let (vae, r_vae) = super::load_vae(&path.join("vae"), device).map_err(component("vae"))?;
+    let (text_encoder, r_text) =
+        super::load_clip_text_encoder(&path.join("text_encoder"), device).map_err(component("text_encoder"))?;
+    let tokenizer = super::clip::ClipTokenizer::from_dir(&path.join("tokenizer"))?;
+    let scheduler_file = path.join("scheduler").join("scheduler_config.json");
+    let text = super::bounds::read_text(&scheduler_file, super::bounds::MAX_CONFIG_BYTES)
+        .map_err(|message| layout(format!("scheduler/scheduler_config.json: {message}")))?;
+    let scheduler: crate::schedulers::DdimConfig =
+        serde_json::from_str(&text).map_err(|e| layout(format!("scheduler/scheduler_config.json: {e}")))?;
+    let width = text_encoder.text_model.embeddings.token_embedding.weight.dims()[1];
+    if let Some(cross) = unet.unet.cross_attention_dim()
+        && cross != width
+    {
+        return Err(layout(format!(
+            "the parts do not fit together: the text encoder produces {width}-wide states, the UNet attends to \
+             {cross}-wide ones"
+        )));
+    }
+    let model = ModelScopeT2v { unet, vae, text_encoder, tokenizer, scheduler, source: path.to_path_buf() };
+    Ok((model, vec![r_unet, r_vae, r_text]))
+}

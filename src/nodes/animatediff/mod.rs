@@ -5,11 +5,12 @@ pub(crate) mod stage;
 
 use super::loading::{load_cached, model_key};
 use super::params::{FRAMES, HEIGHT, SamplerParams, WIDTH, pixels, with_group};
-use super::values::{CheckpointValue, MotionValue, PromptValue};
+use super::values::{CheckpointValue, Loaded, MotionValue, PromptValue, VideoModelValue};
 use super::{NodeKind, failed, model_path};
 use crate::graph::{KindSpec, ParamSpec, ParamType, PathRole, PortSpec, PortType};
 use crate::models::stable_diffusion::load_stable_diffusion;
 use crate::models::{MotionLoadOptions, load_motion_module};
+use crate::pipelines::denoiser::AnimateDiffModel;
 use crate::pipelines::i4vgen;
 use crate::pipelines::memory::StageShape;
 use crate::pipelines::noise::{NoiseSource, SeededNoise};
@@ -113,6 +114,33 @@ fn load_motion_module_node(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, Nod
     }
     ctx.note(format!("AnimateDiff {} motion module, at most {} frames", found.name(), value.model.max_seq_length));
     Ok(NodeOutputs::new().with("motion", value))
+}
+
+pub const ANIMATEDIFF_MODEL: NodeKind = NodeKind {
+    spec: KindSpec {
+        id: "animatediff_model",
+        title: "AnimateDiff Video Model",
+        category: "Models",
+        version: 1,
+        description: "An SD 1.5 checkpoint with AnimateDiff motion modules, as a video model for the nodes that take any family",
+        inputs: &[IN_CHECKPOINT, IN_MOTION],
+        outputs: &[PortSpec::output("video_model", PortType::VideoModel, "SD 1.5 + AnimateDiff")],
+        params: &[],
+        is_output: false,
+        pick: None,
+    },
+    evaluate: animatediff_model,
+    check: None,
+};
+
+fn animatediff_model(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
+    let checkpoint = ctx.input::<CheckpointValue>("model")?.clone();
+    let motion = ctx.input::<MotionValue>("motion")?.clone();
+    let unet = video_unet(&checkpoint, Some(&motion))?;
+    let model = AnimateDiffModel { sd: checkpoint.model.clone(), unet };
+    let key = format!("animatediff:{}+{}", checkpoint.key, motion.key);
+    let value: VideoModelValue = Loaded { model: std::sync::Arc::new(model), key };
+    Ok(NodeOutputs::new().with("video_model", value))
 }
 
 /// The inputs every video node of the family has.

@@ -6,10 +6,13 @@ use std::ops::ControlFlow;
 use burn::tensor::Tensor;
 
 use super::super::failed;
+use crate::models::clip::TokenizerError;
+use crate::models::stable_diffusion::EncodedPrompt;
 use crate::models::unet::VideoUnet;
 use crate::models::unet::motion::MotionError;
 use crate::nodes::values::{CheckpointValue, MotionValue, PromptValue};
 use crate::pipelines::PipelineError;
+use crate::pipelines::denoiser::VideoModel;
 use crate::pipelines::i4vgen::{self, GuidanceConditioning, Guided, StageProgress};
 use crate::pipelines::memory::{self, CfgBatch, Room, StageShape};
 use crate::runtime::{EvalContext, NodeError};
@@ -21,13 +24,28 @@ pub(crate) fn encode(
     checkpoint: &CheckpointValue,
     prompt: &PromptValue,
 ) -> Result<GuidanceConditioning, NodeError> {
-    let encoded = checkpoint
-        .model
-        .encode_prompt(&prompt.positive, &prompt.negative, ctx.device)
-        .map_err(|e| NodeError::Failed(format!("cannot tokenize the prompt: {e}")))?;
+    let encoded = checkpoint.model.encode_prompt(&prompt.positive, &prompt.negative, ctx.device);
+    noted_prompt(ctx, encoded, checkpoint.model.tokenizer.max_length.saturating_sub(2))
+}
+
+/// The prompt encoded by any family's [`VideoModel`]; truncation is reported on the node.
+pub(crate) fn encode_with(
+    ctx: &mut EvalContext<'_>,
+    model: &dyn VideoModel,
+    prompt: &PromptValue,
+) -> Result<GuidanceConditioning, NodeError> {
+    let encoded = model.encode_prompt(&prompt.positive, &prompt.negative, ctx.device);
+    noted_prompt(ctx, encoded, model.prompt_room())
+}
+
+fn noted_prompt(
+    ctx: &mut EvalContext<'_>,
+    encoded: Result<EncodedPrompt, TokenizerError>,
+    room: usize,
+) -> Result<GuidanceConditioning, NodeError> {
+    let encoded = encoded.map_err(|e| NodeError::Failed(format!("cannot tokenize the prompt: {e}")))?;
     for (what, dropped) in [("prompt", encoded.truncated), ("negative prompt", encoded.truncated_negative)] {
         if dropped > 0 {
-            let room = checkpoint.model.tokenizer.max_length - 2;
             ctx.note(format!(
                 "the {what} is {} CLIP tokens, {dropped} more than the {room} that fit: the end was cut off",
                 room + dropped
@@ -71,6 +89,16 @@ pub(crate) fn clip_of(
     prompt: &PromptValue,
     seed: u64,
 ) -> Result<Video, NodeError> {
+    decode_clip(&checkpoint.model.vae, latents, prompt, seed)
+}
+
+/// Decodes video latents [1, C, F, h, w] with `vae` into a clip that keeps the latents.
+pub(crate) fn decode_clip(
+    vae: &crate::models::vae::AutoencoderKl,
+    latents: &Tensor<5>,
+    prompt: &PromptValue,
+    seed: u64,
+) -> Result<Video, NodeError> {
     let stored = crate::pipelines::Latents::from_tensor(latents).map_err(failed)?;
     if !stored.is_finite() {
         return Err(NodeError::Failed(
@@ -78,7 +106,7 @@ pub(crate) fn clip_of(
                 .to_string(),
         ));
     }
-    let frames = i4vgen::images_of(&i4vgen::decode(&checkpoint.model.vae, latents.clone()));
+    let frames = i4vgen::images_of(&i4vgen::decode(vae, latents.clone()));
     Ok(Video { frames, fps: 8.0, prompt: prompt.positive.clone(), seed, latents: Some(stored) })
 }
 
