@@ -27,8 +27,12 @@ fn vae_sd15_layout() {
     assert_same("vae_sd15", &ours(&model), &reference);
 }
 
+/// The full-size UNets take gigabytes each (burn allocates their weights): one at a time.
+static FULL_SIZE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn unet_sd15_layout() {
+    let _one = FULL_SIZE.lock().unwrap_or_else(|p| p.into_inner());
     let reference = manifest("unet_sd15");
     assert_eq!(reference.len(), 686);
     let model = stepstone::models::unet::UnetConfig::default().init(&common::cpu()).unwrap();
@@ -92,4 +96,16 @@ fn animatediff_v3_layout() {
 fn diffusers_motion_adapter_layout() {
     // diffusers' MotionAdapter defaults (v2): the same tree under diffusers' names, one stored table per block.
     motion_layout("motion_adapter_v2", stepstone::models::unet::motion::MotionVersion::V2, 567, 21);
+}
+
+#[test]
+fn unet3d_modelscope_layout() {
+    let _one = FULL_SIZE.lock().unwrap_or_else(|p| p.into_inner());
+    let reference = manifest("unet3d_modelscope");
+    assert_eq!(reference.len(), 1480);
+    let model = stepstone::models::modelscope::Unet3dConfig::default().init(&common::cpu()).unwrap();
+    // Spatial and temporal parts together hold every key of the file, nothing more.
+    let mut all = ours(&model.unet);
+    all.extend(ours(&model.temporal));
+    assert_same("unet3d_modelscope", &all, &reference);
 }
