@@ -46,3 +46,18 @@ fn unet3d_with_two_levels_matches_diffusers() {
 fn unet3d_with_three_levels_matches_diffusers() {
     check("unet3d_three_levels");
 }
+
+/// The text side of ModelScope T2V: a CLIP text encoder configured as OpenCLIP-H's tower is (GELU, other
+/// width, heads and depth) through the same encoder as SD's, against transformers.
+#[test]
+fn gelu_clip_text_encoder_matches_transformers() {
+    let device = cpu();
+    let root = common::fixtures().join("modelscope");
+    let (model, report) = stepstone::models::load_clip_text_encoder(&root.join("text_encoder_gelu"), &device).unwrap();
+    assert!(report.unused.is_empty(), "unused weights {:?}", report.unused);
+    let fx = Fixture::load("modelscope/text_encoder_gelu_io.safetensors");
+    let (shape, data) = fx.get("input_ids");
+    let ids: Vec<Vec<u32>> = data.chunks(shape[1]).map(|r| r.iter().map(|&v| v as u32).collect()).collect();
+    let out = model.encode_ids(&ids, &device);
+    assert_relative("GELU CLIP text encoder", &to_vec(&out), fx.values("last_hidden_state"), 1e-5);
+}
