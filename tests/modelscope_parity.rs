@@ -61,3 +61,33 @@ fn gelu_clip_text_encoder_matches_transformers() {
     let out = model.encode_ids(&ids, &device);
     assert_relative("GELU CLIP text encoder", &to_vec(&out), fx.values("last_hidden_state"), 1e-5);
 }
+
+/// Each family's loader names the other family's folder and the node that loads it, reading nothing else.
+#[test]
+fn each_loader_names_the_other_familys_folder() {
+    let device = cpu();
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-models");
+    let err = stepstone::models::stable_diffusion::load_stable_diffusion(&demo.join("modelscope-tiny"), &device)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("ModelScope T2V folder") && err.contains("Load ModelScope T2V"), "{err}");
+    let err = stepstone::models::modelscope::load_modelscope(&demo.join("sd15-tiny"), &device)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("Stable Diffusion 1.x folder") && err.contains("Load SD 1.5 Checkpoint"), "{err}");
+    // A single UNet3D weight file is recognised for what it is.
+    let keys = stepstone::models::load::identify::read_keys(
+        &common::fixtures().join("modelscope/unet3d_two_levels/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    assert_eq!(
+        stepstone::models::load::identify::classify(&keys),
+        stepstone::models::load::identify::FileKind::DiffusersUnet3d
+    );
+    // And the ModelScope demo folder loads, with its scheduler configuration.
+    let (model, _) = stepstone::models::modelscope::load_modelscope(&demo.join("modelscope-tiny"), &device).unwrap();
+    assert_eq!(model.scheduler.beta_schedule, stepstone::schedulers::BetaSchedule::ScaledLinear);
+    assert!(!model.scheduler.set_alpha_to_one);
+}

@@ -91,6 +91,26 @@ fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, Componen
         .map_err(|e| ComponentError::Config { path, message: format!("line {} column {}: {e}", e.line(), e.column()) })
 }
 
+/// The pipeline class a diffusers folder's `model_index.json` names (`StableDiffusionPipeline`,
+/// `TextToVideoSDPipeline`, ...), if it has a readable one.
+pub fn pipeline_class(dir: &Path) -> Option<String> {
+    let text = bounds::read_text(&dir.join("model_index.json"), bounds::MAX_CONFIG_BYTES).ok()?;
+    let index: serde_json::Value = serde_json::from_str(&text).ok()?;
+    index.get("_class_name")?.as_str().map(str::to_string)
+}
+
+/// What a diffusers pipeline class is, for wrong-kind messages, and the node that loads it.
+pub fn describe_pipeline(class: &str) -> Option<(&'static str, &'static str)> {
+    Some(match class {
+        "StableDiffusionPipeline" => ("a Stable Diffusion 1.x folder", "Load SD 1.5 Checkpoint"),
+        "TextToVideoSDPipeline" => ("a ModelScope T2V folder", "Load ModelScope T2V"),
+        "AnimateDiffPipeline" => ("an AnimateDiff pipeline folder", "Load SD 1.5 Checkpoint and Load Motion Module"),
+        "I2VGenXLPipeline" => ("an I2VGen-XL folder", "an I2VGen-XL loader (not in this version)"),
+        "StableDiffusionXLPipeline" => ("an SDXL folder", "none: SDXL is not supported"),
+        _ => return None,
+    })
+}
+
 /// Reads a component folder: `config.json` into `C`, the model built by `init`, weights from the first
 /// `stems` file found (each with its .fp16 variants), loaded with `options`.
 fn load_component<C, M, E>(

@@ -65,6 +65,15 @@ pub fn load_stable_diffusion(
     device: &Device,
 ) -> Result<(StableDiffusion, StableDiffusionReports), StableDiffusionError> {
     let layout = |message: String| StableDiffusionError::Layout { path: path.to_path_buf(), message };
+    if path.is_dir()
+        && let Some(class) = super::pipeline_class(path)
+        && class != "StableDiffusionPipeline"
+        && let Some((what, node)) = super::describe_pipeline(&class)
+    {
+        return Err(layout(format!(
+            "this is {what} ({class} in model_index.json), not Stable Diffusion 1.5: use {node}"
+        )));
+    }
     let (unet, vae, text_encoder, tokenizer, reports) = if path.is_dir() {
         let missing: Vec<&str> =
             ["unet", "vae", "text_encoder", "tokenizer"].into_iter().filter(|c| !path.join(c).is_dir()).collect();

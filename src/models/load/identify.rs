@@ -17,6 +17,8 @@ pub enum FileKind {
     /// A diffusers `MotionAdapter`.
     MotionAdapter,
     DiffusersUnet,
+    /// A diffusers `UNet3DConditionModel` (ModelScope T2V's UNet: temporal convolutions and transformers).
+    DiffusersUnet3d,
     DiffusersVae,
     ClipTextEncoder,
     ImageReward,
@@ -33,6 +35,7 @@ impl FileKind {
             FileKind::MotionModule => "an AnimateDiff motion module",
             FileKind::MotionAdapter => "a diffusers MotionAdapter (AnimateDiff motion modules)",
             FileKind::DiffusersUnet => "a diffusers UNet",
+            FileKind::DiffusersUnet3d => "a diffusers UNet3DConditionModel (ModelScope T2V's UNet)",
             FileKind::DiffusersVae => "a diffusers VAE",
             FileKind::ClipTextEncoder => "a CLIP text encoder",
             FileKind::ImageReward => "an ImageReward model",
@@ -76,6 +79,9 @@ pub fn classify(keys: &[String]) -> FileKind {
     }
     if any(&|k| k.starts_with("encoder.conv_in.")) && any(&|k| k.starts_with("decoder.conv_out.")) {
         return FileKind::DiffusersVae;
+    }
+    if any(&|k| k.starts_with("transformer_in.")) && any(&|k| k.contains(".temp_convs.")) {
+        return FileKind::DiffusersUnet3d;
     }
     if any(&|k| k.starts_with("time_embedding.")) && any(&|k| k.starts_with("down_blocks.")) {
         return FileKind::DiffusersUnet;

@@ -446,6 +446,12 @@ pub enum ModelScopeError {
 /// Loads a ModelScope T2V diffusers folder; the text encoder's width is checked against the UNet's context.
 pub fn load_modelscope(path: &Path, device: &Device) -> Result<(ModelScopeT2v, Vec<LoadReport>), ModelScopeError> {
     let layout = |message: String| ModelScopeError::Layout { path: path.to_path_buf(), message };
+    if let Some(class) = super::pipeline_class(path)
+        && class != "TextToVideoSDPipeline"
+        && let Some((what, node)) = super::describe_pipeline(&class)
+    {
+        return Err(layout(format!("this is {what} ({class} in model_index.json), not ModelScope T2V: use {node}")));
+    }
     let parts = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
     let missing: Vec<String> = parts.iter().filter(|c| !path.join(c).is_dir()).map(|c| format!("{c}/")).collect();
     if !missing.is_empty() {
