@@ -526,3 +526,41 @@ fn ti2v_zero_animates_the_anchor_and_reruns_alone() {
     assert_eq!(sorted(&second.evaluated), ["animator", "preview"]);
     assert_ne!(second.output::<Video>("animator", "video").frames[1], video.frames[1], "resampling changed the frame");
 }
+
+/// The nodes on any video model: ModelScope T2V runs through T2V Sampler and TI2V-Zero Animator (the
+/// ModelScope preset, cheaper), and both refuse a setting that cannot fit before any step, whatever the
+/// family, keeping the caches.
+#[test]
+fn video_model_nodes_run_on_modelscope_and_refuse_what_cannot_fit() {
+    let mut engine = engine();
+    let mut g = load_preset(&repo("graphs/modelscope_t2v_demo.json")).unwrap();
+    set(&mut g, "sampler", "frames", json!(3));
+    set(&mut g, "sampler", "steps", json!(2));
+    let r = run(&mut engine, &g, &["preview"]);
+    assert!(r.completed(), "{:?}", r.failures);
+    let video = r.output::<Video>("sampler", "video");
+    assert_eq!(video.frames.len(), 3);
+    assert_eq!(video.frames[0].dimensions(), (64, 64));
+    assert!(video.latents.as_ref().is_some_and(|l| l.is_finite()));
+
+    engine.set_memory_limit(Some(1));
+    set(&mut g, "sampler", "seed", json!(7));
+    let r = run(&mut engine, &g, &["sampler"]);
+    let msg = &r.failures["sampler"];
+    assert!(msg.contains("not enough memory") && msg.contains("3 image(s) of 64x64 pixels"), "{msg}");
+    assert!(r.evaluated.is_empty() || r.evaluated == ["sampler"], "{:?}", r.evaluated);
+
+    // TI2V-Zero on AnimateDiff: the anchor and the video model first, then the animator under the limit.
+    engine.set_memory_limit(None);
+    let mut t = load_preset(&repo("graphs/ti2v_zero_demo.json")).unwrap();
+    set(&mut t, "candidates", "count", json!(2));
+    set(&mut t, "candidates", "steps", json!(2));
+    let up = run(&mut engine, &t, &["selector", "video_model"]);
+    assert!(up.completed(), "{:?}", up.failures);
+    engine.set_memory_limit(Some(1));
+    let r = run(&mut engine, &t, &["animator"]);
+    let msg = &r.failures["animator"];
+    assert!(msg.contains("not enough memory") && msg.contains("8 image(s) of 64x64 pixels"), "{msg}");
+    assert!(r.evaluated.is_empty(), "the anchor and the model came from the caches: {:?}", r.evaluated);
+    engine.set_memory_limit(None);
+}

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::ops::ControlFlow;
 
-use super::animatediff::stage::encode_with;
+use super::animatediff::stage::{check_model_memory, encode_with};
 use super::animatediff::{IN_PROMPT, OUT_VIDEO, finish};
 use super::params::{GuidanceParams, with_group};
 use super::values::{PromptValue, StillImage, VideoModelValue};
@@ -13,6 +13,7 @@ use super::video_model::IN_VIDEO_MODEL;
 use super::{NodeKind, failed};
 use crate::graph::{KindSpec, ParamSpec, ParamType, PortSpec, PortType};
 use crate::pipelines::i4vgen::{self, Guided, StageProgress};
+use crate::pipelines::memory::StageShape;
 use crate::pipelines::noise::SeededNoise;
 use crate::pipelines::ti2v_zero::{ModelScopeDdim, Ti2vZeroOutput, Ti2vZeroSettings, ti2v_zero_with};
 use crate::pipelines::{Latents, PipelineError};
@@ -111,6 +112,8 @@ fn animate(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
         .map_err(|e| NodeError::Failed(format!("image ({}): {e}", image.source)))?;
     let first = vae.encode_scaled(pixels.clone());
     let [_, c, h, w] = first.dims();
+    let shape = StageShape { clips: 1, frames, height: h, width: w, cfg_batch: params.sampler.cfg_batch };
+    check_model_memory(ctx, family, shape, Some("frames"), false)?;
     // The family's trained noise schedule, with ModelScope's timesteps and DDIM step.
     let schedule = crate::schedulers::Ddim::new(family.scheduler())
         .map_err(|e| NodeError::Failed(format!("{}'s scheduler: {e}", family.family())))?;

@@ -3,13 +3,14 @@
 //!
 //! [`VideoModel`]: crate::pipelines::denoiser::VideoModel
 
-use super::animatediff::stage::{decode_clip, encode_with, with_progress};
+use super::animatediff::stage::{check_model_memory, decode_clip, encode_with, with_progress};
 use super::animatediff::{IN_PROMPT, OUT_VIDEO, finish};
 use super::params::{FRAMES, GuidanceParams, HEIGHT, WIDTH, pixels, with_group};
 use super::values::{PromptValue, VideoModelValue};
 use super::{NodeKind, failed};
 use crate::graph::{KindSpec, ParamSpec, PortSpec, PortType};
 use crate::pipelines::i4vgen::{self, Guided};
+use crate::pipelines::memory::StageShape;
 use crate::pipelines::noise::{NoiseSource, SeededNoise};
 use crate::runtime::{EvalContext, NodeError, NodeOutputs};
 
@@ -63,6 +64,9 @@ fn sample(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
     let channels = family.denoiser().latent_channels();
     // The VAE's downsampling, from the model (8 for SD's).
     let factor = family.vae().downsampling();
+    let stage =
+        StageShape { clips: 1, frames, height: height / factor, width: width / factor, cfg_batch: guidance.cfg_batch };
+    check_model_memory(ctx, family, stage, Some("frames"), true)?;
     let shape = [1, channels, frames, height / factor, width / factor];
     let noise = SeededNoise::new(guidance.seed).normal("t2v_sampler", shape, &device).map_err(|e| failed(e.into()))?;
     let guided = Guided::new(family.denoiser(), &text, guidance.cfg).with_cfg_batch(guidance.cfg_batch);

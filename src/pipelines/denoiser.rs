@@ -119,6 +119,9 @@ pub trait VideoModel: Send + Sync + std::fmt::Debug {
     fn scheduler(&self) -> crate::schedulers::DdimConfig;
     /// The most frames a clip may have, if the model has a limit.
     fn max_frames(&self) -> Option<usize>;
+    /// The memory a guided sampling stage of `shape` takes (weights and activations; see
+    /// [`super::memory::stage_estimate`]).
+    fn estimate(&self, shape: super::memory::StageShape, cpu: bool) -> super::memory::Estimate;
 }
 
 /// SD 1.5 + AnimateDiff as a [`VideoModel`]: a checkpoint and its motion modules.
@@ -155,6 +158,9 @@ impl VideoModel for AnimateDiffModel {
     fn max_frames(&self) -> Option<usize> {
         self.unet.max_frames()
     }
+    fn estimate(&self, shape: super::memory::StageShape, cpu: bool) -> super::memory::Estimate {
+        super::memory::stage_estimate(&self.unet, &self.sd.vae, shape, cpu)
+    }
 }
 
 impl VideoModel for crate::models::modelscope::ModelScopeT2v {
@@ -183,6 +189,11 @@ impl VideoModel for crate::models::modelscope::ModelScopeT2v {
     }
     fn max_frames(&self) -> Option<usize> {
         None
+    }
+    fn estimate(&self, shape: super::memory::StageShape, cpu: bool) -> super::memory::Estimate {
+        use burn::module::Module;
+        let temporal = self.unet.temporal.num_params() as u64;
+        super::memory::walk_estimate(&self.unet.unet, temporal, &self.vae, shape, cpu)
     }
 }
 

@@ -192,12 +192,27 @@ pub struct StageShape {
 /// The estimate of a guided sampling stage (UNet calls, then decoding every frame one at a time).
 pub fn stage_estimate(unet: &VideoUnet, vae: &AutoencoderKl, shape: StageShape, cpu: bool) -> Estimate {
     use burn::module::Module;
+    let extra = unet.motion.as_ref().map_or(0, |m| m.num_params() as u64);
+    walk_estimate(&unet.unet, extra, vae, shape, cpu)
+}
+
+/// [`stage_estimate`] for a UNet walk with `extra_params` parameters of temporal layers beside the 2-D UNet's
+/// (motion modules, ModelScope's temporal layers); the activations are the 2-D walk's (temporal layers add
+/// attention over the few frames of each pixel, small next to the spatial maps).
+pub fn walk_estimate(
+    unet: &crate::models::unet::Unet2DConditionModel,
+    extra_params: u64,
+    vae: &AutoencoderKl,
+    shape: StageShape,
+    cpu: bool,
+) -> Estimate {
+    use burn::module::Module;
     let n = shape.cfg_batch.batch(shape.clips, shape.frames);
-    let unet_bytes = unet_call_bytes(&unet.unet, n, shape.height, shape.width, cpu);
+    let unet_bytes = unet_call_bytes(unet, n, shape.height, shape.width, cpu);
     let decode = vae_decode_bytes(vae, shape.height, shape.width, cpu);
     // The decoded clip (3 x 8h x 8w per frame) stays while the remaining frames decode.
     let frames_out = map_bytes(shape.clips * shape.frames, 3, shape.height * 8, shape.width * 8);
-    let params = unet.num_params() as u64 + vae.num_params() as u64;
+    let params = unet.num_params() as u64 + extra_params + vae.num_params() as u64;
     // The sizes above are f32's; a half-precision device holds half (its statistics and accumulators are
     // f32, but small next to the maps).
     let element = unet

@@ -142,10 +142,31 @@ pub(crate) fn check_memory(
     frames_param: Option<&str>,
     size_params: bool,
 ) -> Result<(), NodeError> {
-    let Some(room) = room(ctx) else { return Ok(()) };
     let cpu = crate::models::is_cpu(ctx.device);
     let vae = &checkpoint.model.vae;
-    let estimate_of = |shape: StageShape| memory::stage_estimate(unet, vae, shape, cpu);
+    check_memory_with(ctx, &|shape| memory::stage_estimate(unet, vae, shape, cpu), shape, frames_param, size_params)
+}
+
+/// [`check_memory`] for any family's [`VideoModel`].
+pub(crate) fn check_model_memory(
+    ctx: &EvalContext<'_>,
+    model: &dyn VideoModel,
+    shape: StageShape,
+    frames_param: Option<&str>,
+    size_params: bool,
+) -> Result<(), NodeError> {
+    let cpu = crate::models::is_cpu(ctx.device);
+    check_memory_with(ctx, &|shape| model.estimate(shape, cpu), shape, frames_param, size_params)
+}
+
+fn check_memory_with(
+    ctx: &EvalContext<'_>,
+    estimate_of: &dyn Fn(StageShape) -> memory::Estimate,
+    shape: StageShape,
+    frames_param: Option<&str>,
+    size_params: bool,
+) -> Result<(), NodeError> {
+    let Some(room) = room(ctx) else { return Ok(()) };
     let fits = |shape: StageShape| {
         let e = estimate_of(shape);
         e.activations <= room.for_activations(e.weights)
