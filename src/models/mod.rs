@@ -1,6 +1,14 @@
-//! The networks behind the nodes, in burn: usable as a library without the app.
+//! The networks behind the nodes, in burn: usable as a library without the app. By family:
 //!
-//! - [`clip`]: the CLIP text encoder of SD 1.x and its BPE tokenizer ([`load_clip_text_encoder`]).
+//! - [`sd15`]: SD 1.5 + AnimateDiff ([`unet`], [`stable_diffusion`], [`single_file`], re-exported here);
+//! - [`modelscope`]: ModelScope T2V (UNet3DConditionModel and the diffusers folder);
+//! - [`image_reward`]: the reward model of I4VGen's candidate selection;
+//!
+//! and shared by the families: [`blocks`] (resnets, up/down samplers), [`attention`], [`vae`], [`clip`],
+//! [`load`], [`bounds`].
+//!
+//! - [`clip`]: the CLIP text encoder (SD 1.x's, OpenCLIP-H's as transformers holds it) and its BPE tokenizer
+//!   ([`load_clip_text_encoder`]).
 //! - [`unet`]: `UNet2DConditionModel` ([`load_unet`]); [`unet::motion`]: AnimateDiff motion modules v1/v2/v3
 //!   ([`load_motion_module`]); [`unet::VideoUnet`] joins them into a video UNet over (B, C, F, H, W), with the
 //!   motion modules bypassable for single images.
@@ -43,9 +51,10 @@ pub mod clip;
 pub mod image_reward;
 pub mod load;
 pub mod modelscope;
-pub mod single_file;
-pub mod stable_diffusion;
-pub mod unet;
+pub mod sd15;
+
+// The SD 1.5 + AnimateDiff family's modules under their short paths (crate::models::unet, ...).
+pub use sd15::{single_file, stable_diffusion, unet};
 pub mod vae;
 
 use std::path::{Path, PathBuf};

@@ -15,8 +15,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use self::attention::Transformer2DModel;
 use self::motion::{MotionAdapter, MotionError, MotionModules};
-use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm, group_norm_frames};
-use super::bounds::{
+use crate::models::blocks::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm, group_norm_frames};
+use crate::models::bounds::{
     self, MAX_CHANNELS, MAX_DEPTH, MAX_HEADS, MAX_IO_CHANNELS, MAX_LAYERS_PER_BLOCK, MAX_LEVELS, MAX_PADDING,
     OutOfRange,
 };

@@ -56,11 +56,11 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use super::clip::{ClipTextConfig, ClipTextModel};
-use super::load::identify::{FileKind, classify, read_keys};
-use super::load::{LoadError, LoadOptions, LoadReport, WeightFormat, load_into};
 use super::unet::{Unet2DConditionModel, UnetConfig};
-use super::vae::{AutoencoderKl, VaeConfig};
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::load::identify::{FileKind, classify, read_keys};
+use crate::models::load::{LoadError, LoadOptions, LoadReport, WeightFormat, load_into};
+use crate::models::vae::{AutoencoderKl, VaeConfig};
 
 /// Key prefixes of the three networks in an LDM single file.
 pub const UNET_PREFIX: &str = "model.diffusion_model.";

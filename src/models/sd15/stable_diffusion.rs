@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
 
-use super::clip::{ClipTextModel, ClipTokenizer, Encoding, TokenizerError};
 use super::single_file::{SingleFileError, load_single_file};
 use super::unet::Unet2DConditionModel;
-use super::vae::AutoencoderKl;
-use super::{ComponentError, LoadReport, load_clip_text_encoder, load_unet, load_vae};
+use crate::models::clip::{ClipTextModel, ClipTokenizer, Encoding, TokenizerError};
+use crate::models::vae::AutoencoderKl;
+use crate::models::{ComponentError, LoadReport, load_clip_text_encoder, load_unet, load_vae};
 
 /// The networks and tokenizer of one SD 1.x model.
 #[derive(Debug)]
@@ -66,9 +66,9 @@ pub fn load_stable_diffusion(
 ) -> Result<(StableDiffusion, StableDiffusionReports), StableDiffusionError> {
     let layout = |message: String| StableDiffusionError::Layout { path: path.to_path_buf(), message };
     if path.is_dir()
-        && let Some(class) = super::pipeline_class(path)
+        && let Some(class) = crate::models::pipeline_class(path)
         && class != "StableDiffusionPipeline"
-        && let Some((what, node)) = super::describe_pipeline(&class)
+        && let Some((what, node)) = crate::models::describe_pipeline(&class)
     {
         return Err(layout(format!(
             "this is {what} ({class} in model_index.json), not Stable Diffusion 1.5: use {node}"
