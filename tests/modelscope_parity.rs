@@ -91,3 +91,37 @@ fn each_loader_names_the_other_familys_folder() {
     assert_eq!(model.scheduler.beta_schedule, stepstone::schedulers::BetaSchedule::ScaledLinear);
     assert!(!model.scheduler.set_alpha_to_one);
 }
+
+/// OpenCLIP-H's tokenizer folder (ModelScope T2V, SD 2.x) pads with "!", not "<|endoftext|>": the pad token
+/// is read from special_tokens_map.json, whatever its form (a string or an added-token object).
+#[test]
+fn the_pad_token_comes_from_the_tokenizer_folder() {
+    use stepstone::models::clip::ClipTokenizer;
+
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-models/sd15-tiny/tokenizer");
+    let sd = ClipTokenizer::from_dir(&demo).unwrap();
+    assert_eq!(sd.pad, sd.eos, "SD 1.5's folder pads with <|endoftext|>");
+    let vocab: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(demo.join("vocab.json")).unwrap()).unwrap();
+    let bang = vocab["!"].as_u64().unwrap() as u32;
+    for map in [r#"{"pad_token": "!"}"#, r#"{"pad_token": {"content": "!", "lstrip": false}}"#] {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["vocab.json", "merges.txt"] {
+            std::fs::copy(demo.join(f), dir.path().join(f)).unwrap();
+        }
+        std::fs::write(dir.path().join("special_tokens_map.json"), map).unwrap();
+        let open_clip = ClipTokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!(open_clip.pad, bang, "{map}");
+        let ids = open_clip.encode("a cat").unwrap().ids;
+        assert_eq!(ids[ids.len() - 1], bang, "padded with '!'");
+        assert_eq!(ids.iter().filter(|&&i| i == open_clip.eos).count(), 1, "one end token, then padding");
+    }
+    // A pad token the vocabulary lacks is named.
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["vocab.json", "merges.txt"] {
+        std::fs::copy(demo.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("special_tokens_map.json"), r#"{"pad_token": "<pad>"}"#).unwrap();
+    let err = ClipTokenizer::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("<pad>") && err.contains("special_tokens_map.json"), "{err}");
+}

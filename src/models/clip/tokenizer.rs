@@ -169,8 +169,25 @@ impl ClipTokenizer {
     }
 
     /// Reads a diffusers `tokenizer/` folder.
+    /// The pad token is the folder's (`special_tokens_map.json`'s `pad_token`): `<|endoftext|>` in SD 1.5's,
+    /// `!` in OpenCLIP-H's as ModelScope T2V and SD 2.x ship it; without the file, `<|endoftext|>`.
     pub fn from_dir(dir: &Path) -> Result<Self, TokenizerError> {
-        Self::from_files(&dir.join("vocab.json"), &dir.join("merges.txt"))
+        let mut tokenizer = Self::from_files(&dir.join("vocab.json"), &dir.join("merges.txt"))?;
+        let map = dir.join("special_tokens_map.json");
+        if map.is_file() {
+            let invalid = |message: String| TokenizerError::Read { path: map.clone(), message };
+            let text =
+                crate::models::bounds::read_text(&map, crate::models::bounds::MAX_CONFIG_BYTES).map_err(invalid)?;
+            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+            let pad = value.get("pad_token").and_then(|p| p.as_str().or_else(|| p.get("content")?.as_str()));
+            if let Some(pad) = pad {
+                tokenizer.pad = tokenizer
+                    .bpe
+                    .token_to_id(pad)
+                    .ok_or_else(|| invalid(format!("the pad token {pad:?} is not in vocab.json")))?;
+            }
+        }
+        Ok(tokenizer)
     }
 
     /// BPE ids of a prompt, without start/end tokens or padding.
