@@ -498,7 +498,7 @@ fn a_setting_that_cannot_fit_is_refused_with_what_to_lower_and_loses_nothing() {
 #[test]
 fn ti2v_zero_animates_the_anchor_and_reruns_alone() {
     let mut engine = engine();
-    let mut g = load_preset(&repo("graphs/ti2v_zero_demo.json")).unwrap();
+    let mut g = load_preset(&repo("graphs/ti2v_zero_animatediff.json")).unwrap();
     for (node, param, value) in [
         ("candidates", "count", json!(2)),
         ("candidates", "steps", json!(2)),
@@ -552,7 +552,7 @@ fn video_model_nodes_run_on_modelscope_and_refuse_what_cannot_fit() {
 
     // TI2V-Zero on AnimateDiff: the anchor and the video model first, then the animator under the limit.
     engine.set_memory_limit(None);
-    let mut t = load_preset(&repo("graphs/ti2v_zero_demo.json")).unwrap();
+    let mut t = load_preset(&repo("graphs/ti2v_zero_animatediff.json")).unwrap();
     set(&mut t, "candidates", "count", json!(2));
     set(&mut t, "candidates", "steps", json!(2));
     let up = run(&mut engine, &t, &["selector", "video_model"]);
