@@ -11,7 +11,7 @@ mod common;
 use std::sync::OnceLock;
 
 use burn::tensor::{DType, Device, DeviceKind, FloatDType, Tensor};
-use common::Fixture;
+use common::{Fixture, assert_relative};
 use stepstone::models::load_clip_text_encoder;
 
 /// The wgpu device with f16 as its float type.
@@ -30,17 +30,6 @@ fn f16_device() -> Device {
 fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     assert_eq!(t.dtype(), DType::F16, "the network computed in f16");
     t.to_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-/// The largest difference relative to the reference's largest magnitude; panics above `tol` or on NaN.
-fn assert_relative(what: &str, got: &[f32], want: &[f32], tol: f32) -> f32 {
-    assert_eq!(got.len(), want.len(), "{what}");
-    assert!(got.iter().all(|v| v.is_finite()), "{what}: not finite: {:?}", &got[..got.len().min(8)]);
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-    let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
-    eprintln!("{what}: max error {err:e} of the largest reference value {scale}");
-    assert!(err <= tol, "{what}: relative max error {err:e} > {tol:e}");
-    err
 }
 
 #[test]

@@ -7,22 +7,8 @@
 
 mod common;
 
-use common::{Fixture, cpu, to_vec};
+use common::{Fixture, assert_relative, cpu, to_vec};
 use stepstone::models::modelscope::load_unet3d;
-
-/// Max abs error and its ratio to the reference's largest magnitude; panics above `relative_tol`.
-fn assert_relative(what: &str, got: &[f32], want: &[f32], relative_tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
-    assert!(got.iter().all(|v| v.is_finite()), "{what}: not finite");
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-    let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    eprintln!("{what}: max abs error {err:e}, relative {:e} (largest |value| {scale})", err / scale);
-    assert!(
-        err / scale <= relative_tol,
-        "{what}: max abs error {err:e}, relative {:e} > {relative_tol:e}",
-        err / scale
-    );
-}
 
 fn check(name: &str) {
     let device = cpu();

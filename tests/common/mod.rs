@@ -58,6 +58,19 @@ pub fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     t.to_data().try_to_vec::<f32>().unwrap()
 }
 
+/// The largest difference relative to the reference's largest magnitude; panics above `relative_tol`, on a
+/// NaN or infinity, naming the absolute and the relative error. Returns the relative error.
+pub fn assert_relative(what: &str, got: &[f32], want: &[f32], relative_tol: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    assert!(got.iter().all(|v| v.is_finite()), "{what}: not finite: {:?}", &got[..got.len().min(8)]);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let relative = err / scale;
+    eprintln!("{what}: max abs error {err:e}, relative {relative:e} (largest |value| {scale})");
+    assert!(relative <= relative_tol, "{what}: max abs error {err:e}, relative {relative:e} > {relative_tol:e}");
+    relative
+}
+
 /// Max absolute difference; panics with the measured figure when it exceeds `tol`. A NaN anywhere fails
 /// (`f32::max` alone would skip it: NaN outputs once compared as "max error 0").
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) -> f32 {
