@@ -221,6 +221,7 @@ pub(crate) mod rgb {
     struct Raw {
         width: u32,
         height: u32,
+        #[serde(with = "serde_bytes")]
         pixels: Vec<u8>,
     }
 

@@ -361,3 +361,37 @@ fn run_in_half_precision_on_wgpu_writes_a_clip() {
 fn demo_preset() -> PathBuf {
     PathBuf::from(repo("graphs/i4vgen_demo.json"))
 }
+
+/// `stepstone cache info|clear` on the result cache folder ($STEPSTONE_CACHE_DIR): counts the entries, and
+/// clear removes them, and nothing else in the folder.
+#[test]
+fn cache_info_and_clear() {
+    use stepstone::runtime::NodeOutputs;
+    use stepstone::runtime::cache::CacheKey;
+    use stepstone::runtime::disk_cache::{DEFAULT_LIMIT_BYTES, DiskCache};
+    use stepstone::values::PromptValue;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("results");
+    let disk = DiskCache::open(&cache_dir, DEFAULT_LIMIT_BYTES).unwrap();
+    for i in 0..3u8 {
+        let outputs =
+            NodeOutputs::new().with("prompt", PromptValue { positive: format!("p{i}"), negative: String::new() });
+        assert!(disk.store(&CacheKey([i; 32]), "prompt", &outputs));
+    }
+    std::fs::write(cache_dir.join("keep.txt"), b"not ours").unwrap();
+    let cache = |action: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_stepstone"))
+            .args(["cache", action])
+            .env("STEPSTONE_CACHE_DIR", &cache_dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let info = cache("info");
+    assert!(info.contains("3 entries") && info.contains(&cache_dir.display().to_string()), "{info}");
+    assert!(cache("clear").contains("removed 3 entries"));
+    assert!(cache("info").contains("0 entries"));
+    assert!(cache_dir.join("keep.txt").is_file(), "only stepstone's own files are deleted");
+}

@@ -87,6 +87,7 @@ fn run(engine: &mut Engine, graph: &Graph, targets: &[&str]) -> Ran {
                 ran.outputs.insert(node, outputs);
             }
             Event::NodeNote { node, text, .. } => ran.notes.push((node, text)),
+            Event::WorkerMessage { text } => ran.notes.push(("(worker)".to_string(), text)),
             Event::NodeFailed { node, message, .. } => {
                 ran.failures.insert(node, message);
             }
@@ -563,4 +564,44 @@ fn video_model_nodes_run_on_modelscope_and_refuse_what_cannot_fit() {
     assert!(msg.contains("not enough memory") && msg.contains("8 image(s) of 64x64 pixels"), "{msg}");
     assert!(r.evaluated.is_empty(), "the anchor and the model came from the caches: {:?}", r.evaluated);
     engine.set_memory_limit(None);
+}
+
+/// Results that survive a restart: a second engine on the same cache folder (a new process, as far as the
+/// caches go) plans every data node as cached and runs only the output node, with the same clip; a damaged
+/// entry is ignored with a log line and its node runs again, giving the same result.
+#[test]
+fn results_survive_a_restart_and_damaged_entries_are_ignored() {
+    use stepstone::runtime::disk_cache::{DEFAULT_LIMIT_BYTES, DiskCache};
+
+    let dir = tempfile::tempdir().unwrap();
+    let disk = || DiskCache::open(dir.path(), DEFAULT_LIMIT_BYTES).unwrap();
+    let g = demo();
+    let mut first = engine().with_disk_cache(disk());
+    let a = run(&mut first, &g, &["preview"]);
+    assert!(a.completed(), "{:?}", a.failures);
+    let clip = a.output::<Video>("regenerator", "video").frames.clone();
+    assert!(disk().info().entries >= 5, "the data results are on disk: {:?}", disk().info());
+    drop(first);
+
+    let mut second = engine().with_disk_cache(disk());
+    let plan = second.plan(&g, &["preview".to_string()]).unwrap();
+    assert_eq!(plan.stale(), ["preview"], "everything but the output node is cached: {:?}", plan.cached());
+    let b = run(&mut second, &g, &["preview"]);
+    assert!(b.completed(), "{:?}", b.failures);
+    assert_eq!(b.evaluated, ["preview"]);
+    assert_eq!(b.output::<Video>("regenerator", "video").frames, clip, "the same clip, read back");
+
+    // Damage every entry on disk: a third engine trusts none of them, says so, and runs everything again.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+    }
+    let mut third = engine().with_disk_cache(disk());
+    let c = run(&mut third, &g, &["preview"]);
+    assert!(c.completed(), "{:?}", c.failures);
+    assert!(c.evaluated.contains(&"regenerator".to_string()), "{:?}", c.evaluated);
+    let logged: Vec<&str> = c.notes_of("(worker)");
+    assert!(logged.iter().any(|t| t.contains("result cache: ignored")), "{logged:?}");
+    assert_eq!(c.output::<Video>("regenerator", "video").frames, clip, "recomputed, the same clip");
 }

@@ -97,6 +97,8 @@ fn run_editor(dir: &Path, file: &Path, extra: &[&str], shot: &Path) -> String {
         .arg("--screenshot")
         .arg(shot)
         .current_dir(dir)
+        // The editor's result cache in the test's own folder: nothing from other runs is found there.
+        .env("STEPSTONE_CACHE_DIR", dir.join("result-cache"))
         .env("STEPSTONE_LOG", "stepstone=info")
         .env("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()))
         .output()

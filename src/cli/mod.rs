@@ -47,6 +47,11 @@ pub enum Commands {
     Bench(bench::BenchArgs),
     /// Lists the devices each `--device` choice can use on this machine.
     Devices,
+    /// The node-result cache on disk (results that survive restarts of the editor).
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,6 +84,22 @@ pub struct EditArgs {
     /// then close: a smoke test under a virtual display (xvfb-run).
     #[arg(long, value_name = "PNG")]
     pub screenshot: Option<PathBuf>,
+    /// Keep node results in memory only (by default they also persist in the result cache folder, see
+    /// `stepstone cache info`).
+    #[arg(long)]
+    pub no_result_cache: bool,
+    /// The result cache's size bound, in MB.
+    #[arg(long, value_name = "MB", default_value_t = crate::runtime::disk_cache::DEFAULT_LIMIT_BYTES / 1_000_000)]
+    pub result_cache_mb: u64,
+}
+
+/// What `stepstone cache` does.
+#[derive(Subcommand, Debug, Clone, Copy)]
+pub enum CacheAction {
+    /// Where the result cache is, how many entries and bytes it holds, and its bound.
+    Info,
+    /// Removes every result the cache holds (only stepstone's own files).
+    Clear,
 }
 
 #[derive(clap::Args, Debug)]
@@ -143,6 +164,8 @@ impl Default for EditArgs {
             run: false,
             allow_paths: false,
             screenshot: None,
+            no_result_cache: false,
+            result_cache_mb: crate::runtime::disk_cache::DEFAULT_LIMIT_BYTES / 1_000_000,
         }
     }
 }
@@ -159,7 +182,38 @@ fn edit(args: EditArgs) -> anyhow::Result<()> {
         open: args.file,
         run: args.run,
         screenshot: args.screenshot,
+        result_cache: if args.no_result_cache {
+            None
+        } else {
+            crate::runtime::disk_cache::DiskCache::default_dir()
+                .map(|dir| (dir, args.result_cache_mb.saturating_mul(1_000_000)))
+        },
     })
+}
+
+/// `stepstone cache info|clear`.
+fn cache(action: CacheAction) -> anyhow::Result<()> {
+    use crate::runtime::disk_cache::{DEFAULT_LIMIT_BYTES, DiskCache};
+    let dir = DiskCache::default_dir().ok_or_else(|| anyhow::anyhow!("this system names no cache folder"))?;
+    let disk = DiskCache::open(&dir, DEFAULT_LIMIT_BYTES)
+        .map_err(|e| anyhow::anyhow!("result cache {}: {e}", dir.display()))?;
+    match action {
+        CacheAction::Info => {
+            let info = disk.info();
+            println!(
+                "result cache: {}\n{} entries, {:.1} MB (bound {:.0} MB in the editor: --result-cache-mb)",
+                info.dir.display(),
+                info.entries,
+                info.bytes as f64 / 1e6,
+                DEFAULT_LIMIT_BYTES as f64 / 1e6
+            );
+        }
+        CacheAction::Clear => {
+            let removed = disk.clear();
+            println!("result cache {}: removed {removed} entries", dir.display());
+        }
+    }
+    Ok(())
 }
 
 /// Entry point of the binary.
@@ -178,6 +232,7 @@ pub fn main() -> ExitCode {
         }
         Some(Commands::Bench(args)) => bench::bench(args),
         Some(Commands::Devices) => devices::devices(),
+        Some(Commands::Cache { action }) => cache(action),
         Some(Commands::Nodes) => {
             print_nodes(&crate::nodes::registry());
             Ok(())

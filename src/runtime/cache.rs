@@ -161,33 +161,70 @@ struct Entry {
     last_used: u64,
 }
 
-/// Node results by key, least recently used evicted first once `capacity` entries are held.
+/// Node results by key, least recently used evicted first once `capacity` entries are held; with a
+/// [`DiskCache`](super::disk_cache::DiskCache) behind it, data results also persist across restarts.
 pub struct ResultCache {
     entries: HashMap<CacheKey, Entry>,
     capacity: usize,
     clock: u64,
+    disk: Option<super::disk_cache::DiskCache>,
 }
 
 impl ResultCache {
     pub fn new(capacity: usize) -> Self {
-        ResultCache { entries: HashMap::new(), capacity: capacity.max(1), clock: 0 }
+        ResultCache { entries: HashMap::new(), capacity: capacity.max(1), clock: 0, disk: None }
     }
 
+    /// This cache with results also read from and written to `disk`.
+    pub fn with_disk(mut self, disk: super::disk_cache::DiskCache) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+
+    pub fn disk(&self) -> Option<&super::disk_cache::DiskCache> {
+        self.disk.as_ref()
+    }
+
+    pub fn into_disk(self) -> Option<super::disk_cache::DiskCache> {
+        self.disk
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Whether a result for `key` is held in memory or, checked and read now, on disk.
     pub fn contains(&self, key: &CacheKey) -> bool {
-        self.entries.contains_key(key)
+        self.entries.contains_key(key) || self.disk.as_ref().is_some_and(|d| d.load(key))
     }
 
-    /// The outputs under `key`, marking them recently used.
+    /// The outputs under `key`, marking them recently used (a result read from disk joins the memory cache).
     pub fn get(&mut self, key: &CacheKey) -> Option<NodeOutputs> {
         self.clock += 1;
         let clock = self.clock;
-        self.entries.get_mut(key).map(|e| {
+        if let Some(e) = self.entries.get_mut(key) {
             e.last_used = clock;
-            e.outputs.clone()
-        })
+            return Some(e.outputs.clone());
+        }
+        let outputs = self.disk.as_ref()?.take(key)?;
+        self.remember(*key, "(from disk)", outputs.clone());
+        Some(outputs)
     }
 
+    /// Holds `outputs` under `key`; data results of nodes that are not outputs also go to disk.
     pub fn insert(&mut self, key: CacheKey, node: &str, outputs: NodeOutputs) {
+        self.insert_with(key, node, outputs, true);
+    }
+
+    /// [`Self::insert`], to disk only when `persist` (output nodes' results are their side effects).
+    pub fn insert_with(&mut self, key: CacheKey, node: &str, outputs: NodeOutputs, persist: bool) {
+        if persist && let Some(disk) = &self.disk {
+            disk.store(&key, node, &outputs);
+        }
+        self.remember(key, node, outputs);
+    }
+
+    fn remember(&mut self, key: CacheKey, node: &str, outputs: NodeOutputs) {
         self.clock += 1;
         if !self.entries.contains_key(&key)
             && self.entries.len() >= self.capacity
@@ -206,6 +243,9 @@ impl ResultCache {
         self.entries.is_empty()
     }
 
+    /// Forgets the results held in memory (the disk's entries stay: [`DiskCache::clear`] removes those).
+    ///
+    /// [`DiskCache::clear`]: super::disk_cache::DiskCache::clear
     pub fn clear(&mut self) {
         self.entries.clear();
     }

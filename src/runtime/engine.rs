@@ -94,7 +94,18 @@ impl Engine {
         &self.cache
     }
     pub fn set_cache_capacity(&mut self, entries: usize) {
-        self.cache = ResultCache::new(entries);
+        let disk = std::mem::replace(&mut self.cache, ResultCache::new(entries)).into_disk();
+        if let Some(disk) = disk {
+            self.cache = ResultCache::new(entries).with_disk(disk);
+        }
+    }
+
+    /// Keeps data results on disk too (see [`super::disk_cache`]): a later engine with the same folder finds
+    /// them without running anything.
+    pub fn with_disk_cache(mut self, disk: super::disk_cache::DiskCache) -> Self {
+        let capacity = self.cache.capacity();
+        self.cache = ResultCache::new(capacity).with_disk(disk);
+        self
     }
 
     /// Drops cached node results; with `models`, loaded models too.
@@ -302,7 +313,12 @@ impl Engine {
             match self.evaluate(graph, p, &values, run_id, emit, cancelled) {
                 Ok((outputs, elapsed)) => {
                     if let Some(key) = p.key {
-                        self.cache.insert(key, &p.id, outputs.clone());
+                        let is_output = graph
+                            .nodes
+                            .get(&p.id)
+                            .and_then(|n| self.registry.get(&n.kind))
+                            .is_some_and(|k| k.is_output);
+                        self.cache.insert_with(key, &p.id, outputs.clone(), !is_output);
                     }
                     values.insert(p.id.clone(), outputs.clone());
                     emit(Event::NodeFinished { run_id, node: p.id.clone(), cached: false, elapsed, outputs });
@@ -327,6 +343,11 @@ impl Engine {
             RunOutcome::Failed { failed }
         };
         tracing::info!(run_id, ?outcome, "run finished");
+        // What the result cache's disk side noticed (damaged or foreign entries, failed writes).
+        for text in self.cache.disk().map(|d| d.take_log()).unwrap_or_default() {
+            tracing::warn!("{text}");
+            emit(Event::WorkerMessage { text });
+        }
         emit(Event::RunFinished { run_id, outcome: outcome.clone() });
         outcome
     }

@@ -6,6 +6,7 @@
 //! - [`cache`] holds node results (keyed by [`cache::CacheKey`]) and, separately, loaded model handles.
 
 pub mod cache;
+pub mod disk_cache;
 pub mod engine;
 pub mod events;
 pub mod plan;

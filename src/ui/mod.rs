@@ -44,6 +44,8 @@ pub struct LaunchOptions {
     /// Save a screenshot of the window here once it has drawn a few frames (and the run asked for has
     /// finished), then close: for smoke tests under a virtual display.
     pub screenshot: Option<PathBuf>,
+    /// The folder node results persist in across restarts, and its size bound in bytes (`None`: memory only).
+    pub result_cache: Option<(PathBuf, u64)>,
 }
 
 /// How many frames are drawn before the screenshot is asked for (fonts and layout settle in the first).
@@ -182,6 +184,7 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
             let ctx = cc.egui_ctx.clone();
             let models_dir = options.models_dir.clone();
             let memory_limit = options.memory_limit;
+            let result_cache = options.result_cache.clone();
             let device = match &own_device {
                 Some(device) => device.clone(),
                 None => window_or_own_device(cc.wgpu_render_state.as_ref(), options.dtype)?,
@@ -190,6 +193,18 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
                 move || {
                     let mut engine = crate::builtin_engine(models_dir).with_device(device);
                     engine.set_memory_limit(memory_limit);
+                    match result_cache
+                        .map(|(dir, limit)| (crate::runtime::disk_cache::DiskCache::open(&dir, limit), dir))
+                    {
+                        Some((Ok(disk), dir)) => {
+                            tracing::info!("node results persist in {}", dir.display());
+                            engine = engine.with_disk_cache(disk);
+                        }
+                        Some((Err(e), dir)) => {
+                            tracing::warn!("results are kept in memory only: cannot use {}: {e}", dir.display())
+                        }
+                        None => {}
+                    }
                     engine
                 },
                 Some(Box::new(move || ctx.request_repaint())),
