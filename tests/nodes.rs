@@ -605,3 +605,21 @@ fn results_survive_a_restart_and_damaged_entries_are_ignored() {
     assert!(logged.iter().any(|t| t.contains("result cache: ignored")), "{logged:?}");
     assert_eq!(c.output::<Video>("regenerator", "video").frames, clip, "recomputed, the same clip");
 }
+
+/// Clearing the engine's cache (the editor's "Clear cached results") empties the disk side too.
+#[test]
+fn clearing_the_cache_clears_the_disk_too() {
+    use stepstone::runtime::disk_cache::{DEFAULT_LIMIT_BYTES, DiskCache};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine().with_disk_cache(DiskCache::open(dir.path(), DEFAULT_LIMIT_BYTES).unwrap());
+    let mut g = demo();
+    set(&mut g, "candidates", "count", json!(2));
+    let r = run(&mut engine, &g, &["selector"]);
+    assert!(r.completed(), "{:?}", r.failures);
+    assert!(DiskCache::open(dir.path(), DEFAULT_LIMIT_BYTES).unwrap().info().entries >= 2);
+    engine.clear_cache(false);
+    assert_eq!(DiskCache::open(dir.path(), DEFAULT_LIMIT_BYTES).unwrap().info().entries, 0);
+    let again = run(&mut engine, &g, &["selector"]);
+    assert!(again.evaluated.contains(&"candidates".to_string()), "{:?}", again.evaluated);
+}

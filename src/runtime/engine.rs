@@ -108,9 +108,13 @@ impl Engine {
         self
     }
 
-    /// Drops cached node results; with `models`, loaded models too.
+    /// Drops cached node results (in memory and on disk: the editor's "Clear cached results"); with
+    /// `models`, loaded models too.
     pub fn clear_cache(&mut self, models: bool) {
         self.cache.clear();
+        if let Some(disk) = self.cache.disk() {
+            disk.clear();
+        }
         if models {
             self.models.clear();
         }
