@@ -566,13 +566,15 @@ impl Studio {
                 ui.separator();
                 if ui.add_enabled(has_worker, egui::Button::new("Clear cached results")).clicked()
                     && let Some(w) = &self.worker
+                    && let Err(e) = w.clear_cache(false)
                 {
-                    let _ = w.clear_cache(false);
+                    self.session.push(Notice::error(format!("the results were not cleared: {e}")));
                 }
                 if ui.add_enabled(has_worker, egui::Button::new("Clear results and unload models")).clicked()
                     && let Some(w) = &self.worker
+                    && let Err(e) = w.clear_cache(true)
                 {
-                    let _ = w.clear_cache(true);
+                    self.session.push(Notice::error(format!("the results and models were not cleared: {e}")));
                 }
             });
             ui.separator();
