@@ -9,7 +9,7 @@ use super::animatediff::stage::{check_model_memory, encode_with};
 use super::animatediff::{IN_PROMPT, OUT_VIDEO, finish};
 use super::params::{GuidanceParams, with_group};
 use super::values::{PromptValue, StillImage, VideoModelValue};
-use super::video_model::IN_VIDEO_MODEL;
+use super::video_model::{IN_VIDEO_MODEL, check_frames};
 use super::{NodeKind, failed};
 use crate::graph::{KindSpec, ParamSpec, ParamType, PortSpec, PortType};
 use crate::pipelines::i4vgen::{self, Guided, StageProgress};
@@ -98,14 +98,7 @@ fn animate(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
     let params = Params::read(ctx)?;
     let Ti2vZeroSettings { frames, .. } = params.settings;
     let family = model.model.as_ref();
-    if let Some(most) = family.max_frames()
-        && frames > most
-    {
-        return Err(NodeError::Param {
-            name: "frames".into(),
-            message: format!("{frames} frames; {} takes at most {most} per clip", family.family()),
-        });
-    }
+    check_frames(family, frames)?;
     let device = ctx.device.clone();
     let vae = family.vae();
     let pixels = i4vgen::pixels_of(&image.image, &device)

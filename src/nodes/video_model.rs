@@ -9,6 +9,7 @@ use super::params::{FRAMES, GuidanceParams, HEIGHT, WIDTH, pixels, with_group};
 use super::values::{PromptValue, VideoModelValue};
 use super::{NodeKind, failed};
 use crate::graph::{KindSpec, ParamSpec, PortSpec, PortType};
+use crate::pipelines::denoiser::VideoModel;
 use crate::pipelines::i4vgen::{self, Guided};
 use crate::pipelines::memory::StageShape;
 use crate::pipelines::noise::{NoiseSource, SeededNoise};
@@ -20,6 +21,17 @@ pub(crate) const IN_VIDEO_MODEL: PortSpec = PortSpec::required(
     PortType::VideoModel,
     "A text-to-video model: Load ModelScope T2V, or AnimateDiff Video Model (an SD 1.5 checkpoint and motion modules)",
 );
+
+/// Refuses more frames per clip than `family` takes (the `frames` parameter), before any work.
+pub(crate) fn check_frames(family: &dyn VideoModel, frames: usize) -> Result<(), NodeError> {
+    match family.max_frames() {
+        Some(most) if frames > most => Err(NodeError::Param {
+            name: "frames".into(),
+            message: format!("{frames} frames; {} takes at most {most} per clip", family.family()),
+        }),
+        _ => Ok(()),
+    }
+}
 
 const PARAMS: [ParamSpec; 7] = with_group([FRAMES, WIDTH, HEIGHT], GuidanceParams::specs_with(25, 9.0));
 
@@ -45,14 +57,7 @@ fn sample(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
     let prompt = ctx.input::<PromptValue>("prompt")?.clone();
     let family = model.model.as_ref();
     let frames = ctx.param_u64("frames")? as usize;
-    if let Some(most) = family.max_frames()
-        && frames > most
-    {
-        return Err(NodeError::Param {
-            name: "frames".into(),
-            message: format!("{frames} frames; {} takes at most {most} per clip", family.family()),
-        });
-    }
+    check_frames(family, frames)?;
     let (width, height) = (pixels(ctx, "width")?, pixels(ctx, "height")?);
     let guidance = GuidanceParams::read(ctx)?;
     let mut ddim = crate::schedulers::Ddim::new(family.scheduler())
