@@ -12,9 +12,7 @@ use burn::tensor::Tensor;
 use common::{Fixture, assert_close, cpu, to_vec};
 use stepstone::models::image_reward::{ImageReward, load_image_reward_dir};
 use stepstone::models::unet::VideoUnet;
-use stepstone::models::unet::motion::VideoNorms;
 use stepstone::models::vae::AutoencoderKl;
-use stepstone::models::{MotionLoadOptions, load_motion_module, load_unet, load_vae};
 use stepstone::pipelines::PipelineError;
 use stepstone::pipelines::i4vgen::{self, GuidanceConditioning, Guided, StageProgress};
 use stepstone::pipelines::noise::{NoiseSource, ReplayNoise};
@@ -35,10 +33,7 @@ struct Setup {
 fn setup() -> Setup {
     let device = cpu();
     let root = common::fixtures();
-    let (unet, _) = load_unet(&root.join("unet/unet"), &device).unwrap();
-    let options = MotionLoadOptions { heads: 2, groups: 4, norms: Some(VideoNorms::DIFFUSERS) };
-    let (motion, _) = load_motion_module(&root.join("motion/v2"), &device, &options).unwrap();
-    let (vae, _) = load_vae(&root.join("vae/vae"), &device).unwrap();
+    let (unet, vae) = common::tiny_video_model();
     let (reward, _) = load_image_reward_dir(&root.join("image_reward"), &device).unwrap();
     let fx = Fixture::load("pipeline/i4vgen_io.safetensors");
     let json: serde_json::Value =
@@ -49,7 +44,7 @@ fn setup() -> Setup {
         json["timesteps"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as usize).collect();
     assert_eq!(scheduler.timesteps, timesteps, "DDIM timesteps");
     let text = GuidanceConditioning::text(fx.tensor("cond", &device), fx.tensor("uncond", &device));
-    Setup { unet: VideoUnet::new(unet, Some(motion)).unwrap(), vae, reward, text, scheduler, json, fx }
+    Setup { unet, vae, reward, text, scheduler, json, fx }
 }
 
 fn noise(name: &str, shape: [usize; 5]) -> Tensor<5> {

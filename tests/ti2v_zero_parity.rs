@@ -10,8 +10,6 @@ use std::ops::ControlFlow;
 
 use common::{Fixture, assert_relative, cpu, to_vec};
 use stepstone::models::unet::VideoUnet;
-use stepstone::models::unet::motion::VideoNorms;
-use stepstone::models::{MotionLoadOptions, load_motion_module, load_unet, load_vae};
 use stepstone::pipelines::PipelineError;
 use stepstone::pipelines::i4vgen::{GuidanceConditioning, Guided, StageProgress};
 use stepstone::pipelines::noise::ReplayNoise;
@@ -29,15 +27,12 @@ struct Setup {
 fn setup() -> Setup {
     let device = cpu();
     let root = common::fixtures();
-    let (unet, _) = load_unet(&root.join("unet/unet"), &device).unwrap();
-    let options = MotionLoadOptions { heads: 2, groups: 4, norms: Some(VideoNorms::DIFFUSERS) };
-    let (motion, _) = load_motion_module(&root.join("motion/v2"), &device, &options).unwrap();
-    let (vae, _) = load_vae(&root.join("vae/vae"), &device).unwrap();
+    let (unet, vae) = common::tiny_video_model();
     let fx = Fixture::load("ti2v_zero/ti2v_zero_io.safetensors");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("ti2v_zero/ti2v_zero.json")).unwrap()).unwrap();
     let text = GuidanceConditioning::text(fx.tensor("cond", &device), fx.tensor("uncond", &device));
-    Setup { unet: VideoUnet::new(unet, Some(motion)).unwrap(), vae, text, fx, json }
+    Setup { unet, vae, text, fx, json }
 }
 
 fn schedule(json: &serde_json::Value) -> ModelScopeDdim {

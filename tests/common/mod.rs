@@ -58,6 +58,20 @@ pub fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     t.to_data().try_to_vec::<f32>().unwrap()
 }
 
+/// The tiny video model of the parity fixtures: the UNet of tests/fixtures/unet/unet with the MotionAdapter of
+/// tests/fixtures/motion/v2 (diffusers norm semantics), and the VAE of tests/fixtures/vae/vae.
+#[allow(dead_code)]
+pub fn tiny_video_model() -> (stepstone::models::unet::VideoUnet, stepstone::models::vae::AutoencoderKl) {
+    use stepstone::models::unet::motion::VideoNorms;
+    use stepstone::models::{MotionLoadOptions, load_motion_module, load_unet, load_vae};
+    let (device, root) = (cpu(), fixtures());
+    let (unet, _) = load_unet(&root.join("unet/unet"), &device).unwrap();
+    let options = MotionLoadOptions { heads: 2, groups: 4, norms: Some(VideoNorms::DIFFUSERS) };
+    let (motion, _) = load_motion_module(&root.join("motion/v2"), &device, &options).unwrap();
+    let (vae, _) = load_vae(&root.join("vae/vae"), &device).unwrap();
+    (stepstone::models::unet::VideoUnet::new(unet, Some(motion)).unwrap(), vae)
+}
+
 /// The largest difference relative to the reference's largest magnitude; panics above `relative_tol`, on a
 /// NaN or infinity, naming the absolute and the relative error. Returns the relative error.
 pub fn assert_relative(what: &str, got: &[f32], want: &[f32], relative_tol: f32) -> f32 {
