@@ -93,6 +93,18 @@ impl Engine {
     pub fn cache(&self) -> &ResultCache {
         &self.cache
     }
+    /// The cached result under `key` (memory, or read from disk now), as the editor shows it after an open
+    /// without running anything.
+    pub fn cached_result(&mut self, key: &super::cache::CacheKey) -> Option<super::NodeOutputs> {
+        self.cache.get(key)
+    }
+
+    /// Messages of the result cache's disk side since the last call (damaged or foreign entries ignored,
+    /// failed writes).
+    pub fn take_cache_log(&self) -> Vec<String> {
+        self.cache.disk().map(|d| d.take_log()).unwrap_or_default()
+    }
+
     pub fn set_cache_capacity(&mut self, entries: usize) {
         let disk = std::mem::replace(&mut self.cache, ResultCache::new(entries)).into_disk();
         if let Some(disk) = disk {
@@ -348,7 +360,7 @@ impl Engine {
         };
         tracing::info!(run_id, ?outcome, "run finished");
         // What the result cache's disk side noticed (damaged or foreign entries, failed writes).
-        for text in self.cache.disk().map(|d| d.take_log()).unwrap_or_default() {
+        for text in self.take_cache_log() {
             tracing::warn!("{text}");
             emit(Event::WorkerMessage { text });
         }

@@ -115,6 +115,12 @@ pub enum Event {
     CacheCleared {
         models: bool,
     },
+    /// A node's result found in the cache when the graph was checked (after an open or a restart), so a
+    /// front end shows it without a run. Sent once per node and cache key.
+    Restored {
+        node: NodeId,
+        outputs: NodeOutputs,
+    },
     /// The graph slot was empty when a check was asked for, or the worker hit an internal problem.
     WorkerMessage {
         text: String,
@@ -154,6 +160,7 @@ impl std::fmt::Debug for Event {
             Event::NodeSkipped { node, reason, .. } => write!(f, "NodeSkipped({node}: {reason})"),
             Event::RunFinished { run_id, outcome } => write!(f, "RunFinished({run_id}, {outcome:?})"),
             Event::CacheCleared { models } => write!(f, "CacheCleared(models {models})"),
+            Event::Restored { node, .. } => write!(f, "Restored({node})"),
             Event::WorkerMessage { text } => write!(f, "WorkerMessage({text})"),
         }
     }

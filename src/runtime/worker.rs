@@ -1,14 +1,17 @@
 //! The background worker: one thread that owns the engine (and, through it, the compute device and the
 //! loaded models). Front ends send commands and read events over bounded channels; the GUI never waits.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::cache::CacheKey;
 use super::engine::Engine;
 use super::events::{Command, Event, RunId, RunOutcome};
+use super::plan::NodeStatus;
 use crate::graph::{Graph, NodeId, validate};
 
 /// Capacity of the command channel.
@@ -32,7 +35,7 @@ pub enum WorkerError {
 pub struct Worker {
     commands: SyncSender<Command>,
     events: Receiver<Event>,
-    graph_slot: Arc<Mutex<Option<Graph>>>,
+    graph_slot: Arc<Mutex<Option<(Graph, bool)>>>,
     /// Runs with an id up to this one are cancelled.
     cancel_upto: Arc<AtomicU64>,
     next_run: RunId,
@@ -73,9 +76,20 @@ impl Worker {
     /// Replaces the worker's graph. The worker answers with `Event::GraphChecked`. Bursts of edits
     /// coalesce: only the newest graph is checked.
     pub fn set_graph(&self, graph: Graph) -> Result<(), WorkerError> {
+        self.put_graph(graph, false)
+    }
+
+    /// [`Self::set_graph`] for a front end that has forgotten every result it was shown (a new document):
+    /// the worker sends `Event::Restored` again for every node whose result is cached.
+    pub fn replace_graph(&self, graph: Graph) -> Result<(), WorkerError> {
+        self.put_graph(graph, true)
+    }
+
+    fn put_graph(&self, graph: Graph, fresh: bool) -> Result<(), WorkerError> {
         let was_empty = {
             let mut slot = self.graph_slot.lock().unwrap_or_else(|p| p.into_inner());
-            slot.replace(graph).is_none()
+            let fresh = fresh || slot.as_ref().is_some_and(|(_, f)| *f);
+            slot.replace((graph, fresh)).is_none()
         };
         if was_empty { self.send(Command::GraphChanged) } else { Ok(()) }
     }
@@ -155,7 +169,7 @@ struct WorkerState {
     commands: Receiver<Command>,
     events: SyncSender<Event>,
     waker: Option<Waker>,
-    graph_slot: Arc<Mutex<Option<Graph>>>,
+    graph_slot: Arc<Mutex<Option<(Graph, bool)>>>,
     cancel_upto: Arc<AtomicU64>,
 }
 
@@ -168,17 +182,41 @@ impl WorkerState {
         }
     }
 
+    /// Checks the graph and tells the front end what a run would do, then sends the cached results it has
+    /// not been shown yet (`shown`: the cache key of the result each node last showed).
+    fn check(&self, engine: &mut Engine, graph: &Graph, shown: &mut HashMap<NodeId, CacheKey>) {
+        let report = validate(graph, engine.registry(), &engine.validate_options());
+        let plan = engine.plan(graph, &[]).ok();
+        self.emit(Event::GraphChecked { report, plan: plan.clone() });
+        let Some(plan) = plan else { return };
+        for p in plan.nodes.iter().filter(|p| p.status == NodeStatus::Cached) {
+            let Some(key) = p.key else { continue };
+            if shown.get(&p.id) == Some(&key) {
+                continue;
+            }
+            if let Some(outputs) = engine.cached_result(&key) {
+                shown.insert(p.id.clone(), key);
+                self.emit(Event::Restored { node: p.id.clone(), outputs });
+            }
+        }
+        for text in engine.take_cache_log() {
+            self.emit(Event::WorkerMessage { text });
+        }
+    }
+
     fn serve(self, mut engine: Engine) {
         let mut graph = Graph::new();
+        let mut shown: HashMap<NodeId, CacheKey> = HashMap::new();
         while let Ok(command) = self.commands.recv() {
             match command {
                 Command::GraphChanged => {
                     let next = self.graph_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    if let Some(next) = next {
+                    if let Some((next, fresh)) = next {
                         graph = next;
-                        let report = validate(&graph, engine.registry(), &engine.validate_options());
-                        let plan = engine.plan(&graph, &[]).ok();
-                        self.emit(Event::GraphChecked { report, plan });
+                        if fresh {
+                            shown.clear();
+                        }
+                        self.check(&mut engine, &graph, &mut shown);
                     }
                 }
                 Command::Run { run_id, targets } => {
@@ -188,7 +226,22 @@ impl WorkerState {
                         self.emit(Event::RunFinished { run_id, outcome: RunOutcome::Cancelled });
                         continue;
                     }
-                    let mut emit = |e| self.emit(e);
+                    // What the run shows counts as shown (a later check does not send it again).
+                    let mut keys: HashMap<NodeId, CacheKey> = HashMap::new();
+                    let mut emit = |e: Event| {
+                        match &e {
+                            Event::RunStarted { plan, .. } => {
+                                keys = plan.nodes.iter().filter_map(|p| Some((p.id.clone(), p.key?))).collect();
+                            }
+                            Event::NodeFinished { node, .. } => {
+                                if let Some(key) = keys.get(node) {
+                                    shown.insert(node.clone(), *key);
+                                }
+                            }
+                            _ => {}
+                        }
+                        self.emit(e)
+                    };
                     engine.run(&graph, &targets, run_id, &mut emit, &cancelled);
                 }
                 Command::QueryStale { targets } => {
@@ -197,13 +250,12 @@ impl WorkerState {
                 }
                 Command::ClearCache { models } => {
                     engine.clear_cache(models);
+                    shown.clear();
                     self.emit(Event::CacheCleared { models });
                 }
                 Command::SetAccess(access) => {
                     engine.set_access(*access);
-                    let report = validate(&graph, engine.registry(), &engine.validate_options());
-                    let plan = engine.plan(&graph, &[]).ok();
-                    self.emit(Event::GraphChecked { report, plan });
+                    self.check(&mut engine, &graph, &mut shown);
                 }
                 Command::Cancel => {}
                 Command::Shutdown => break,

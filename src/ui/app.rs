@@ -375,7 +375,12 @@ impl Studio {
         self.canvas_generation += 1;
         self.fit_frames = FIT_FRAMES;
         self.content = None;
-        self.send_graph();
+        // A new document: the results it can show from the cache come again (Event::Restored).
+        if let Some(worker) = &self.worker
+            && let Err(e) = worker.replace_graph(self.current.clone())
+        {
+            self.session.push(Notice::error(format!("the worker did not take the graph: {e}")));
+        }
     }
 
     fn push_undo(&mut self, graph: Graph) {

@@ -242,6 +242,9 @@ impl Session {
             } else {
                 "cached results cleared"
             })),
+            Event::Restored { node, outputs } => {
+                self.bump(&node).outputs = Some(outputs);
+            }
             Event::WorkerMessage { text } => self.push(Notice::warning(text)),
         }
     }

@@ -1,0 +1,143 @@
+//! The artist's studio (issue 14), driven headless through egui and a real worker: results that survive a
+//! restart, recovery after a crash, the palette, wiring from a dropped wire, copy and paste, the inspector,
+//! pause and resume, the overall progress and its ETA, the clip player.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use stepstone::runtime::Worker;
+use stepstone::runtime::disk_cache::{DEFAULT_LIMIT_BYTES, DiskCache};
+use stepstone::ui::Studio;
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn studio() -> Studio {
+    Studio::new(stepstone::nodes::registry(), repo("assets/demo-models"))
+}
+
+/// A worker on the demo models whose results persist in `cache` (None: memory only).
+fn worker(cache: Option<&Path>) -> Worker {
+    let cache = cache.map(Path::to_path_buf);
+    Worker::spawn(
+        move || {
+            let engine = stepstone::builtin_engine(repo("assets/demo-models"));
+            match cache {
+                Some(dir) => engine.with_disk_cache(DiskCache::open(&dir, DEFAULT_LIMIT_BYTES).unwrap()),
+                None => engine,
+            }
+        },
+        None,
+    )
+    .unwrap()
+}
+
+fn raw_input(time: f64) -> egui::RawInput {
+    egui::RawInput {
+        screen_rect: Some(egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1280.0, 800.0))),
+        time: Some(time),
+        ..Default::default()
+    }
+}
+
+fn run_frame(ctx: &egui::Context, studio: &mut Studio, raw: egui::RawInput) -> egui::FullOutput {
+    let mut output = ctx.run_ui(raw, |ui| studio.ui(ui));
+    output.textures_delta.clear(); // no renderer here to upload textures to
+    output
+}
+
+/// The labels of every accessibility node in a frame's output (what a screen reader, or this test, finds).
+fn labels(output: &egui::FullOutput) -> Vec<String> {
+    let Some(update) = output.platform_output.accesskit_update.as_ref() else { return Vec::new() };
+    update.nodes.iter().filter_map(|(_, node)| node.label().map(str::to_string)).collect()
+}
+
+/// The demo preset made cheap: two candidates of one step each.
+fn cheap_demo(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo("graphs/i4vgen_demo.json"))
+        .unwrap()
+        .replace("\"count\": 16", "\"count\": 2")
+        .replace("\"steps\": 25", "\"steps\": 1");
+    let path = dir.join("cheap.json");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Draws frames (polling the worker) until `done` holds or `limit` passes; the last frame's output.
+fn frames_until(
+    ctx: &egui::Context,
+    studio: &mut Studio,
+    limit: Duration,
+    mut done: impl FnMut(&Studio) -> bool,
+) -> egui::FullOutput {
+    let start = Instant::now();
+    let mut t = 0.0;
+    loop {
+        let output = run_frame(ctx, studio, raw_input(t));
+        t += 0.05;
+        if done(studio) || start.elapsed() > limit {
+            return output;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Restart: a second editor (a new worker and engine on the same cache folder) opening the same graph shows
+/// the candidates grid and the selector's ranking without running anything; a damaged entry is ignored with
+/// a log line and its node shows nothing until it runs again.
+#[test]
+fn after_a_restart_cached_results_show_without_a_run_and_damaged_entries_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let preset = cheap_demo(dir.path());
+
+    let ctx = egui::Context::default();
+    ctx.enable_accesskit();
+    let mut first = studio().with_worker(worker(Some(&cache)));
+    assert!(first.open(&preset));
+    first.accept_outputs_only();
+    first.run(vec!["selector".to_string()]);
+    frames_until(&ctx, &mut first, Duration::from_secs(120), |s| s.session().last_outcome.is_some());
+    assert_eq!(first.session().last_outcome, Some(stepstone::runtime::events::RunOutcome::Completed));
+    drop(first);
+
+    let ctx = egui::Context::default();
+    ctx.enable_accesskit();
+    let mut second = studio().with_worker(worker(Some(&cache)));
+    assert!(second.open(&preset));
+    let shown = |s: &Studio| {
+        ["candidates", "selector"].iter().all(|n| s.session().node(n).is_some_and(|n| n.outputs.is_some()))
+    };
+    frames_until(&ctx, &mut second, Duration::from_secs(30), shown);
+    assert!(shown(&second), "the cached results are shown after the restart");
+    assert!(second.session().running.is_none() && second.session().last_outcome.is_none(), "without a run");
+    // Two more frames so the grid is drawn with the restored ranking.
+    run_frame(&ctx, &mut second, raw_input(100.0));
+    let output = run_frame(&ctx, &mut second, raw_input(100.1));
+    let labels = labels(&output);
+    assert!(labels.iter().any(|l| l == "candidate 1"), "the ranking's grid is drawn: {labels:?}");
+    drop(second);
+
+    // Damage every entry: a third editor shows none of them and says why.
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(&cache).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "result") {
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged >= 2, "the prompt, candidates and ranking were stored: {damaged}");
+    let ctx = egui::Context::default();
+    let mut third = studio().with_worker(worker(Some(&cache)));
+    assert!(third.open(&preset));
+    let logged = |s: &Studio| s.session().log.iter().any(|n| n.text.contains("result cache: ignored"));
+    frames_until(&ctx, &mut third, Duration::from_secs(30), logged);
+    assert!(logged(&third), "{:?}", third.session().log);
+    assert!(third.session().node("candidates").is_none_or(|n| n.outputs.is_none()), "a damaged result is not shown");
+}
