@@ -141,3 +141,77 @@ fn after_a_restart_cached_results_show_without_a_run_and_damaged_entries_are_ign
     assert!(logged(&third), "{:?}", third.session().log);
     assert!(third.session().node("candidates").is_none_or(|n| n.outputs.is_none()), "a damaged result is not shown");
 }
+
+/// The widget labelled `label` in a frame's output.
+fn widget(output: &egui::FullOutput, label: &str) -> Option<egui::accesskit::NodeId> {
+    let update = output.platform_output.accesskit_update.as_ref()?;
+    update.nodes.iter().find(|(_, node)| node.label() == Some(label)).map(|(id, _)| *id)
+}
+
+/// A frame in which the widget is clicked through the accessibility interface.
+fn click(target: egui::accesskit::NodeId, time: f64) -> egui::RawInput {
+    egui::RawInput {
+        events: vec![egui::Event::AccessKitActionRequest(egui::accesskit::ActionRequest {
+            action: egui::accesskit::Action::Click,
+            target_tree: egui::accesskit::TreeId::ROOT,
+            target_node: target,
+            data: None,
+        })],
+        ..raw_input(time)
+    }
+}
+
+/// Clicks the button labelled `label` (drawing a frame first to find it).
+fn click_button(ctx: &egui::Context, studio: &mut Studio, label: &str, time: f64) {
+    let output = run_frame(ctx, studio, raw_input(time));
+    let target = widget(&output, label).unwrap_or_else(|| panic!("no '{label}' in {:?}", labels(&output)));
+    run_frame(ctx, studio, click(target, time + 0.01));
+    run_frame(ctx, studio, raw_input(time + 0.02));
+}
+
+/// Autosave and recovery: an edited graph is written to the recovery file within a few seconds; an editor
+/// that stops without closing (a crash) leaves it, and the next start offers it back; Restore brings the
+/// edited graph back, unsaved and tied to its preset; a clean exit leaves nothing to recover. Recent files
+/// remember the preset.
+#[test]
+fn a_crash_leaves_the_edited_graph_to_restore_and_a_clean_exit_does_not() {
+    use stepstone::ui::app::AUTOSAVE_EVERY;
+    use stepstone::ui::recovery::StateDir;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let preset = cheap_demo(dir.path());
+    let ctx = egui::Context::default();
+    let mut first = studio().with_state_dir(StateDir::new(&state));
+    assert!(first.recovery_offer().is_none());
+    assert!(first.open(&preset));
+    assert_eq!(first.recent_files(), std::slice::from_ref(&preset));
+    let mut t = 0.0;
+    run_frame(&ctx, &mut first, raw_input(t));
+    assert!(!state.join("recovery.json").exists(), "nothing changed yet: nothing is autosaved");
+    first.document_mut().set_param("candidates", "count", serde_json::json!(3));
+    for _ in 0..3 {
+        t += AUTOSAVE_EVERY;
+        run_frame(&ctx, &mut first, raw_input(t));
+    }
+    assert!(state.join("recovery.json").is_file(), "the change is autosaved");
+    let edited = first.graph();
+    drop(first); // a crash: no clean exit
+
+    let ctx = egui::Context::default();
+    ctx.enable_accesskit();
+    let mut second = studio().with_state_dir(StateDir::new(&state));
+    assert_eq!(second.recent_files(), std::slice::from_ref(&preset));
+    assert!(second.recovery_offer().is_some(), "the next start offers the autosaved graph");
+    click_button(&ctx, &mut second, "Restore", 1.0);
+    assert!(second.recovery_offer().is_none());
+    assert_eq!(second.graph(), edited, "the edited graph is back");
+    assert_eq!(second.path(), Some(preset.as_path()), "tied to its preset");
+    assert!(second.is_dirty(), "and shown as unsaved");
+    second.exit_cleanly();
+    assert!(!state.join("recovery.json").exists(), "a clean exit leaves nothing to recover");
+    let third = studio().with_state_dir(StateDir::new(&state));
+    assert!(third.recovery_offer().is_none());
+    let left: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["recent.json"], "no temporary files");
+}

@@ -99,6 +99,8 @@ fn run_editor(dir: &Path, file: &Path, extra: &[&str], shot: &Path) -> String {
         .current_dir(dir)
         // The editor's result cache in the test's own folder: nothing from other runs is found there.
         .env("STEPSTONE_CACHE_DIR", dir.join("result-cache"))
+        // Its autosave and recent files too.
+        .env("STEPSTONE_STATE_DIR", dir.join("state"))
         .env("STEPSTONE_LOG", "stepstone=info")
         .env("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()))
         .output()

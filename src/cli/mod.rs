@@ -188,6 +188,7 @@ fn edit(args: EditArgs) -> anyhow::Result<()> {
             crate::runtime::disk_cache::DiskCache::default_dir()
                 .map(|dir| (dir, args.result_cache_mb.saturating_mul(1_000_000)))
         },
+        state_dir: crate::ui::recovery::StateDir::default_dir(),
     })
 }
 

@@ -11,6 +11,7 @@ use egui::{Color32, Key, KeyboardShortcut, Modifiers, RichText, Ui};
 mod dialogs;
 
 use super::document::Document;
+use super::recovery::{Recovery, StateDir};
 use super::session::{Level, Notice, Session};
 use super::thumbs::Textures;
 use super::viewer::GraphViewer;
@@ -25,6 +26,8 @@ const MERGE_EDITS_WITHIN: f64 = 1.0;
 const FIT_FRAMES: u8 = 3;
 /// How many undo steps are kept.
 const UNDO_STEPS: usize = 200;
+/// The graph being edited is autosaved to the recovery file at most this often (seconds) while it changes.
+pub const AUTOSAVE_EVERY: f64 = 5.0;
 
 const OPEN: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::O);
 const SAVE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::S);
@@ -74,6 +77,14 @@ pub struct Studio {
     files_confirmed: bool,
     /// A run waiting for the artist to accept the list of files it reads and writes.
     confirm_run: Option<(Vec<NodeId>, Vec<FileUse>)>,
+    /// Where the recovery file and the recent files live (None: no autosave, no recent files).
+    state: Option<StateDir>,
+    recent: Vec<PathBuf>,
+    /// The graph last written to the recovery file, and when (egui time) the last autosave check ran.
+    autosaved: Option<Graph>,
+    autosave_checked: f64,
+    /// A graph a crash left in the recovery file, offered back until the artist restores or discards it.
+    recovery_offer: Option<Recovery>,
 }
 
 impl Studio {
@@ -103,7 +114,93 @@ impl Studio {
             access: AccessPolicy::new(models_dir_for_access, crate::graph::access::DEFAULT_OUTPUT_DIR),
             files_confirmed: true,
             confirm_run: None,
+            state: None,
+            recent: Vec::new(),
+            autosaved: None,
+            autosave_checked: f64::NEG_INFINITY,
+            recovery_offer: None,
         }
+    }
+
+    /// Autosaves to, and offers recovery from, `state`; keeps the recent files there.
+    pub fn with_state_dir(mut self, state: StateDir) -> Studio {
+        self.recent = state.recent();
+        match state.read_recovery() {
+            Ok(offer) => self.recovery_offer = offer,
+            Err(e) => self.session.push(Notice::warning(format!("the autosaved graph cannot be restored: {e}"))),
+        }
+        self.state = Some(state);
+        self
+    }
+
+    /// The autosaved graph a crash left behind, while the artist has not restored or discarded it.
+    pub fn recovery_offer(&self) -> Option<&Recovery> {
+        self.recovery_offer.as_ref()
+    }
+
+    /// Puts the autosaved graph back in the editor (undoable), with the file it belongs to; it shows as
+    /// unsaved.
+    pub fn restore_recovery(&mut self) {
+        let Some(offer) = self.recovery_offer.take() else { return };
+        let saved = offer.path.as_deref().and_then(|p| crate::graph::load_preset(p).ok()).unwrap_or_default();
+        self.replace_graph(offer.graph, offer.path, offer.opened_from);
+        self.saved = saved;
+        self.session.push(Notice::info("restored the graph autosaved before stepstone last stopped"));
+    }
+
+    /// Drops the autosaved graph (its file is removed).
+    pub fn discard_recovery(&mut self) {
+        self.recovery_offer = None;
+        self.autosaved = None;
+        if let Some(state) = &self.state
+            && let Err(e) = state.discard_recovery()
+        {
+            self.session.push(Notice::error(format!("the recovery file was not removed: {e}")));
+        }
+    }
+
+    /// The window closes normally: nothing is left to recover (an offer not answered stays for next time).
+    pub fn exit_cleanly(&mut self) {
+        if self.recovery_offer.is_none() {
+            self.discard_recovery();
+        }
+    }
+
+    /// Recent presets and clips, newest first.
+    pub fn recent_files(&self) -> &[PathBuf] {
+        &self.recent
+    }
+
+    fn remember_recent(&mut self, path: &Path) {
+        let Some(state) = &self.state else { return };
+        match state.add_recent(path) {
+            Ok(list) => self.recent = list,
+            Err(e) => self.session.push(Notice::warning(format!("the recent files list was not updated: {e}"))),
+        }
+    }
+
+    /// Writes the graph being edited to the recovery file when it changed (at most every
+    /// [`AUTOSAVE_EVERY`] seconds); removes it when the graph is saved.
+    fn autosave(&mut self, now: f64) {
+        if self.state.is_none() || self.recovery_offer.is_some() || now - self.autosave_checked < AUTOSAVE_EVERY {
+            return;
+        }
+        self.autosave_checked = now;
+        if self.current == self.saved {
+            if self.autosaved.is_some() {
+                self.discard_recovery();
+            }
+            return;
+        }
+        if self.autosaved.as_ref() == Some(&self.current) {
+            return;
+        }
+        let Some(state) = &self.state else { return };
+        if let Err(e) = state.write_recovery(&self.current, self.path.as_deref(), self.opened_from.as_deref()) {
+            self.session.push(Notice::error(format!("autosave failed: {e}")));
+        }
+        // Also after a failure: the next attempt waits for the next change instead of failing every frame.
+        self.autosaved = Some(self.current.clone());
     }
 
     /// The output folder export paths resolve in (default `./out`).
@@ -218,6 +315,7 @@ impl Studio {
                     self.current.nodes.len(),
                     self.current.links.len()
                 )));
+                self.remember_recent(path);
                 true
             }
             Err(e) => {
@@ -265,6 +363,7 @@ impl Studio {
             Ok(()) => {
                 self.saved = self.current.clone();
                 self.session.push(Notice::info(format!("saved {}", path.display())));
+                self.remember_recent(&path);
                 self.path = Some(path);
                 true
             }
@@ -490,12 +589,14 @@ impl Studio {
 
         self.guard_close(ui);
         self.confirm_files_dialog(ui);
+        self.recovery_dialog(ui);
 
         let dragging = ui.input(|i| i.pointer.any_down());
+        let now = ui.input(|i| i.time);
         if !dragging {
-            let now = ui.input(|i| i.time);
             self.commit_pending(Some(now));
         }
+        self.autosave(now);
         let title = self.window_title();
         if title != self.title_shown {
             ui.ctx().send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));
@@ -514,6 +615,20 @@ impl Studio {
                 }
                 if ui.add(egui::Button::new("Open…").shortcut_text(ui.ctx().format_shortcut(&OPEN))).clicked() {
                     self.open_dialog();
+                }
+                let mut open_recent = None;
+                ui.add_enabled_ui(!self.recent.is_empty(), |ui| {
+                    ui.menu_button("Open recent", |ui| {
+                        for path in &self.recent {
+                            if ui.button(path.display().to_string()).clicked() {
+                                open_recent = Some(path.clone());
+                                ui.close();
+                            }
+                        }
+                    })
+                });
+                if let Some(path) = open_recent {
+                    self.open(&path);
                 }
                 ui.menu_button("Open preset", |ui| {
                     for path in shipped_presets() {

@@ -125,6 +125,14 @@ impl Document {
         graph
     }
 
+    /// Sets a parameter of the node with graph id `id` (false when there is no such node). The value is
+    /// stored as given: validation says what is wrong with it.
+    pub fn set_param(&mut self, id: &str, name: &str, value: Value) -> bool {
+        let Some(node) = self.find(id) else { return false };
+        self.snarl[node].node.params.insert(name.to_string(), value);
+        true
+    }
+
     /// The canvas node with graph id `id`.
     pub fn find(&self, id: &str) -> Option<egui_snarl::NodeId> {
         self.snarl.nodes_ids_data().find(|(_, n)| n.value.id == id).map(|(i, _)| i)

@@ -12,6 +12,7 @@
 pub mod app;
 pub mod document;
 pub mod params;
+pub mod recovery;
 pub mod session;
 pub mod shared_device;
 pub mod thumbs;
@@ -46,6 +47,8 @@ pub struct LaunchOptions {
     pub screenshot: Option<PathBuf>,
     /// The folder node results persist in across restarts, and its size bound in bytes (`None`: memory only).
     pub result_cache: Option<(PathBuf, u64)>,
+    /// The folder of the editor's own state: the autosaved graph and the recent files (`None`: neither).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// How many frames are drawn before the screenshot is asked for (fonts and layout settle in the first).
@@ -63,6 +66,10 @@ struct StudioApp {
 }
 
 impl eframe::App for StudioApp {
+    fn on_exit(&mut self) {
+        self.studio.exit_cleanly();
+    }
+
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         self.studio.poll_worker();
         // Ctrl-C in the terminal: cancel the run (its export removes its temporaries) and close the window
@@ -212,6 +219,9 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
             let mut studio = Studio::new(crate::nodes::registry(), options.models_dir)
                 .with_output_dir(options.output_dir.clone())
                 .with_worker(worker);
+            if let Some(dir) = &options.state_dir {
+                studio = studio.with_state_dir(recovery::StateDir::new(dir));
+            }
             if let Some(path) = &options.open {
                 studio.open(path);
             }

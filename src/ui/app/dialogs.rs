@@ -69,7 +69,8 @@ impl Studio {
             });
             ui.label(
                 RichText::new(
-                    "Run lets it read the files listed; writes outside the output folder stay refused unless you                      choose the path in a file dialog.",
+                    "Run lets it read the files listed; writes outside the output folder stay refused unless you \
+                     choose the path in a file dialog.",
                 )
                 .weak(),
             );
@@ -90,5 +91,51 @@ impl Studio {
             Some(false) => self.confirm_run = None,
             None => {}
         }
+    }
+
+    /// After a crash: the graph autosaved before it, offered back (Restore) or dropped (Discard).
+    pub(super) fn recovery_dialog(&mut self, ui: &Ui) {
+        let Some(offer) = &self.recovery_offer else { return };
+        let mut decision = None;
+        let name = match (&offer.path, &offer.opened_from) {
+            (Some(p), _) | (None, Some(p)) => p.display().to_string(),
+            (None, None) => "an untitled graph".to_string(),
+        };
+        let ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs().saturating_sub(offer.written_unix))
+            .unwrap_or(0);
+        let nodes = offer.graph.nodes.len();
+        let modal = egui::Modal::new(egui::Id::new("recovery")).show(ui.ctx(), |ui| {
+            ui.heading("Restore unsaved work?");
+            ui.label(format!(
+                "stepstone did not close normally. Changes to {name} ({nodes} nodes) were autosaved {} ago.",
+                describe_age(ago)
+            ));
+            ui.horizontal(|ui| {
+                if ui.button("Restore").clicked() {
+                    decision = Some(true);
+                }
+                if ui.button("Discard").clicked() {
+                    decision = Some(false);
+                }
+            });
+        });
+        match decision {
+            Some(true) => self.restore_recovery(),
+            Some(false) => self.discard_recovery(),
+            None if modal.should_close() => self.recovery_offer = None, // asked again at the next start
+            None => {}
+        }
+    }
+}
+
+/// "12 s", "5 min", "3 h", "2 days".
+fn describe_age(seconds: u64) -> String {
+    match seconds {
+        0..60 => format!("{seconds} s"),
+        60..3600 => format!("{} min", seconds / 60),
+        3600..86400 => format!("{} h", seconds / 3600),
+        _ => format!("{} days", seconds / 86400),
     }
 }
