@@ -215,3 +215,91 @@ fn a_crash_leaves_the_edited_graph_to_restore_and_a_clean_exit_does_not() {
     let left: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, ["recent.json"], "no temporary files");
 }
+
+fn key(key: egui::Key) -> egui::Event {
+    egui::Event::Key { key, physical_key: None, pressed: true, repeat: false, modifiers: egui::Modifiers::NONE }
+}
+
+fn input_with(time: f64, events: Vec<egui::Event>) -> egui::RawInput {
+    egui::RawInput { events, ..raw_input(time) }
+}
+
+/// Space on the canvas opens the palette; typing filters it and Enter adds the best match with its
+/// parameters at their defaults, where the pointer was.
+#[test]
+fn the_palette_adds_a_node_by_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    let mut studio = studio();
+    assert!(studio.open(&cheap_demo(dir.path())));
+    for t in 0..4 {
+        run_frame(&ctx, &mut studio, raw_input(f64::from(t) * 0.1));
+    }
+    let before = studio.graph();
+    let pointer = egui::Event::PointerMoved(egui::pos2(500.0, 700.0));
+    run_frame(&ctx, &mut studio, input_with(1.0, vec![pointer, key(egui::Key::Space)]));
+    assert!(studio.palette_open(), "Space opens the palette");
+    run_frame(&ctx, &mut studio, input_with(1.1, vec![egui::Event::Text("export".into())]));
+    run_frame(&ctx, &mut studio, input_with(1.2, vec![key(egui::Key::Enter)]));
+    run_frame(&ctx, &mut studio, raw_input(1.3));
+    assert!(!studio.palette_open(), "adding closes it");
+    let after = studio.graph();
+    let added: Vec<_> = after.nodes.keys().filter(|id| !before.nodes.contains_key(*id)).collect();
+    assert_eq!(added, ["export_2"], "one Export node under a fresh id");
+    let node = &after.nodes["export_2"];
+    assert_eq!(node.kind, "export");
+    let kind = stepstone::nodes::registry().get("export").copied().unwrap();
+    for p in kind.params {
+        assert_eq!(node.params.get(p.name), Some(&p.default_value()), "{} at its default", p.name);
+    }
+    assert!(after.links.len() == before.links.len(), "nothing was connected");
+    // Escape closes a palette without adding anything.
+    run_frame(&ctx, &mut studio, input_with(2.0, vec![key(egui::Key::Tab)]));
+    assert!(studio.palette_open(), "Tab opens it too");
+    run_frame(&ctx, &mut studio, input_with(2.1, vec![key(egui::Key::Escape)]));
+    assert!(!studio.palette_open());
+    assert_eq!(studio.graph().nodes.len(), after.nodes.len());
+}
+
+/// A wire dropped on empty canvas offers only the node kinds that can take it, and the one chosen is
+/// added and connected to the wire.
+#[test]
+fn a_dropped_wire_offers_only_compatible_nodes_and_connects_the_chosen_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    ctx.enable_accesskit();
+    let mut studio = studio();
+    assert!(studio.open(&cheap_demo(dir.path())));
+    run_frame(&ctx, &mut studio, raw_input(0.0));
+    let registry = stepstone::nodes::registry();
+    assert!(studio.drop_wire("regenerator", "video", true, egui::pos2(900.0, 300.0)));
+    let output = run_frame(&ctx, &mut studio, raw_input(0.1));
+    let offered: Vec<String> = labels(&output).into_iter().filter(|l| l.contains("  ·  ")).collect();
+    let takes_video: Vec<String> = registry
+        .iter()
+        .filter(|k| k.inputs.iter().any(|p| p.ty == stepstone::graph::PortType::Video))
+        .map(|k| format!("{}  ·  {}", k.title, k.category))
+        .collect();
+    assert!(!offered.is_empty());
+    let mut sorted = offered.clone();
+    sorted.sort();
+    let mut expected = takes_video.clone();
+    expected.sort();
+    assert_eq!(sorted, expected, "exactly the kinds with a video input");
+    let export = offered.iter().find(|l| l.starts_with("Export")).expect("Export takes a video");
+    let target = widget(&output, export).unwrap();
+    run_frame(&ctx, &mut studio, click(target, 0.2));
+    run_frame(&ctx, &mut studio, raw_input(0.3));
+    let graph = studio.graph();
+    assert_eq!(graph.nodes["export_2"].kind, "export");
+    assert!(
+        graph.links.iter().any(|l| l.from.node == "regenerator" && l.from.port == "video" && l.to.node == "export_2"),
+        "{:?}",
+        graph.links
+    );
+    // From an input: the prompt input of the candidates node offers what gives a prompt.
+    assert!(studio.drop_wire("candidates", "prompt", false, egui::pos2(100.0, 100.0)));
+    let output = run_frame(&ctx, &mut studio, raw_input(1.0));
+    let offered: Vec<String> = labels(&output).into_iter().filter(|l| l.contains("  ·  ")).collect();
+    assert!(offered.iter().all(|l| l.starts_with("Prompt")), "{offered:?}");
+}

@@ -11,6 +11,7 @@ use egui::{Color32, Key, KeyboardShortcut, Modifiers, RichText, Ui};
 mod dialogs;
 
 use super::document::Document;
+use super::palette::{Palette, WireEnd};
 use super::recovery::{Recovery, StateDir};
 use super::session::{Level, Notice, Session};
 use super::thumbs::Textures;
@@ -37,6 +38,8 @@ const REDO: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(Mod
 const RUN: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
 const FIT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Home);
 const CANCEL: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Escape);
+const PALETTE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Space);
+const PALETTE_TAB: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Tab);
 
 /// The editor's state.
 pub struct Studio {
@@ -85,6 +88,11 @@ pub struct Studio {
     autosave_checked: f64,
     /// A graph a crash left in the recovery file, offered back until the artist restores or discards it.
     recovery_offer: Option<Recovery>,
+    /// The node palette, while open.
+    palette: Option<Palette>,
+    /// The canvas-to-screen transform and the canvas's screen rect, as drawn last frame.
+    view: egui::emath::TSTransform,
+    canvas_rect: egui::Rect,
 }
 
 impl Studio {
@@ -119,6 +127,85 @@ impl Studio {
             autosaved: None,
             autosave_checked: f64::NEG_INFINITY,
             recovery_offer: None,
+            palette: None,
+            view: egui::emath::TSTransform::IDENTITY,
+            canvas_rect: egui::Rect::NOTHING,
+        }
+    }
+
+    /// Opens the node palette at a screen position (where the new node goes); with `wire`, it lists only
+    /// the kinds that can take that loose wire end and connects the one chosen.
+    pub fn open_palette(&mut self, screen: egui::Pos2, wire: Option<WireEnd>) {
+        let at = self.view.inverse() * screen;
+        self.palette = Some(Palette::new(at, screen, wire));
+    }
+
+    /// A wire dragged from a node's port and dropped on empty canvas at `screen` (what the canvas reports):
+    /// opens the palette for it. `output`: the port is one of the node's outputs.
+    pub fn drop_wire(&mut self, node: &str, port: &str, output: bool, screen: egui::Pos2) -> bool {
+        let Some(canvas_node) = self.doc.find(node) else { return false };
+        let editor_node = &self.doc.snarl[canvas_node];
+        let end = if output {
+            editor_node.outputs.iter().position(|s| s.name == port).and_then(|i| {
+                let ty = editor_node.outputs[i].ty?;
+                Some(WireEnd::Output(egui_snarl::OutPinId { node: canvas_node, output: i }, ty))
+            })
+        } else {
+            editor_node.inputs.iter().position(|s| s.name == port).and_then(|i| {
+                let ty = editor_node.inputs[i].ty?;
+                Some(WireEnd::Input(egui_snarl::InPinId { node: canvas_node, input: i }, ty))
+            })
+        };
+        let Some(end) = end else { return false };
+        self.open_palette(screen, Some(end));
+        true
+    }
+
+    /// Whether the node palette is open.
+    pub fn palette_open(&self) -> bool {
+        self.palette.is_some()
+    }
+
+    /// Adds a node of `kind` where the palette was opened, connected to the palette's loose wire if any.
+    fn add_from_palette(&mut self, kind: &crate::graph::KindSpec, palette: &Palette) {
+        let snarl = &mut self.doc.snarl;
+        let node = super::document::add_node(snarl, kind, palette.at);
+        let connected = match palette.wire {
+            None => Ok(()),
+            Some(WireEnd::Output(from, ty)) => match snarl[node].inputs.iter().position(|s| s.ty == Some(ty)) {
+                Some(input) => {
+                    super::document::connect(snarl, &self.registry, from, egui_snarl::InPinId { node, input })
+                }
+                None => Ok(()),
+            },
+            Some(WireEnd::Input(to, ty)) => match snarl[node].outputs.iter().position(|s| s.ty == Some(ty)) {
+                Some(output) => {
+                    super::document::connect(snarl, &self.registry, egui_snarl::OutPinId { node, output }, to)
+                }
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = connected {
+            self.session.push(Notice::warning(format!("the new {} was not connected: {e}", kind.title)));
+        }
+    }
+
+    fn palette_window(&mut self, ui: &Ui) {
+        let Some(mut palette) = self.palette.take() else { return };
+        let area = egui::Area::new(egui::Id::new("node-palette"))
+            .order(egui::Order::Foreground)
+            .fixed_pos(palette.screen)
+            .constrain(true)
+            .show(ui.ctx(), |ui| {
+                egui::Frame::popup(ui.style())
+                    .show(ui, |ui| super::palette::show(ui, &mut palette, &self.registry))
+                    .inner
+            });
+        match area.inner {
+            super::palette::Outcome::Add(kind) => self.add_from_palette(&kind, &palette),
+            super::palette::Outcome::Closed => {}
+            super::palette::Outcome::Open if area.response.clicked_elsewhere() => {}
+            super::palette::Outcome::Open => self.palette = Some(palette),
         }
     }
 
@@ -570,8 +657,13 @@ impl Studio {
         if pressed(&FIT) {
             self.fit_frames = FIT_FRAMES;
         }
-        if pressed(&CANCEL) {
+        // Escape closes the palette while it is open.
+        if self.palette.is_none() && pressed(&CANCEL) {
             self.cancel();
+        }
+        if self.palette.is_none() && (pressed(&PALETTE) || pressed(&PALETTE_TAB)) {
+            let pointer = ui.input(|i| i.pointer.hover_pos()).filter(|p| self.canvas_rect.contains(*p));
+            self.open_palette(pointer.unwrap_or(self.canvas_rect.center()), None);
         }
     }
 
@@ -590,6 +682,7 @@ impl Studio {
         self.guard_close(ui);
         self.confirm_files_dialog(ui);
         self.recovery_dialog(ui);
+        self.palette_window(ui);
 
         let dragging = ui.input(|i| i.pointer.any_down());
         let now = ui.input(|i| i.time);
@@ -753,6 +846,7 @@ impl Studio {
             fit: self.content.filter(|_| self.fit_frames > 0).map(|content| (ui.max_rect(), content)),
             fitted: false,
             content: None,
+            transform: None,
         };
         let style = egui_snarl::ui::SnarlStyle {
             // Inputs above the parameters, outputs below: nodes stay narrow, so a pipeline fits across the
@@ -770,7 +864,14 @@ impl Studio {
             self.fit_frames -= 1;
         }
         self.content = viewer.content;
+        self.canvas_rect = ui.max_rect();
+        if let Some(transform) = viewer.transform {
+            self.view = transform;
+        }
         let requests = viewer.requests;
+        if let Some((at, wire)) = requests.palette {
+            self.open_palette(self.view * at, wire);
+        }
         for notice in requests.notices {
             self.session.push(notice);
         }

@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod document;
+pub mod palette;
 pub mod params;
 pub mod recovery;
 pub mod session;

@@ -11,6 +11,7 @@ use egui_snarl::{InPin, NodeId as SnarlNodeId, OutPin, Snarl};
 use serde_json::Value;
 
 use super::document::{self, EditorNode, Slot};
+use super::palette::WireEnd;
 use super::params::{ERROR_COLOUR, param_editor};
 use super::session::{Activity, Notice, Session};
 use super::thumbs::{self, Pick, Textures};
@@ -44,6 +45,8 @@ pub struct Requests {
     pub notices: Vec<Notice>,
     /// Path values the artist chose in a file dialog.
     pub chosen: Vec<crate::graph::access::Chosen>,
+    /// Open the node palette at this canvas position (right-click, or a wire dropped there).
+    pub palette: Option<(egui::Pos2, Option<WireEnd>)>,
 }
 
 /// Draws the document's nodes.
@@ -59,6 +62,8 @@ pub struct GraphViewer<'a> {
     pub fitted: bool,
     /// The nodes' bounds in canvas coordinates, measured while drawing this frame.
     pub content: Option<Rect>,
+    /// The canvas-to-screen transform of this frame.
+    pub transform: Option<TSTransform>,
 }
 
 impl GraphViewer<'_> {
@@ -310,21 +315,37 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
         true
     }
 
-    fn show_graph_menu(&mut self, pos: egui::Pos2, ui: &mut Ui, snarl: &mut Snarl<EditorNode>) {
-        ui.label(RichText::new("Add node").strong());
-        let mut categories: Vec<&str> = self.registry.iter().map(|k| k.category).collect();
-        categories.sort_unstable();
-        categories.dedup();
-        for category in categories {
-            ui.menu_button(category, |ui| {
-                for kind in self.registry.iter().filter(|k| k.category == category) {
-                    if ui.button(kind.title).on_hover_text(kind.description).clicked() {
-                        document::add_node(snarl, kind, pos);
-                        ui.close();
-                    }
-                }
-            });
+    fn show_graph_menu(&mut self, pos: egui::Pos2, ui: &mut Ui, _snarl: &mut Snarl<EditorNode>) {
+        // The searchable palette replaces the context menu.
+        self.requests.palette = Some((pos, None));
+        ui.close();
+    }
+
+    fn has_dropped_wire_menu(&mut self, _src_pins: egui_snarl::ui::AnyPins, _snarl: &mut Snarl<EditorNode>) -> bool {
+        true
+    }
+
+    fn show_dropped_wire_menu(
+        &mut self,
+        pos: egui::Pos2,
+        ui: &mut Ui,
+        src_pins: egui_snarl::ui::AnyPins,
+        snarl: &mut Snarl<EditorNode>,
+    ) {
+        let end = match src_pins {
+            egui_snarl::ui::AnyPins::Out(pins) => pins.first().and_then(|&pin| {
+                let ty = snarl.get_node(pin.node)?.outputs.get(pin.output)?.ty?;
+                Some(WireEnd::Output(pin, ty))
+            }),
+            egui_snarl::ui::AnyPins::In(pins) => pins.first().and_then(|&pin| {
+                let ty = snarl.get_node(pin.node)?.inputs.get(pin.input)?.ty?;
+                Some(WireEnd::Input(pin, ty))
+            }),
+        };
+        if let Some(end) = end {
+            self.requests.palette = Some((pos, Some(end)));
         }
+        ui.close();
     }
 
     fn has_node_menu(&mut self, _node: &EditorNode) -> bool {
@@ -359,6 +380,7 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
             *to_global = fit_transform(screen, content);
             self.fitted = true;
         }
+        self.transform = Some(*to_global);
     }
 
     fn connect(&mut self, from: &OutPin, to: &InPin, snarl: &mut Snarl<EditorNode>) {
