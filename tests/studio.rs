@@ -303,3 +303,114 @@ fn a_dropped_wire_offers_only_compatible_nodes_and_connects_the_chosen_one() {
     let offered: Vec<String> = labels(&output).into_iter().filter(|l| l.contains("  ·  ")).collect();
     assert!(offered.iter().all(|l| l.starts_with("Prompt")), "{offered:?}");
 }
+
+fn press(pos: egui::Pos2, pressed: bool, modifiers: egui::Modifiers) -> egui::Event {
+    egui::Event::PointerButton { pos, button: egui::PointerButton::Primary, pressed, modifiers }
+}
+
+/// Click on the node's title bar (selects it), one frame per event.
+fn click_node(ctx: &egui::Context, studio: &mut Studio, id: &str, t: &mut f64) {
+    let rect = studio.node_rect(id).unwrap_or_else(|| panic!("node {id} is drawn"));
+    let at = rect.left_top() + egui::vec2(rect.width() * 0.5, 8.0);
+    for event in
+        [egui::Event::PointerMoved(at), press(at, true, egui::Modifiers::NONE), press(at, false, egui::Modifiers::NONE)]
+    {
+        *t += 0.05;
+        run_frame(ctx, studio, input_with(*t, vec![event]));
+    }
+    *t += 0.05;
+    run_frame(ctx, studio, raw_input(*t));
+}
+
+/// Copy and paste keep the nodes' parameters (and the links between the copied nodes); Shift+drag selects
+/// a box of nodes; Ctrl+D duplicates; Del removes the selection.
+#[test]
+fn copy_paste_duplicate_box_select_and_delete_keep_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    let mut studio = studio();
+    assert!(studio.open(&cheap_demo(dir.path())));
+    studio.document_mut().set_param("candidates", "guidance", serde_json::json!(5.5));
+    let mut t = 0.0;
+    for _ in 0..4 {
+        t += 0.05;
+        run_frame(&ctx, &mut studio, raw_input(t));
+    }
+    click_node(&ctx, &mut studio, "candidates", &mut t);
+    assert_eq!(studio.selected(), ["candidates"], "a click selects the node");
+
+    t += 0.05;
+    let output = run_frame(&ctx, &mut studio, input_with(t, vec![egui::Event::Copy]));
+    let copied = output
+        .platform_output
+        .commands
+        .iter()
+        .find_map(|c| match c {
+            egui::OutputCommand::CopyText(text) => Some(text.clone()),
+            _ => None,
+        })
+        .expect("Copy puts the node on the clipboard");
+    let before = studio.graph();
+    let at = egui::pos2(640.0, 700.0);
+    t += 0.05;
+    run_frame(&ctx, &mut studio, input_with(t, vec![egui::Event::PointerMoved(at), egui::Event::Paste(copied)]));
+    let pasted = studio.graph();
+    assert_eq!(pasted.nodes.len(), before.nodes.len() + 1);
+    let copy = &pasted.nodes["candidates_2"];
+    assert_eq!(copy.kind, "t2i_candidates");
+    assert_eq!(copy.params, before.nodes["candidates"].params, "the parameters come along");
+    assert_eq!(copy.params["guidance"], 5.5);
+
+    // Shift+drag a box around the prompt and the candidates: both selected; Ctrl+D copies both with their link.
+    let (a, b) = (studio.node_rect("prompt").unwrap(), studio.node_rect("candidates").unwrap());
+    let area = a.union(b).expand(12.0);
+    let shift = egui::Modifiers::SHIFT;
+    let mut drag = vec![
+        egui::Event::ModifiersChanged(shift),
+        egui::Event::PointerMoved(area.left_top()),
+        press(area.left_top(), true, shift),
+    ];
+    for i in 1..=5 {
+        drag.push(egui::Event::PointerMoved(area.left_top() + (area.size() * i as f32 / 5.0)));
+    }
+    drag.push(press(area.right_bottom(), false, shift));
+    drag.push(egui::Event::ModifiersChanged(egui::Modifiers::NONE));
+    for event in drag {
+        t += 0.05;
+        run_frame(&ctx, &mut studio, input_with(t, vec![event]));
+    }
+    t += 0.05;
+    run_frame(&ctx, &mut studio, raw_input(t));
+    let mut selected = studio.selected().to_vec();
+    selected.sort();
+    assert_eq!(selected, ["candidates", "prompt"], "the box selects both");
+    let ctrl_d = egui::Event::Key {
+        key: egui::Key::D,
+        physical_key: None,
+        pressed: true,
+        repeat: false,
+        modifiers: egui::Modifiers::COMMAND,
+    };
+    t += 0.05;
+    let command = egui::Modifiers::COMMAND;
+    let events =
+        vec![egui::Event::ModifiersChanged(command), ctrl_d, egui::Event::ModifiersChanged(egui::Modifiers::NONE)];
+    run_frame(&ctx, &mut studio, input_with(t, events));
+    let duplicated = studio.graph();
+    assert_eq!(duplicated.nodes.len(), pasted.nodes.len() + 2);
+    assert_eq!(duplicated.nodes["prompt_2"].params, before.nodes["prompt"].params);
+    assert!(
+        duplicated.links.iter().any(|l| l.from.node == "prompt_2" && l.to.node == "candidates_3"),
+        "the link between the copied nodes comes along: {:?}",
+        duplicated.links
+    );
+
+    // Del removes what is selected, and undo brings it back.
+    click_node(&ctx, &mut studio, "candidates_2", &mut t);
+    t += 0.05;
+    run_frame(&ctx, &mut studio, input_with(t, vec![key(egui::Key::Delete)]));
+    assert!(!studio.graph().nodes.contains_key("candidates_2"));
+    assert_eq!(studio.graph().nodes.len(), duplicated.nodes.len() - 1);
+    studio.undo();
+    assert!(studio.graph().nodes.contains_key("candidates_2"));
+}

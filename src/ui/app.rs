@@ -38,6 +38,9 @@ const REDO: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(Mod
 const RUN: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
 const FIT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Home);
 const CANCEL: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Escape);
+const DUPLICATE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::D);
+const DELETE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Delete);
+const BACKSPACE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Backspace);
 const PALETTE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Space);
 const PALETTE_TAB: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Tab);
 
@@ -93,6 +96,18 @@ pub struct Studio {
     /// The canvas-to-screen transform and the canvas's screen rect, as drawn last frame.
     view: egui::emath::TSTransform,
     canvas_rect: egui::Rect,
+    /// The nodes selected on the canvas, by graph id: the node last clicked, or (after Shift+click or a
+    /// Shift+drag box) the canvas's selection.
+    selected: Vec<NodeId>,
+    /// The canvas's own selection as of last frame (Shift+click, Shift+drag).
+    box_selected: Vec<NodeId>,
+    /// The node clicked last (the inspector shows it).
+    clicked_node: Option<NodeId>,
+    /// Each node's rect on the screen, as drawn last frame.
+    node_rects: Vec<(NodeId, egui::Rect)>,
+    /// What Copy took last (a preset of the copied nodes), for Paste when the system clipboard is not
+    /// reachable.
+    clipboard: Option<String>,
 }
 
 impl Studio {
@@ -130,6 +145,147 @@ impl Studio {
             palette: None,
             view: egui::emath::TSTransform::IDENTITY,
             canvas_rect: egui::Rect::NOTHING,
+            selected: Vec::new(),
+            box_selected: Vec::new(),
+            clicked_node: None,
+            node_rects: Default::default(),
+            clipboard: None,
+        }
+    }
+
+    /// The nodes selected on the canvas.
+    pub fn selected(&self) -> &[NodeId] {
+        &self.selected
+    }
+
+    /// The node clicked last, which the inspector shows.
+    pub fn current_node(&self) -> Option<&str> {
+        self.clicked_node.as_deref()
+    }
+
+    /// Makes `id` the clicked node and the whole selection.
+    pub fn select(&mut self, id: &str) {
+        self.clicked_node = Some(id.to_string());
+        self.selected = vec![id.to_string()];
+    }
+
+    /// A plain click on a node selects it alone; a change of the canvas's own selection (Shift+click,
+    /// Shift+drag) selects that instead.
+    fn track_selection(&mut self, ui: &Ui, boxed: Vec<NodeId>) {
+        if boxed != self.box_selected {
+            self.box_selected = boxed.clone();
+            if !boxed.is_empty() {
+                self.selected = boxed;
+                if self.selected.len() == 1 {
+                    self.clicked_node = self.selected.first().cloned();
+                }
+            }
+        }
+        let (clicked, modifiers, at) =
+            ui.input(|i| (i.pointer.primary_clicked(), i.modifiers, i.pointer.interact_pos()));
+        if !clicked || modifiers.shift || modifiers.command {
+            return;
+        }
+        let Some(at) = at.filter(|p| self.canvas_rect.contains(*p)) else { return };
+        if ui.ctx().layer_id_at(at).is_some_and(|l| matches!(l.order, egui::Order::Foreground | egui::Order::Tooltip)) {
+            return; // a click on a popup over the canvas
+        }
+        // The topmost node drawn there (later nodes are drawn over earlier ones).
+        let hit = self.node_rects.iter().rev().find(|(_, r)| r.contains(at)).map(|(id, _)| id.clone());
+        match hit {
+            Some(id) => self.select(&id),
+            None => {
+                self.clicked_node = None;
+                self.selected.clear();
+            }
+        }
+    }
+
+    /// Where the node with graph id `id` was drawn last frame (screen coordinates).
+    pub fn node_rect(&self, id: &str) -> Option<egui::Rect> {
+        self.node_rects.iter().find(|(n, _)| n == id).map(|(_, r)| *r)
+    }
+
+    /// The selected nodes as preset text (Copy): parameters, titles, positions and the links between them.
+    pub fn copy_selection(&mut self) -> Option<String> {
+        if self.selected.is_empty() {
+            return None;
+        }
+        let text = crate::graph::to_preset_string(&super::document::subgraph(&self.doc.snarl, &self.selected));
+        self.clipboard = Some(text.clone());
+        Some(text)
+    }
+
+    /// Pastes nodes from preset text (what Copy made, or a preset from elsewhere) with their top-left node at
+    /// `at` (screen coordinates; None: beside where they were). Text that is no graph is refused, saying so.
+    pub fn paste(&mut self, text: &str, at: Option<egui::Pos2>) -> Vec<NodeId> {
+        let graph = match crate::graph::parse_preset(text, "the clipboard") {
+            Ok(graph) if !graph.nodes.is_empty() => graph,
+            Ok(_) => return Vec::new(),
+            Err(e) => {
+                self.session.push(Notice::warning(format!("nothing pasted: {e}")));
+                return Vec::new();
+            }
+        };
+        let origin = match at {
+            Some(screen) => self.view.inverse() * screen,
+            None => {
+                let corner = graph.nodes.values().filter_map(|n| n.pos).map(|[x, y]| egui::pos2(x as f32, y as f32));
+                corner.reduce(|a, b| a.min(b)).unwrap_or(egui::Pos2::ZERO) + egui::vec2(40.0, 40.0)
+            }
+        };
+        self.commit_pending(None);
+        let added = super::document::paste(&mut self.doc.snarl, &self.registry, &graph, origin);
+        self.commit_pending(None); // one undo step of its own
+        self.session.push(Notice::info(format!("pasted {} node(s): {}", added.len(), added.join(", "))));
+        added
+    }
+
+    /// Copies the selected nodes and pastes them beside themselves (Ctrl+D).
+    pub fn duplicate_selection(&mut self) -> Vec<NodeId> {
+        let Some(text) = self.copy_selection() else { return Vec::new() };
+        self.paste(&text, None)
+    }
+
+    /// Removes the selected nodes and their links (Del).
+    pub fn delete_selection(&mut self) -> usize {
+        self.commit_pending(None);
+        let removed = super::document::remove(&mut self.doc.snarl, &self.selected);
+        self.selected.clear();
+        self.commit_pending(None); // one undo step of its own
+        removed
+    }
+
+    /// Copy, cut, paste, duplicate and delete on the canvas (while no text field has the keyboard).
+    fn edit_shortcuts(&mut self, ui: &Ui) {
+        let events = ui.input(|i| i.events.clone());
+        let pointer = ui.input(|i| i.pointer.hover_pos()).filter(|p| self.canvas_rect.contains(*p));
+        for event in events {
+            match event {
+                egui::Event::Copy => {
+                    if let Some(text) = self.copy_selection() {
+                        ui.ctx().copy_text(text);
+                    }
+                }
+                egui::Event::Cut => {
+                    if let Some(text) = self.copy_selection() {
+                        ui.ctx().copy_text(text);
+                        self.delete_selection();
+                    }
+                }
+                egui::Event::Paste(text) => {
+                    let text = if text.trim().is_empty() { self.clipboard.clone().unwrap_or_default() } else { text };
+                    self.paste(&text, pointer);
+                }
+                _ => {}
+            }
+        }
+        let pressed = |s: &KeyboardShortcut| ui.input_mut(|i| i.consume_shortcut(s));
+        if pressed(&DUPLICATE) {
+            self.duplicate_selection();
+        }
+        if pressed(&DELETE) || pressed(&BACKSPACE) {
+            self.delete_selection();
         }
     }
 
@@ -661,6 +817,9 @@ impl Studio {
         if self.palette.is_none() && pressed(&CANCEL) {
             self.cancel();
         }
+        if self.palette.is_none() {
+            self.edit_shortcuts(ui);
+        }
         if self.palette.is_none() && (pressed(&PALETTE) || pressed(&PALETTE_TAB)) {
             let pointer = ui.input(|i| i.pointer.hover_pos()).filter(|p| self.canvas_rect.contains(*p));
             self.open_palette(pointer.unwrap_or(self.canvas_rect.center()), None);
@@ -847,19 +1006,25 @@ impl Studio {
             fitted: false,
             content: None,
             transform: None,
+            node_rects: Vec::new(),
         };
         let style = egui_snarl::ui::SnarlStyle {
             // Inputs above the parameters, outputs below: nodes stay narrow, so a pipeline fits across the
             // screen at a readable zoom.
             node_layout: Some(egui_snarl::ui::NodeLayout::sandwich()),
             pin_placement: Some(egui_snarl::ui::PinPlacement::Edge),
+            // A box selects the nodes wholly inside it.
+            select_rect_contained: Some(true),
             ..egui_snarl::ui::SnarlStyle::new()
         };
-        egui_snarl::ui::SnarlWidget::new().id_salt(("canvas", self.canvas_generation)).style(style).show(
-            &mut self.doc.snarl,
-            &mut viewer,
-            ui,
-        );
+        let widget = egui_snarl::ui::SnarlWidget::new().id_salt(("canvas", self.canvas_generation)).style(style);
+        widget.show(&mut self.doc.snarl, &mut viewer, ui);
+        let boxed: Vec<NodeId> = widget
+            .get_selected_nodes(ui)
+            .into_iter()
+            .filter_map(|n| self.doc.snarl.get_node(n))
+            .map(|n| n.id.clone())
+            .collect();
         if viewer.fitted {
             self.fit_frames -= 1;
         }
@@ -868,7 +1033,9 @@ impl Studio {
         if let Some(transform) = viewer.transform {
             self.view = transform;
         }
+        self.node_rects = viewer.node_rects.iter().map(|(id, rect)| (id.clone(), self.view * *rect)).collect();
         let requests = viewer.requests;
+        self.track_selection(ui, boxed);
         if let Some((at, wire)) = requests.palette {
             self.open_palette(self.view * at, wire);
         }
@@ -887,7 +1054,7 @@ impl Studio {
                 ui.label(
                     RichText::new(
                         "Drop a graph preset or a clip exported by stepstone here, open one from File, \
-                         or right-click to add nodes",
+                         or press Space (or right-click) to add nodes",
                     )
                     .weak(),
                 );

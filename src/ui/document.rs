@@ -159,16 +159,87 @@ pub fn graph_of(snarl: &Snarl<EditorNode>) -> Graph {
     graph
 }
 
+/// A node id made from `base` that is not in `taken` (`prompt`, `prompt_2`, ...).
+fn fresh_id(taken: &BTreeSet<NodeId>, base: &str) -> NodeId {
+    let mut id = base.to_string();
+    let mut n = 2;
+    while taken.contains(&id) {
+        id = format!("{base}_{n}");
+        n += 1;
+    }
+    id
+}
+
+/// The part of the canvas's graph made of `ids`: those nodes (at their canvas positions) and the links
+/// between them (what Copy puts on the clipboard).
+pub fn subgraph(snarl: &Snarl<EditorNode>, ids: &[NodeId]) -> Graph {
+    let mut graph = Graph::default();
+    for (_, pos, editor_node) in snarl.nodes_pos_ids() {
+        if ids.contains(&editor_node.id) {
+            let mut node = editor_node.node.clone();
+            node.pos = Some([f64::from(pos.x), f64::from(pos.y)]);
+            graph.nodes.insert(editor_node.id.clone(), node);
+        }
+    }
+    graph.links =
+        graph_of(snarl).links.into_iter().filter(|l| ids.contains(&l.from.node) && ids.contains(&l.to.node)).collect();
+    graph
+}
+
+/// Inserts a copy of `graph`'s nodes (parameters and titles kept, fresh ids where theirs are taken) and
+/// the links between them, moved so that their top-left node is at `origin`. Returns the new ids.
+pub fn paste(snarl: &mut Snarl<EditorNode>, registry: &KindRegistry, graph: &Graph, origin: Pos2) -> Vec<NodeId> {
+    let layout = auto_layout(graph);
+    let place = |id: &str, node: &Node| match node.pos {
+        Some([x, y]) if x.is_finite() && y.is_finite() => {
+            Pos2::new(x.clamp(-CANVAS_REACH, CANVAS_REACH) as f32, y.clamp(-CANVAS_REACH, CANVAS_REACH) as f32)
+        }
+        _ => layout.get(id).copied().unwrap_or(Pos2::new(LAYOUT_ORIGIN[0], LAYOUT_ORIGIN[1])),
+    };
+    let corner = graph.nodes.iter().map(|(id, n)| place(id, n)).reduce(|a, b| a.min(b)).unwrap_or(origin);
+    let mut taken: BTreeSet<NodeId> = snarl.nodes().map(|n| n.id.clone()).collect();
+    let mut index = BTreeMap::new();
+    let mut added = Vec::new();
+    for (id, node) in &graph.nodes {
+        // `prompt_2` pasted is `prompt_3`, not `prompt_2_2`.
+        let base = match id.rsplit_once('_') {
+            Some((stem, n)) if !stem.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => stem,
+            _ => id.as_str(),
+        };
+        let new_id = fresh_id(&taken, base);
+        taken.insert(new_id.clone());
+        let pos = origin + (place(id, node) - corner);
+        let (inputs, outputs) = registry.get(&node.kind).map(slots_of).unwrap_or_default();
+        let mut node = node.clone();
+        node.pos = Some([f64::from(pos.x), f64::from(pos.y)]);
+        let editor_node = EditorNode { id: new_id.clone(), node, inputs, outputs, placed_at: pos };
+        index.insert(id.clone(), snarl.insert_node(pos, editor_node));
+        added.push(new_id);
+    }
+    for link in &graph.links {
+        let (Some(&from), Some(&to)) = (index.get(&link.from.node), index.get(&link.to.node)) else { continue };
+        let output = pin_index(&mut snarl[from].outputs, &link.from.port);
+        let input = pin_index(&mut snarl[to].inputs, &link.to.port);
+        snarl.connect(OutPinId { node: from, output }, InPinId { node: to, input });
+    }
+    added
+}
+
+/// Removes the nodes with these ids and their links.
+pub fn remove(snarl: &mut Snarl<EditorNode>, ids: &[NodeId]) -> usize {
+    let doomed: Vec<egui_snarl::NodeId> =
+        snarl.nodes_ids_data().filter(|(_, n)| ids.contains(&n.value.id)).map(|(i, _)| i).collect();
+    for node in &doomed {
+        snarl.remove_node(*node);
+    }
+    doomed.len()
+}
+
 /// Adds a node of `kind` at `pos` under a fresh id made from the kind (`prompt`, `prompt_2`, ...), with
 /// every parameter at its default written out (as presets hold them).
 pub fn add_node(snarl: &mut Snarl<EditorNode>, kind: &KindSpec, pos: Pos2) -> egui_snarl::NodeId {
     let taken: BTreeSet<NodeId> = snarl.nodes().map(|n| n.id.clone()).collect();
-    let mut id = kind.id.to_string();
-    let mut n = 2;
-    while taken.contains(&id) {
-        id = format!("{}_{n}", kind.id);
-        n += 1;
-    }
+    let id = fresh_id(&taken, kind.id);
     let mut node = Node::new(kind.id);
     for p in kind.params {
         node.params.insert(p.name.to_string(), p.default_value());

@@ -64,6 +64,8 @@ pub struct GraphViewer<'a> {
     pub content: Option<Rect>,
     /// The canvas-to-screen transform of this frame.
     pub transform: Option<TSTransform>,
+    /// Each node's rect in canvas coordinates, as drawn this frame.
+    pub node_rects: Vec<(NodeId, Rect)>,
 }
 
 impl GraphViewer<'_> {
@@ -362,17 +364,24 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
     ) {
         let id = snarl[node].id.clone();
         if ui.button("Run to here").on_hover_text("Run this node and what it needs").clicked() {
-            self.requests.run_node = Some(id);
+            self.requests.run_node = Some(id.clone());
             ui.close();
         }
-        if ui.button("Remove").clicked() {
+        if ui.button("Duplicate").on_hover_text("Ctrl+D: a copy with the same parameters").clicked() {
+            let copy = document::subgraph(snarl, std::slice::from_ref(&id));
+            let at = snarl.get_node_info(node).map_or(egui::Pos2::ZERO, |n| n.pos) + egui::vec2(40.0, 40.0);
+            document::paste(snarl, self.registry, &copy, at);
+            ui.close();
+        }
+        if ui.button("Remove").on_hover_text("Del").clicked() {
             snarl.remove_node(node);
             ui.close();
         }
     }
 
-    fn final_node_rect(&mut self, _node: SnarlNodeId, rect: Rect, _ui: &mut Ui, _snarl: &mut Snarl<EditorNode>) {
+    fn final_node_rect(&mut self, node: SnarlNodeId, rect: Rect, _ui: &mut Ui, snarl: &mut Snarl<EditorNode>) {
         self.content = Some(self.content.map_or(rect, |c| c.union(rect)));
+        self.node_rects.push((snarl[node].id.clone(), rect));
     }
 
     fn current_transform(&mut self, to_global: &mut TSTransform, _snarl: &mut Snarl<EditorNode>) {
