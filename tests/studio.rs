@@ -414,3 +414,72 @@ fn copy_paste_duplicate_box_select_and_delete_keep_parameters() {
     studio.undo();
     assert!(studio.graph().nodes.contains_key("candidates_2"));
 }
+
+/// The accessibility nodes of a frame with their value and left edge (x).
+fn values(output: &egui::FullOutput) -> Vec<(String, f64)> {
+    let Some(update) = output.platform_output.accesskit_update.as_ref() else { return Vec::new() };
+    update.nodes.iter().filter_map(|(_, n)| Some((n.value()?.to_string(), n.bounds()?.x0))).collect()
+}
+
+/// The inspector shows the clicked node's parameters in the same form as the node: a value set there is
+/// the node's value and the node shows it. Its seed control draws a new seed for each run, shows the seed
+/// the run used, and "keep this seed" fixes it.
+#[test]
+fn the_inspector_edits_the_nodes_parameters_and_keeps_the_seed_a_run_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    ctx.enable_accesskit();
+    let mut studio = studio().with_worker(worker(None));
+    assert!(studio.open(&cheap_demo(dir.path())));
+    studio.accept_outputs_only();
+    studio.document_mut().set_param("candidates", "steps", serde_json::json!(17));
+    studio.select("candidates");
+    let mut t = 0.0;
+    let mut output = run_frame(&ctx, &mut studio, raw_input(t));
+    for _ in 0..3 {
+        t += 0.05;
+        output = run_frame(&ctx, &mut studio, raw_input(t));
+    }
+    let panel_left = 1280.0 - 360.0;
+    let shown = values(&output);
+    let in_node = |v: &[(String, f64)], value: &str| v.iter().any(|(s, x)| s == value && *x < panel_left);
+    let in_inspector = |v: &[(String, f64)], value: &str| v.iter().any(|(s, x)| s == value && *x >= panel_left);
+    assert!(in_node(&shown, "17") && in_inspector(&shown, "17"), "both show steps = 17: {shown:?}");
+    let update = output.platform_output.accesskit_update.as_ref().unwrap();
+    let (target, _) = update
+        .nodes
+        .iter()
+        .find(|(_, n)| n.value() == Some("17") && n.bounds().is_some_and(|b| b.x0 >= panel_left))
+        .unwrap();
+    let set = egui::RawInput {
+        events: vec![egui::Event::AccessKitActionRequest(egui::accesskit::ActionRequest {
+            action: egui::accesskit::Action::SetValue,
+            target_tree: egui::accesskit::TreeId::ROOT,
+            target_node: *target,
+            data: Some(egui::accesskit::ActionData::NumericValue(23.0)),
+        })],
+        ..raw_input(t + 0.05)
+    };
+    run_frame(&ctx, &mut studio, set);
+    let output = run_frame(&ctx, &mut studio, raw_input(t + 0.1));
+    assert_eq!(studio.graph().nodes["candidates"].params["steps"], 23, "the inspector's edit is the node's value");
+    assert!(in_node(&values(&output), "23"), "and the node shows it: {:?}", values(&output));
+    studio.document_mut().set_param("candidates", "steps", serde_json::json!(1));
+
+    // New seed each run: the run uses a seed drawn for it, the inspector shows it, "keep this seed" fixes it.
+    let before = studio.graph().nodes["candidates"].params["seed"].clone();
+    click_button(&ctx, &mut studio, "new each run", t + 0.2);
+    assert_eq!(studio.graph().nodes["candidates"].extra["seed_control"], "new each run");
+    studio.run(vec!["candidates".to_string()]);
+    frames_until(&ctx, &mut studio, Duration::from_secs(60), |s| s.session().last_outcome.is_some());
+    let used = studio.graph().nodes["candidates"].params["seed"].as_u64().unwrap();
+    assert_ne!(Some(used), before.as_u64(), "a new seed was drawn for the run");
+    assert_eq!(studio.seeds_used("candidates"), [("seed".to_string(), used)]);
+    let output = run_frame(&ctx, &mut studio, raw_input(100.0));
+    let text = format!("seed used: {used}");
+    assert!(values(&output).iter().any(|(v, _)| *v == text), "the inspector shows {text}: {:?}", values(&output));
+    click_button(&ctx, &mut studio, "keep this seed", 100.1);
+    let node = &studio.graph().nodes["candidates"];
+    assert!(!node.extra.contains_key("seed_control"), "fixed again");
+    assert_eq!(node.params["seed"], used);
+}

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use egui::{Color32, Key, KeyboardShortcut, Modifiers, RichText, Ui};
 
 mod dialogs;
+pub mod inspector;
 
 use super::document::Document;
 use super::palette::{Palette, WireEnd};
@@ -103,6 +104,8 @@ pub struct Studio {
     box_selected: Vec<NodeId>,
     /// The node clicked last (the inspector shows it).
     clicked_node: Option<NodeId>,
+    /// The graph as the last run started (the seeds it used).
+    last_run_graph: Option<Graph>,
     /// Each node's rect on the screen, as drawn last frame.
     node_rects: Vec<(NodeId, egui::Rect)>,
     /// What Copy took last (a preset of the copied nodes), for Paste when the system clipboard is not
@@ -148,6 +151,7 @@ impl Studio {
             selected: Vec::new(),
             box_selected: Vec::new(),
             clicked_node: None,
+            last_run_graph: None,
             node_rects: Default::default(),
             clipboard: None,
         }
@@ -675,7 +679,7 @@ impl Studio {
     /// Asks the worker to run `targets` (every output node when empty). The first run of a graph opened from
     /// a file waits until the artist has seen and accepted the files it reads and writes.
     pub fn run(&mut self, targets: Vec<NodeId>) {
-        self.commit_pending(None);
+        self.draw_new_seeds();
         if !self.files_confirmed {
             let files = file_uses(&self.current, &self.registry, &self.access);
             self.confirm_run = Some((targets, files));
@@ -689,8 +693,9 @@ impl Studio {
             self.session.push(Notice::error("no worker is attached: this editor cannot run graphs"));
             return;
         };
-        if let Err(e) = worker.run(targets) {
-            self.session.push(Notice::error(format!("could not start the run: {e}")));
+        match worker.run(targets) {
+            Ok(_) => self.last_run_graph = Some(self.current.clone()),
+            Err(e) => self.session.push(Notice::error(format!("could not start the run: {e}"))),
         }
     }
 
@@ -834,7 +839,7 @@ impl Studio {
 
         egui::Panel::top("menu").show(ui, |ui| self.menu_bar(ui));
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
-        egui::Panel::right("side").default_size(260.0).show(ui, |ui| self.side_panel(ui));
+        egui::Panel::right("side").default_size(340.0).show(ui, |ui| self.side_panel(ui));
         egui::CentralPanel::no_frame().show(ui, |ui| self.canvas(ui));
         self.drop_overlay(ui);
 
@@ -973,6 +978,11 @@ impl Studio {
     }
 
     fn side_panel(&mut self, ui: &mut Ui) {
+        let inspector_height = (ui.available_height() * 0.55).max(160.0);
+        egui::ScrollArea::vertical().id_salt("inspector").max_height(inspector_height).show(ui, |ui| {
+            self.inspector(ui);
+        });
+        ui.separator();
         ui.heading("Problems");
         let report = &self.session.report;
         if report.messages.is_empty() {

@@ -9,14 +9,102 @@ use std::path::Path;
 use egui::{Color32, RichText, Ui};
 use serde_json::Value;
 
+use crate::graph::access::Chosen;
 use crate::graph::params::{MAX_SEED, describe_value};
-use crate::graph::{ParamSpec, ParamType, PathRole};
+use crate::graph::{KindSpec, ParamSpec, ParamType, PathRole};
 
 /// The width of text fields in nodes.
 const EDIT_WIDTH: f32 = 200.0;
 
 /// The colour of values and messages that are wrong.
 pub const ERROR_COLOUR: Color32 = Color32::from_rgb(230, 90, 80);
+
+/// How a parameter form is drawn: in a node (compact) or in the inspector (reset buttons, wider fields).
+pub struct Form {
+    /// A reset button beside each parameter whose value differs from its default.
+    pub reset_buttons: bool,
+    /// The width of the value column (None: the editors' own).
+    pub width: Option<f32>,
+}
+
+/// The parameters of a node: one row per declared parameter (name with its description, type and range as a
+/// tooltip; the editor; greyed out while another parameter makes it irrelevant), then the parameters the kind
+/// does not declare (shown, kept). Edits go into `node.params`. Returns the path values the artist chose
+/// in a file dialog. The node body and the inspector both draw this form.
+pub fn param_form(
+    ui: &mut Ui,
+    form: &Form,
+    kind: Option<&KindSpec>,
+    id: &str,
+    node: &mut crate::graph::Node,
+    models_dir: &Path,
+) -> Vec<Chosen> {
+    let mut chosen = Vec::new();
+    let columns = if form.reset_buttons { 3 } else { 2 };
+    egui::Grid::new(("params", id, form.reset_buttons)).num_columns(columns).spacing([8.0, 4.0]).show(ui, |ui| {
+        if let Some(kind) = kind {
+            for spec in kind.params {
+                let enabled = spec.only_when.is_none_or(|(param, value)| {
+                    let current =
+                        node.params.get(param).cloned().or_else(|| kind.param(param).map(|p| p.default_value()));
+                    current.as_ref().and_then(Value::as_str) == Some(value)
+                });
+                let hover = format!(
+                    "{}\n{}\ndefault: {}",
+                    spec.description,
+                    spec.type_description(),
+                    describe_value(&spec.default_value())
+                );
+                ui.add_enabled(enabled, egui::Label::new(spec.name)).on_hover_text(hover);
+                let stored = node.params.get(spec.name);
+                let changed = ui
+                    .add_enabled_ui(enabled, |ui| {
+                        if let Some(width) = form.width {
+                            ui.set_min_width(width);
+                        }
+                        param_editor(ui, spec, stored, models_dir)
+                    })
+                    .inner;
+                if let Some(value) = changed {
+                    if take_picked_in_dialog(ui)
+                        && let Some(text) = value.as_str()
+                    {
+                        chosen.push(Chosen {
+                            node: id.to_string(),
+                            param: spec.name.to_string(),
+                            value: text.to_string(),
+                        });
+                    }
+                    node.params.insert(spec.name.to_string(), value);
+                }
+                if form.reset_buttons {
+                    let default = spec.default_value();
+                    let is_default = node.params.get(spec.name).is_none_or(|v| *v == default);
+                    let reset = ui.add_enabled(!is_default, egui::Button::new("↺").small()).on_hover_text(format!(
+                        "Reset {} to its default, {}",
+                        spec.name,
+                        describe_value(&default)
+                    ));
+                    if reset.clicked() {
+                        node.params.insert(spec.name.to_string(), default);
+                    }
+                }
+                ui.end_row();
+            }
+        }
+        // Parameters the kind does not declare: shown, kept, saved; validation says what is wrong.
+        for (name, value) in &node.params {
+            if kind.is_some_and(|k| k.param(name).is_some()) {
+                continue;
+            }
+            ui.label(RichText::new(name).color(ERROR_COLOUR))
+                .on_hover_text("Not a parameter of this node kind; kept from the file");
+            ui.label(RichText::new(describe_value(value)).weak());
+            ui.end_row();
+        }
+    });
+    chosen
+}
 
 /// Shows the editor of one parameter. `stored` is the node's value (None: the default applies). Returns the
 /// new value when the artist changed it.

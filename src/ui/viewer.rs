@@ -12,11 +12,10 @@ use serde_json::Value;
 
 use super::document::{self, EditorNode, Slot};
 use super::palette::WireEnd;
-use super::params::{ERROR_COLOUR, param_editor};
+use super::params::ERROR_COLOUR;
 use super::session::{Activity, Notice, Session};
 use super::thumbs::{self, Pick, Textures};
 use crate::graph::kinds::PickParams;
-use crate::graph::params::describe_value;
 use crate::graph::{KindRegistry, NodeId, PortType, Severity};
 use crate::runtime::engine::NodeStatus;
 
@@ -210,49 +209,16 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
         let editor_node = &mut snarl[node];
         let kind = self.registry.get(&editor_node.node.kind).copied();
         ui.vertical(|ui| {
-            egui::Grid::new(("params", &editor_node.id)).num_columns(2).spacing([8.0, 4.0]).show(ui, |ui| {
-                if let Some(kind) = kind {
-                    for spec in kind.params {
-                        let enabled = spec.only_when.is_none_or(|(param, value)| {
-                            let current = editor_node
-                                .node
-                                .params
-                                .get(param)
-                                .cloned()
-                                .or_else(|| kind.param(param).map(|p| p.default_value()));
-                            current.as_ref().and_then(Value::as_str) == Some(value)
-                        });
-                        let hover = format!("{}\n{}", spec.description, spec.type_description());
-                        ui.add_enabled(enabled, egui::Label::new(spec.name)).on_hover_text(hover);
-                        let stored = editor_node.node.params.get(spec.name);
-                        let changed =
-                            ui.add_enabled_ui(enabled, |ui| param_editor(ui, spec, stored, self.models_dir)).inner;
-                        if let Some(value) = changed {
-                            if super::params::take_picked_in_dialog(ui)
-                                && let Some(text) = value.as_str()
-                            {
-                                self.requests.chosen.push(crate::graph::access::Chosen {
-                                    node: editor_node.id.clone(),
-                                    param: spec.name.to_string(),
-                                    value: text.to_string(),
-                                });
-                            }
-                            editor_node.node.params.insert(spec.name.to_string(), value);
-                        }
-                        ui.end_row();
-                    }
-                }
-                // Parameters the kind does not declare: shown, kept, saved; validation says what is wrong.
-                for (name, value) in &editor_node.node.params {
-                    if kind.is_some_and(|k| k.param(name).is_some()) {
-                        continue;
-                    }
-                    ui.label(RichText::new(name).color(ERROR_COLOUR))
-                        .on_hover_text("Not a parameter of this node kind; kept from the file");
-                    ui.label(RichText::new(describe_value(value)).weak());
-                    ui.end_row();
-                }
-            });
+            let form = super::params::Form { reset_buttons: false, width: None };
+            let chosen = super::params::param_form(
+                ui,
+                &form,
+                kind.as_ref(),
+                &editor_node.id,
+                &mut editor_node.node,
+                self.models_dir,
+            );
+            self.requests.chosen.extend(chosen);
             if let Some(state) = self.session.node(&editor_node.id)
                 && let Some(pick) = thumbs::show(ui, self.textures, &editor_node.id, state)
                 && let Some(spec) = kind.and_then(|k| k.pick)
