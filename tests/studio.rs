@@ -483,3 +483,107 @@ fn the_inspector_edits_the_nodes_parameters_and_keeps_the_seed_a_run_used() {
     assert!(!node.extra.contains_key("seed_control"), "fixed again");
     assert_eq!(node.params["seed"], used);
 }
+
+/// Pause holds the run at a step (no progress while paused; Cancel still works), Resume goes on, and the
+/// result is the one an uninterrupted run gives.
+#[test]
+fn pause_stops_step_progress_and_resume_gives_the_uninterrupted_result() {
+    use stepstone::ui::session::Activity;
+    use stepstone::values::Candidates;
+
+    let dir = tempfile::tempdir().unwrap();
+    let preset = cheap_demo(dir.path());
+    let slow = |studio: &mut Studio| {
+        studio.document_mut().set_param("candidates", "steps", serde_json::json!(30));
+    };
+    let step_of = |studio: &Studio| match studio.session().node("candidates").and_then(|n| n.activity.clone()) {
+        Some(Activity::Running { step, .. }) => Some(step),
+        _ => None,
+    };
+    let ctx = egui::Context::default();
+    let mut studio = studio().with_worker(worker(None));
+    assert!(studio.open(&preset));
+    studio.accept_outputs_only();
+    slow(&mut studio);
+    studio.run(vec!["candidates".to_string()]);
+    frames_until(&ctx, &mut studio, Duration::from_secs(60), |s| step_of(s).is_some_and(|step| step >= 1));
+    studio.pause();
+    frames_until(&ctx, &mut studio, Duration::from_secs(10), |s| s.session().paused);
+    assert!(studio.session().paused, "the worker says it waits");
+    let held = step_of(&studio).expect("paused inside the node");
+    assert!(held < 30, "paused before the end: step {held}");
+    let start = Instant::now();
+    frames_until(&ctx, &mut studio, Duration::from_millis(800), |_| false);
+    assert_eq!(step_of(&studio), Some(held), "no step while paused ({:?})", start.elapsed());
+    assert!(studio.session().last_outcome.is_none());
+    studio.resume();
+    frames_until(&ctx, &mut studio, Duration::from_secs(120), |s| s.session().last_outcome.is_some());
+    assert_eq!(studio.session().last_outcome, Some(stepstone::runtime::events::RunOutcome::Completed));
+    let paused_result = studio.session().node("candidates").unwrap().outputs.clone().unwrap();
+
+    let mut plain = self::studio().with_worker(worker(None));
+    assert!(plain.open(&preset));
+    plain.accept_outputs_only();
+    slow(&mut plain);
+    plain.run(vec!["candidates".to_string()]);
+    frames_until(&ctx, &mut plain, Duration::from_secs(120), |s| s.session().last_outcome.is_some());
+    let plain_result = plain.session().node("candidates").unwrap().outputs.clone().unwrap();
+    let (a, b) =
+        (paused_result.get::<Candidates>("candidates").unwrap(), plain_result.get::<Candidates>("candidates").unwrap());
+    assert_eq!(a.images.len(), 2);
+    assert!(a.images.iter().zip(&b.images).all(|(x, y)| x.as_raw() == y.as_raw()), "the same candidates");
+
+    // Cancel while paused ends the run.
+    plain.document_mut().set_param("candidates", "seed", serde_json::json!(7));
+    plain.run(vec!["candidates".to_string()]);
+    frames_until(&ctx, &mut plain, Duration::from_secs(60), |s| step_of(s).is_some_and(|step| step >= 1));
+    plain.pause();
+    frames_until(&ctx, &mut plain, Duration::from_secs(10), |s| s.session().paused);
+    plain.cancel();
+    frames_until(&ctx, &mut plain, Duration::from_secs(10), |s| s.session().last_outcome.is_some());
+    assert_eq!(plain.session().last_outcome, Some(stepstone::runtime::events::RunOutcome::Cancelled));
+    plain.resume();
+}
+
+/// The top bar shows the elapsed time and an ETA while a run goes on, and the ETA falls as steps finish.
+#[test]
+fn the_top_bar_shows_an_eta_that_falls() {
+    use stepstone::runtime::events::Event;
+    use stepstone::runtime::plan::{NodeStatus, Plan, PlannedNode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    ctx.enable_accesskit();
+    let mut studio = studio();
+    assert!(studio.open(&cheap_demo(dir.path())));
+    let t0 = Instant::now() - Duration::from_secs(1);
+    let planned = PlannedNode {
+        id: "candidates".into(),
+        key: None,
+        status: NodeStatus::Stale,
+        inputs: Default::default(),
+        pulled: true,
+        own_error: false,
+    };
+    let session = studio.session_mut();
+    session.apply_at(Event::RunStarted { run_id: 1, plan: Plan { targets: vec![], nodes: vec![planned] } }, t0);
+    session.apply_at(Event::NodeStarted { run_id: 1, node: "candidates".into() }, t0);
+    session.apply_at(
+        Event::Progress { run_id: 1, node: "candidates".into(), step: 1, total: 5 },
+        t0 + Duration::from_secs(1),
+    );
+    let eta_shown = |output: &egui::FullOutput| {
+        values(output).into_iter().chain(labels(output).into_iter().map(|l| (l, 0.0))).find_map(|(v, _)| {
+            let (_, eta) = v.split_once("ETA ")?;
+            let secs: f64 = eta.trim_end_matches(" s").parse().ok()?;
+            v.starts_with("elapsed ").then_some(secs)
+        })
+    };
+    let first = eta_shown(&run_frame(&ctx, &mut studio, raw_input(0.0))).expect("an ETA in the top bar");
+    studio.session_mut().apply_at(
+        Event::Progress { run_id: 1, node: "candidates".into(), step: 4, total: 5 },
+        t0 + Duration::from_secs(4),
+    );
+    let later = eta_shown(&run_frame(&ctx, &mut studio, raw_input(0.1))).expect("an ETA in the top bar");
+    assert!(later < first, "the ETA falls: {first} -> {later}");
+}

@@ -112,6 +112,11 @@ pub enum Event {
         run_id: RunId,
         outcome: RunOutcome,
     },
+    /// The run waits at a step (`paused`), or goes on.
+    Paused {
+        run_id: RunId,
+        paused: bool,
+    },
     CacheCleared {
         models: bool,
     },
@@ -139,7 +144,8 @@ impl Event {
             | Event::NodeFinished { run_id, .. }
             | Event::NodeFailed { run_id, .. }
             | Event::NodeSkipped { run_id, .. }
-            | Event::RunFinished { run_id, .. } => Some(*run_id),
+            | Event::RunFinished { run_id, .. }
+            | Event::Paused { run_id, .. } => Some(*run_id),
             _ => None,
         }
     }
@@ -159,6 +165,7 @@ impl std::fmt::Debug for Event {
             Event::NodeFailed { node, message, .. } => write!(f, "NodeFailed({node}: {message})"),
             Event::NodeSkipped { node, reason, .. } => write!(f, "NodeSkipped({node}: {reason})"),
             Event::RunFinished { run_id, outcome } => write!(f, "RunFinished({run_id}, {outcome:?})"),
+            Event::Paused { run_id, paused } => write!(f, "Paused({run_id}, {paused})"),
             Event::CacheCleared { models } => write!(f, "CacheCleared(models {models})"),
             Event::Restored { node, .. } => write!(f, "Restored({node})"),
             Event::WorkerMessage { text } => write!(f, "WorkerMessage({text})"),

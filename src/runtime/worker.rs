@@ -2,7 +2,7 @@
 //! loaded models). Front ends send commands and read events over bounded channels; the GUI never waits.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -19,6 +19,9 @@ pub const COMMAND_CAPACITY: usize = 64;
 /// Capacity of the event channel. When it is full, progress and preview events are dropped (the next one
 /// supersedes them); every other event waits for room.
 pub const EVENT_CAPACITY: usize = 1024;
+
+/// How often a paused run looks whether it may go on.
+const PAUSE_POLL: Duration = Duration::from_millis(20);
 
 /// Called after each event is queued (a GUI passes `request_repaint`).
 pub type Waker = Box<dyn Fn() + Send + Sync>;
@@ -38,6 +41,8 @@ pub struct Worker {
     graph_slot: Arc<Mutex<Option<(Graph, bool)>>>,
     /// Runs with an id up to this one are cancelled.
     cancel_upto: Arc<AtomicU64>,
+    /// While set, the run in progress waits at its next step (or between nodes), keeping its state.
+    paused: Arc<AtomicBool>,
     next_run: RunId,
     thread: Option<JoinHandle<()>>,
 }
@@ -53,7 +58,9 @@ impl Worker {
         let (ev_tx, ev_rx) = mpsc::sync_channel(EVENT_CAPACITY);
         let graph_slot = Arc::new(Mutex::new(None));
         let cancel_upto = Arc::new(AtomicU64::new(0));
+        let paused = Arc::new(AtomicBool::new(false));
         let state = WorkerState {
+            paused: paused.clone(),
             commands: cmd_rx,
             events: ev_tx,
             waker,
@@ -63,7 +70,15 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name("stepstone-worker".to_string())
             .spawn(move || state.serve(make_engine()))?;
-        Ok(Worker { commands: cmd_tx, events: ev_rx, graph_slot, cancel_upto, next_run: 1, thread: Some(thread) })
+        Ok(Worker {
+            commands: cmd_tx,
+            events: ev_rx,
+            graph_slot,
+            cancel_upto,
+            paused,
+            next_run: 1,
+            thread: Some(thread),
+        })
     }
 
     fn send(&self, command: Command) -> Result<(), WorkerError> {
@@ -105,6 +120,21 @@ impl Worker {
         self.send(Command::Run { run_id, targets })?;
         self.next_run += 1;
         Ok(run_id)
+    }
+
+    /// Pauses the run in progress at its next step, or a run that starts later at its first (the worker
+    /// keeps everything it computed; Cancel still works).
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets a paused run go on from where it waited.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// Cancels every run asked for so far (the one in progress stops within one step).
@@ -166,6 +196,7 @@ impl Drop for Worker {
 }
 
 struct WorkerState {
+    paused: Arc<AtomicBool>,
     commands: Receiver<Command>,
     events: SyncSender<Event>,
     waker: Option<Waker>,
@@ -221,8 +252,20 @@ impl WorkerState {
                 }
                 Command::Run { run_id, targets } => {
                     let cancel_upto = self.cancel_upto.clone();
-                    let cancelled = move || cancel_upto.load(Ordering::SeqCst) >= run_id;
-                    if cancelled() {
+                    let is_cancelled = move || cancel_upto.load(Ordering::SeqCst) >= run_id;
+                    // Polled at every step and between nodes: a pause waits here, inside the step loop, so the
+                    // run goes on exactly where it stopped.
+                    let cancelled = || {
+                        if self.paused.load(Ordering::SeqCst) && !is_cancelled() {
+                            self.emit(Event::Paused { run_id, paused: true });
+                            while self.paused.load(Ordering::SeqCst) && !is_cancelled() {
+                                std::thread::sleep(PAUSE_POLL);
+                            }
+                            self.emit(Event::Paused { run_id, paused: false });
+                        }
+                        is_cancelled()
+                    };
+                    if is_cancelled() {
                         self.emit(Event::RunFinished { run_id, outcome: RunOutcome::Cancelled });
                         continue;
                     }

@@ -699,6 +699,25 @@ impl Studio {
         }
     }
 
+    /// Pauses the run in progress at its next step (Cancel still works while paused).
+    pub fn pause(&mut self) {
+        if let Some(worker) = &self.worker {
+            worker.pause();
+        }
+    }
+
+    /// Lets a paused run go on.
+    pub fn resume(&mut self) {
+        if let Some(worker) = &self.worker {
+            worker.resume();
+        }
+    }
+
+    /// Whether runs are held at their next step.
+    pub fn is_paused(&self) -> bool {
+        self.worker.as_ref().is_some_and(Worker::is_paused)
+    }
+
     pub fn cancel(&mut self) {
         if let Some(worker) = &self.worker
             && self.session.running.is_some()
@@ -940,6 +959,13 @@ impl Studio {
                 if ui.add_enabled(self.session.running.is_some(), cancel).clicked() {
                     self.cancel();
                 }
+                if self.is_paused() {
+                    if ui.button("Resume").clicked() {
+                        self.resume();
+                    }
+                } else if ui.add_enabled(has_worker, egui::Button::new("Pause")).clicked() {
+                    self.pause();
+                }
                 ui.separator();
                 if ui.add_enabled(has_worker, egui::Button::new("Clear cached results")).clicked()
                     && let Some(w) = &self.worker
@@ -955,22 +981,48 @@ impl Studio {
                 }
             });
             ui.separator();
-            if self.session.running.is_some() {
-                if ui.button("■ Cancel").clicked() {
-                    self.cancel();
-                }
-            } else if ui.add_enabled(self.worker.is_some(), egui::Button::new("▶ Run")).clicked() {
+            self.run_controls(ui);
+        });
+    }
+
+    /// Run, or while a run goes on: Pause/Resume, Cancel, the overall progress with elapsed time and ETA.
+    fn run_controls(&mut self, ui: &mut Ui) {
+        if self.session.running.is_none() {
+            if ui.add_enabled(self.worker.is_some(), egui::Button::new("▶ Run")).clicked() {
                 self.run(Vec::new());
             }
-        });
+            if self.is_paused() {
+                // Paused with nothing running: the next run would wait at its first step.
+                if ui
+                    .button("▶ Resume")
+                    .on_hover_text("Runs are paused: the next one waits at its first step")
+                    .clicked()
+                {
+                    self.resume();
+                }
+            }
+            return;
+        }
+        if self.is_paused() {
+            if ui.button("▶ Resume").clicked() {
+                self.resume();
+            }
+        } else if ui.button("⏸ Pause").on_hover_text("Wait at the next step; the run keeps its state").clicked() {
+            self.pause();
+        }
+        if ui.button("■ Cancel").clicked() {
+            self.cancel();
+        }
+        let now = std::time::Instant::now();
+        if let Some((done, total, fraction)) = self.session.run_progress() {
+            let overall = if total > 0 { (done as f32 + fraction) / total as f32 } else { 0.0 };
+            ui.add(egui::ProgressBar::new(overall).desired_width(220.0).text(format!("{done} / {total} nodes")));
+        }
+        ui.label(run_clock_text(self.session.elapsed(now), self.session.eta(now), self.session.paused));
     }
 
     fn status_bar(&mut self, ui: &mut Ui) {
         ui.horizontal(|ui| {
-            if let Some((done, total, fraction)) = self.session.run_progress() {
-                let overall = if total > 0 { (done as f32 + fraction) / total as f32 } else { 0.0 };
-                ui.add(egui::ProgressBar::new(overall).desired_width(200.0).text(format!("{done} / {total} nodes")));
-            }
             if let Some(notice) = self.session.last_notice() {
                 ui.label(RichText::new(&notice.text).color(level_colour(notice.level)));
             }
@@ -1088,6 +1140,33 @@ impl Studio {
             egui::TextStyle::Heading.resolve(ui.style()),
             Color32::WHITE,
         );
+    }
+}
+
+/// "elapsed 12 s · ETA 40 s" (ETA "≥ 40 s" while some nodes still to run have never run; "paused").
+pub fn run_clock_text(elapsed: Option<std::time::Duration>, eta: Option<super::session::Eta>, paused: bool) -> String {
+    let mut parts = Vec::new();
+    if let Some(e) = elapsed {
+        parts.push(format!("elapsed {}", describe_duration(e)));
+    }
+    if paused {
+        parts.push("paused".to_string());
+    } else if let Some(eta) = eta {
+        let bound = if eta.complete { "" } else { "≥ " };
+        parts.push(format!("ETA {bound}{}", describe_duration(eta.remaining)));
+    }
+    parts.join(" · ")
+}
+
+/// "4.2 s", "3 min 05 s", "1 h 02 min".
+fn describe_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 {
+        format!("{s:.1} s")
+    } else if s < 3600.0 {
+        format!("{} min {:02} s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!("{} h {:02} min", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
     }
 }
 

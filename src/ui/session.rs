@@ -4,7 +4,7 @@
 //! No egui here: the state is plain data, so tests feed it events and check what the editor would show.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::graph::{NodeId, Report};
 use crate::runtime::engine::{NodeStatus, Plan};
@@ -75,6 +75,9 @@ pub struct NodeState {
     pub previews: BTreeMap<String, Value>,
     /// Bumped whenever `outputs` or `previews` change, so views can rebuild their textures.
     pub revision: u64,
+    /// When it started in the current run, and when its last step was reported (pauses taken out).
+    started_at: Option<Instant>,
+    last_step_at: Option<Instant>,
 }
 
 /// The editor's view of the worker.
@@ -87,6 +90,22 @@ pub struct Session {
     pub last_outcome: Option<RunOutcome>,
     pub log: Vec<Notice>,
     revision: u64,
+    /// Whether the run in progress waits at a step (Pause).
+    pub paused: bool,
+    /// When the run in progress started (pauses taken out), and since when it is paused.
+    run_started: Option<Instant>,
+    paused_since: Option<Instant>,
+    /// How long each node took the last time it was computed (not taken from the cache): the ETA of a node
+    /// that has not started yet.
+    pub history: BTreeMap<NodeId, Duration>,
+}
+
+/// How long the rest of a run will take.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Eta {
+    pub remaining: Duration,
+    /// False when some nodes still to run have never run (their time is not in `remaining`: a lower bound).
+    pub complete: bool,
 }
 
 /// How many log lines are kept.
@@ -163,8 +182,60 @@ impl Session {
         self.nodes.retain(|id, _| keep(id));
     }
 
+    /// How long the run in progress has taken so far (pauses not counted).
+    pub fn elapsed(&self, now: Instant) -> Option<Duration> {
+        self.running?;
+        let now = self.paused_since.unwrap_or(now);
+        Some(now.saturating_duration_since(self.run_started?))
+    }
+
+    /// What is left of the run in progress: the running node's remaining steps at its own pace so far, and
+    /// for each node still queued, the time it took the last time it was computed.
+    pub fn eta(&self, now: Instant) -> Option<Eta> {
+        self.running?;
+        let now = self.paused_since.unwrap_or(now);
+        let mut remaining = Duration::ZERO;
+        let mut complete = true;
+        let mut known = false;
+        for (id, state) in &self.nodes {
+            match &state.activity {
+                Some(Activity::Queued) => match self.history.get(id) {
+                    Some(d) => {
+                        remaining += *d;
+                        known = true;
+                    }
+                    None => complete = false,
+                },
+                Some(Activity::Running { step, total }) => {
+                    let (Some(started), last) = (state.started_at, state.last_step_at) else { continue };
+                    if *total > 0
+                        && *step > 0
+                        && let Some(last) = last
+                    {
+                        let per_step = last.saturating_duration_since(started) / (*step as u32).max(1);
+                        let left = per_step * (total.saturating_sub(*step) as u32);
+                        remaining += left.saturating_sub(now.saturating_duration_since(last));
+                        known = true;
+                    } else if let Some(d) = self.history.get(id) {
+                        remaining += d.saturating_sub(now.saturating_duration_since(started));
+                        known = true;
+                    } else {
+                        complete = false;
+                    }
+                }
+                _ => {}
+            }
+        }
+        known.then_some(Eta { remaining, complete })
+    }
+
     /// Takes one worker event into the state.
     pub fn apply(&mut self, event: Event) {
+        self.apply_at(event, Instant::now());
+    }
+
+    /// [`Self::apply`] with the time the event arrived (tests pass their own clock).
+    pub fn apply_at(&mut self, event: Event, now: Instant) {
         if let Some(run) = event.run_id()
             && self.running.is_some_and(|r| r != run)
             && !matches!(event, Event::RunStarted { .. })
@@ -183,6 +254,9 @@ impl Session {
             Event::RunStarted { run_id, plan } => {
                 self.running = Some(run_id);
                 self.last_outcome = None;
+                self.paused = false;
+                self.paused_since = None;
+                self.run_started = Some(now);
                 for state in self.nodes.values_mut() {
                     state.activity = None;
                 }
@@ -195,9 +269,29 @@ impl Session {
                 let state = self.nodes.entry(node).or_default();
                 state.activity = Some(Activity::Running { step: 0, total: 0 });
                 state.notes.clear();
+                state.started_at = Some(now);
+                state.last_step_at = None;
             }
             Event::Progress { node, step, total, .. } => {
-                self.nodes.entry(node).or_default().activity = Some(Activity::Running { step, total });
+                let state = self.nodes.entry(node).or_default();
+                state.activity = Some(Activity::Running { step, total });
+                state.last_step_at = Some(now);
+            }
+            Event::Paused { paused, .. } => {
+                self.paused = paused;
+                match (paused, self.paused_since.take()) {
+                    (true, since) => self.paused_since = Some(since.unwrap_or(now)),
+                    // The pause is taken out of the clocks: the ETA goes on from where it stood.
+                    (false, Some(since)) => {
+                        let pause = now.saturating_duration_since(since);
+                        self.run_started = self.run_started.map(|t| t + pause);
+                        for state in self.nodes.values_mut() {
+                            state.started_at = state.started_at.map(|t| t + pause);
+                            state.last_step_at = state.last_step_at.map(|t| t + pause);
+                        }
+                    }
+                    (false, None) => {}
+                }
             }
             Event::Preview { node, label, value, .. } => {
                 self.bump(&node).previews.insert(label, value);
@@ -207,6 +301,9 @@ impl Session {
                 self.nodes.entry(node).or_default().notes.push(text);
             }
             Event::NodeFinished { node, cached, elapsed, outputs, .. } => {
+                if !cached {
+                    self.history.insert(node.clone(), elapsed);
+                }
                 let state = self.bump(&node);
                 state.activity = Some(Activity::Done { cached, elapsed });
                 state.plan = Some(NodeStatus::Cached);
@@ -221,6 +318,9 @@ impl Session {
             }
             Event::RunFinished { outcome, .. } => {
                 self.running = None;
+                self.paused = false;
+                self.paused_since = None;
+                self.run_started = None;
                 for state in self.nodes.values_mut() {
                     if matches!(state.activity, Some(Activity::Queued | Activity::Running { .. })) {
                         state.activity = Some(Activity::Idle);
@@ -303,6 +403,54 @@ mod tests {
         assert_eq!(s.node("a").unwrap().activity, None);
         assert!(s.node("a").unwrap().outputs.is_some());
         assert_eq!(s.node("c").unwrap().activity, Some(Activity::Queued));
+    }
+
+    #[test]
+    fn the_eta_counts_the_running_nodes_pace_and_the_queued_nodes_history_and_falls() {
+        let mut s = Session::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let finished = |node: &str, secs: u64| Event::NodeFinished {
+            run_id: 1,
+            node: node.into(),
+            cached: false,
+            elapsed: Duration::from_secs(secs),
+            outputs: NodeOutputs::new(),
+        };
+        // A first run: nothing known about b until it has run.
+        s.apply_at(Event::RunStarted { run_id: 1, plan: plan(&["a", "b"]) }, at(0));
+        assert_eq!(s.eta(at(0)), None, "no node has ever run");
+        s.apply_at(Event::NodeStarted { run_id: 1, node: "a".into() }, at(0));
+        s.apply_at(Event::Progress { run_id: 1, node: "a".into(), step: 2, total: 10 }, at(2_000));
+        let eta = s.eta(at(2_000)).unwrap();
+        assert_eq!(eta, Eta { remaining: Duration::from_secs(8), complete: false }, "b never ran: a lower bound");
+        s.apply_at(finished("a", 10), at(10_000));
+        s.apply_at(finished("b", 20), at(30_000));
+        s.apply_at(Event::RunFinished { run_id: 1, outcome: RunOutcome::Completed }, at(30_000));
+        assert_eq!(s.eta(at(30_000)), None, "no run");
+
+        // The second run knows both.
+        let t1 = 100_000;
+        s.apply_at(Event::RunStarted { run_id: 2, plan: plan(&["a", "b"]) }, at(t1));
+        assert_eq!(s.eta(at(t1)).unwrap(), Eta { remaining: Duration::from_secs(30), complete: true });
+        s.apply_at(Event::NodeStarted { run_id: 2, node: "a".into() }, at(t1));
+        s.apply_at(Event::Progress { run_id: 2, node: "a".into(), step: 1, total: 10 }, at(t1 + 1_000));
+        let first = s.eta(at(t1 + 1_000)).unwrap().remaining;
+        assert_eq!(first, Duration::from_secs(29));
+        s.apply_at(Event::Progress { run_id: 2, node: "a".into(), step: 5, total: 10 }, at(t1 + 5_000));
+        let later = s.eta(at(t1 + 5_000)).unwrap().remaining;
+        assert_eq!(later, Duration::from_secs(25));
+        // Between steps the running node's share counts down.
+        assert_eq!(s.eta(at(t1 + 6_000)).unwrap().remaining, Duration::from_secs(24));
+        assert_eq!(s.elapsed(at(t1 + 6_000)), Some(Duration::from_secs(6)));
+        // A pause freezes both clocks; after it the ETA goes on from where it stood.
+        s.apply_at(Event::Paused { run_id: 2, paused: true }, at(t1 + 6_000));
+        assert_eq!(s.eta(at(t1 + 60_000)).unwrap().remaining, Duration::from_secs(24));
+        assert_eq!(s.elapsed(at(t1 + 60_000)), Some(Duration::from_secs(6)));
+        s.apply_at(Event::Paused { run_id: 2, paused: false }, at(t1 + 60_000));
+        assert!(!s.paused);
+        assert_eq!(s.eta(at(t1 + 61_000)).unwrap().remaining, Duration::from_secs(23));
+        assert_eq!(s.elapsed(at(t1 + 61_000)), Some(Duration::from_secs(7)));
     }
 
     #[test]

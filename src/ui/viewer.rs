@@ -167,7 +167,11 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
             if let Some((colour, text)) = self.status_chip(&editor_node.id) {
                 let (dot, _) = ui.allocate_exact_size(egui::vec2(8.0, 8.0), egui::Sense::hover());
                 ui.painter().circle_filled(dot.center(), 3.5, colour);
-                ui.label(RichText::new(text).color(colour).small());
+                let chip = ui.label(RichText::new(text).color(colour).small());
+                if let Some(NodeStatus::Blocked { reason }) = self.session.node(&editor_node.id).and_then(|s| s.plan.as_ref())
+                {
+                    chip.on_hover_text(format!("Cannot run: {reason}"));
+                }
             }
         });
     }
