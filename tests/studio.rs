@@ -587,3 +587,48 @@ fn the_top_bar_shows_an_eta_that_falls() {
     let later = eta_shown(&run_frame(&ctx, &mut studio, raw_input(0.1))).expect("an ETA in the top bar");
     assert!(later < first, "the ETA falls: {first} -> {later}");
 }
+
+/// What the worker sends when the selector has run: four 512x512 candidates, scored, the best (1) selected.
+fn ranking_preview(size: u32) -> stepstone::runtime::events::Event {
+    use image::{Rgb, RgbImage};
+    use stepstone::values::{Ranking, SelectedBy};
+    let images =
+        (0..4u8).map(|i| std::sync::Arc::new(RgbImage::from_pixel(size, size, Rgb([i * 60, 100, 200])))).collect();
+    let ranking = Ranking { images, scores: Some(vec![0.1, 0.9, -0.3, 0.4]), selected: 1, by: SelectedBy::Reward };
+    stepstone::runtime::events::Event::Preview {
+        run_id: 1,
+        node: "selector".into(),
+        label: "ranking".into(),
+        value: stepstone::values::Value::Ranking(std::sync::Arc::new(ranking)),
+    }
+}
+
+/// With the selector selected, the number keys pick that candidate; the canvas holds downscaled textures
+/// of full-size results.
+#[test]
+fn number_keys_pick_candidates_and_canvas_textures_are_downscaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    let mut studio = studio();
+    assert!(studio.open(&cheap_demo(dir.path())));
+    studio.session_mut().apply(ranking_preview(512));
+    for t in 0..3 {
+        run_frame(&ctx, &mut studio, raw_input(f64::from(t) * 0.1));
+    }
+    let sizes = studio.thumbnail_sizes("selector");
+    assert_eq!(sizes.len(), 4);
+    assert!(sizes.iter().all(|s| s[0] <= 256 && s[1] <= 256), "downscaled: {sizes:?}");
+    studio.select("selector");
+    run_frame(&ctx, &mut studio, input_with(1.0, vec![key(egui::Key::Num3)]));
+    run_frame(&ctx, &mut studio, raw_input(1.1));
+    let g = studio.graph();
+    assert_eq!(g.nodes["selector"].params["mode"], "manual");
+    assert_eq!(g.nodes["selector"].params["index"], 2, "key 3 is the third candidate");
+    run_frame(&ctx, &mut studio, input_with(2.0, vec![key(egui::Key::Num9)]));
+    assert_eq!(studio.graph().nodes["selector"].params["index"], 2, "there is no ninth candidate");
+    assert!(studio.session().log.last().unwrap().text.contains("no number 9"));
+    // Keys do nothing to a node without a ranking.
+    studio.select("candidates");
+    run_frame(&ctx, &mut studio, input_with(3.0, vec![key(egui::Key::Num1)]));
+    assert_eq!(studio.graph().nodes["selector"].params["index"], 2);
+}

@@ -37,6 +37,7 @@ const SAVE_AS: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(
 const UNDO: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Z);
 const REDO: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(Modifiers::SHIFT), Key::Z);
 const RUN: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
+const RUN_SELECTED: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(Modifiers::SHIFT), Key::Enter);
 const FIT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Home);
 const CANCEL: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Escape);
 const DUPLICATE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::D);
@@ -157,6 +158,11 @@ impl Studio {
         }
     }
 
+    /// The sizes of the textures the canvas holds for node `id`'s result.
+    pub fn thumbnail_sizes(&self, id: &str) -> Vec<[usize; 2]> {
+        self.textures.sizes(id)
+    }
+
     /// The nodes selected on the canvas.
     pub fn selected(&self) -> &[NodeId] {
         &self.selected
@@ -251,6 +257,32 @@ impl Studio {
         self.paste(&text, None)
     }
 
+    /// Picks candidate `index` of the selected node's ranking as the anchor (keys 1-9); false when the
+    /// selected node shows no ranking with that many candidates.
+    pub fn pick_candidate(&mut self, index: usize) -> bool {
+        let Some(id) = self.clicked_node.clone() else { return false };
+        let Some(canvas_node) = self.doc.find(&id) else { return false };
+        let Some(spec) = self.registry.get(&self.doc.snarl[canvas_node].node.kind).and_then(|k| k.pick) else {
+            return false;
+        };
+        let count = match self.session.node(&id).and_then(super::thumbs::shown) {
+            Some(super::thumbs::Shown::Ranking(r)) => r.images.len(),
+            _ => 0,
+        };
+        if index >= count {
+            self.session
+                .push(Notice::warning(format!("{id} shows {count} candidates: there is no number {}", index + 1)));
+            return false;
+        }
+        super::viewer::GraphViewer::apply_pick(
+            &mut self.doc.snarl[canvas_node],
+            spec,
+            super::thumbs::Pick::Candidate(index),
+        );
+        self.commit_pending(None);
+        true
+    }
+
     /// Removes the selected nodes and their links (Del).
     pub fn delete_selection(&mut self) -> usize {
         self.commit_pending(None);
@@ -285,6 +317,14 @@ impl Studio {
             }
         }
         let pressed = |s: &KeyboardShortcut| ui.input_mut(|i| i.consume_shortcut(s));
+        // 1-9 pick that candidate of the selected node's ranking as the anchor.
+        const NUMBERS: [Key; 9] =
+            [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5, Key::Num6, Key::Num7, Key::Num8, Key::Num9];
+        for (i, key) in NUMBERS.into_iter().enumerate() {
+            if pressed(&KeyboardShortcut::new(Modifiers::NONE, key)) {
+                self.pick_candidate(i);
+            }
+        }
         if pressed(&DUPLICATE) {
             self.duplicate_selection();
         }
@@ -688,6 +728,15 @@ impl Studio {
         self.start_run(targets);
     }
 
+    /// Runs the selected nodes (and what they need); nothing when none is selected.
+    pub fn run_selected(&mut self) {
+        if self.selected.is_empty() {
+            self.session.push(Notice::warning("no node is selected: click one, or Shift+drag a box"));
+            return;
+        }
+        self.run(self.selected.clone());
+    }
+
     fn start_run(&mut self, targets: Vec<NodeId>) {
         let Some(worker) = self.worker.as_mut() else {
             self.session.push(Notice::error("no worker is attached: this editor cannot run graphs"));
@@ -831,7 +880,9 @@ impl Studio {
         } else if pressed(&UNDO) {
             self.undo();
         }
-        if pressed(&RUN) {
+        if pressed(&RUN_SELECTED) {
+            self.run_selected();
+        } else if pressed(&RUN) {
             self.run(Vec::new());
         }
         if pressed(&FIT) {
@@ -954,6 +1005,11 @@ impl Studio {
                 let run = egui::Button::new("Run outputs").shortcut_text(ui.ctx().format_shortcut(&RUN));
                 if ui.add_enabled(has_worker, run).clicked() {
                     self.run(Vec::new());
+                }
+                let selected =
+                    egui::Button::new("Run selected nodes").shortcut_text(ui.ctx().format_shortcut(&RUN_SELECTED));
+                if ui.add_enabled(has_worker && !self.selected.is_empty(), selected).clicked() {
+                    self.run_selected();
                 }
                 let cancel = egui::Button::new("Cancel").shortcut_text(ui.ctx().format_shortcut(&CANCEL));
                 if ui.add_enabled(self.session.running.is_some(), cancel).clicked() {

@@ -67,6 +67,27 @@ pub struct Textures {
     by_node: HashMap<String, (u64, Vec<TextureHandle>)>,
 }
 
+/// The longest side of the textures drawn on the canvas (and in hover enlargements): results are downscaled
+/// to it, so a 16-frame 512x512 clip costs 16 small textures per node, not 16 MB; full-size frames are only
+/// uploaded for the clip player.
+pub const THUMB_TEXTURE: u32 = 256;
+
+/// An image as a texture, downscaled so that its longest side is at most `limit` (None: full size).
+pub fn texture(ui: &Ui, name: String, image: &RgbImage, limit: Option<u32>) -> TextureHandle {
+    let longest = image.width().max(image.height());
+    let colour = match limit {
+        Some(limit) if longest > limit => {
+            let scale = f64::from(limit) / f64::from(longest);
+            let w = ((f64::from(image.width()) * scale).round() as u32).max(1);
+            let h = ((f64::from(image.height()) * scale).round() as u32).max(1);
+            let small = image::imageops::resize(image, w, h, image::imageops::FilterType::Triangle);
+            ColorImage::from_rgb([w as usize, h as usize], small.as_raw())
+        }
+        _ => ColorImage::from_rgb([image.width() as usize, image.height() as usize], image.as_raw()),
+    };
+    ui.ctx().load_texture(name, colour, TextureOptions::LINEAR)
+}
+
 impl Textures {
     fn get(&mut self, ui: &Ui, node: &str, revision: u64, shown: &Shown<'_>) -> &[TextureHandle] {
         let entry = self.by_node.entry(node.to_string()).or_insert((u64::MAX, Vec::new()));
@@ -75,15 +96,16 @@ impl Textures {
                 .images()
                 .into_iter()
                 .enumerate()
-                .map(|(i, image)| {
-                    let size = [image.width() as usize, image.height() as usize];
-                    let colour = ColorImage::from_rgb(size, image.as_raw());
-                    ui.ctx().load_texture(format!("{node}/{i}"), colour, TextureOptions::LINEAR)
-                })
+                .map(|(i, image)| texture(ui, format!("{node}/{i}"), image, Some(THUMB_TEXTURE)))
                 .collect();
             entry.0 = revision;
         }
         &entry.1
+    }
+
+    /// The size of the textures made for `node` (tests check they are downscaled).
+    pub fn sizes(&self, node: &str) -> Vec<[usize; 2]> {
+        self.by_node.get(node).map(|(_, t)| t.iter().map(TextureHandle::size).collect()).unwrap_or_default()
     }
 
     /// Drops the textures of nodes for which `keep` is false.
@@ -111,8 +133,9 @@ pub fn show(ui: &mut Ui, textures: &mut Textures, node: &str, state: &NodeState)
     match shown {
         Shown::Images(_) => {
             grid(ui, textures, |ui, i, t| {
-                ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(THUMB, THUMB)))
-                    .on_hover_text(format!("candidate {i}"));
+                ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(THUMB, THUMB))).on_hover_ui(|ui| {
+                    enlarged(ui, t, &format!("candidate {i}"));
+                });
             });
             None
         }
@@ -135,6 +158,12 @@ pub fn show(ui: &mut Ui, textures: &mut Textures, node: &str, state: &NodeState)
             None
         }
     }
+}
+
+/// The hover view of a thumbnail: the image at the texture's size, with a caption.
+fn enlarged(ui: &mut Ui, texture: &TextureHandle, caption: &str) {
+    ui.add(egui::Image::new(texture).max_size(egui::vec2(THUMB_TEXTURE as f32, THUMB_TEXTURE as f32)));
+    ui.label(RichText::new(caption).small());
 }
 
 fn grid(ui: &mut Ui, textures: &[TextureHandle], mut cell: impl FnMut(&mut Ui, usize, &TextureHandle)) {
@@ -163,7 +192,11 @@ fn ranking_grid(ui: &mut Ui, textures: &[TextureHandle], ranking: &Ranking) -> O
         if best == Some(i) {
             hover.push_str(" (best score)");
         }
-        hover.push_str("\nClick to use it as the anchor");
+        if i < 9 {
+            hover.push_str(&format!("\nClick, or press {} with this node selected, to use it as the anchor", i + 1));
+        } else {
+            hover.push_str("\nClick to use it as the anchor");
+        }
         ui.vertical(|ui| {
             let stroke =
                 if selected { egui::Stroke::new(2.0, Color32::from_rgb(250, 200, 60)) } else { egui::Stroke::NONE };
@@ -171,7 +204,8 @@ fn ranking_grid(ui: &mut Ui, textures: &[TextureHandle], ranking: &Ranking) -> O
             let response = egui::Frame::NONE.stroke(stroke).show(ui, |ui| ui.add(image)).inner;
             response
                 .widget_info(|| egui::WidgetInfo::labeled(egui::WidgetType::Button, true, format!("candidate {i}")));
-            if response.on_hover_text(hover).clicked() && !(selected && ranking.by == SelectedBy::Hand) {
+            let response = response.on_hover_ui(|ui| enlarged(ui, t, &hover));
+            if response.clicked() && !(selected && ranking.by == SelectedBy::Hand) {
                 pick = Some(Pick::Candidate(i));
             }
             let star = if best == Some(i) { "★ " } else { "" };

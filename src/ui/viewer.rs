@@ -120,7 +120,7 @@ impl GraphViewer<'_> {
     }
 
     /// Writes a pick into the node's parameters, where its kind says (`KindSpec::pick`).
-    fn apply_pick(node: &mut EditorNode, spec: PickParams, pick: Pick) {
+    pub fn apply_pick(node: &mut EditorNode, spec: PickParams, pick: Pick) {
         match pick {
             Pick::Candidate(i) => {
                 node.node.params.insert(spec.choice.to_string(), Value::from(spec.by_hand));
