@@ -632,3 +632,65 @@ fn number_keys_pick_candidates_and_canvas_textures_are_downscaled() {
     run_frame(&ctx, &mut studio, input_with(3.0, vec![key(egui::Key::Num1)]));
     assert_eq!(studio.graph().nodes["selector"].params["index"], 2);
 }
+
+/// A clip of `n` frames whose first pixel's red channel is the frame index (so a frame can be told apart).
+fn numbered_clip(n: u8, size: u32) -> stepstone::video::Video {
+    use image::{Rgb, RgbImage};
+    let frames = (0..n).map(|i| RgbImage::from_pixel(size, size, Rgb([i * 10, 50, 90]))).collect();
+    stepstone::video::Video { frames, fps: 8.0, prompt: "clip".into(), seed: 1, latents: None }
+}
+
+fn video_preview(node: &str, video: stepstone::video::Video) -> stepstone::runtime::events::Event {
+    stepstone::runtime::events::Event::Preview {
+        run_id: 1,
+        node: node.into(),
+        label: "video".into(),
+        value: stepstone::values::Value::Video(std::sync::Arc::new(video)),
+    }
+}
+
+/// The player shows the selected node's clip; `.` and `,` step frames; with B chosen, both clips show the
+/// same frame index; Play advances with time and loops.
+#[test]
+fn the_player_steps_frames_and_the_ab_view_shows_both_clips_at_the_same_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    ctx.enable_accesskit();
+    let mut studio = studio();
+    assert!(studio.open(&cheap_demo(dir.path())));
+    studio.session_mut().apply(video_preview("regenerator", numbered_clip(6, 64)));
+    studio.session_mut().apply(video_preview("animator", numbered_clip(6, 64)));
+    studio.select("regenerator");
+    run_frame(&ctx, &mut studio, input_with(0.0, vec![key(egui::Key::P)]));
+    assert!(studio.player().open, "P opens the player");
+    let caption = |output: &egui::FullOutput, side: &str| -> Option<String> {
+        values(output).into_iter().map(|(v, _)| v).find(|v| v.starts_with(&format!("{side}: ")))
+    };
+    let output = run_frame(&ctx, &mut studio, raw_input(0.1));
+    assert_eq!(caption(&output, "A").as_deref(), Some("A: regenerator · frame 1 / 6"));
+    assert_eq!(caption(&output, "B"), None, "no comparison yet");
+    for t in [0.2, 0.3] {
+        run_frame(&ctx, &mut studio, input_with(t, vec![key(egui::Key::Period)]));
+    }
+    let output = run_frame(&ctx, &mut studio, raw_input(0.4));
+    assert_eq!(caption(&output, "A").as_deref(), Some("A: regenerator · frame 3 / 6"), "two steps on");
+    run_frame(&ctx, &mut studio, input_with(0.5, vec![key(egui::Key::Comma)]));
+    studio.player_mut().b = Some("animator".into());
+    let output = run_frame(&ctx, &mut studio, raw_input(0.6));
+    assert_eq!(caption(&output, "A").as_deref(), Some("A: regenerator · frame 2 / 6"));
+    assert_eq!(caption(&output, "B").as_deref(), Some("B: animator · frame 2 / 6"), "B at the same frame");
+
+    // Play: a quarter second at 8 fps is two frames on, on both sides; it loops past the end.
+    click_button(&ctx, &mut studio, "▶ Play", 1.0);
+    assert!(studio.player().playing);
+    let before = studio.player().frame;
+    run_frame(&ctx, &mut studio, raw_input(1.27));
+    assert_eq!(studio.player().frame, (before + 2) % 6);
+    run_frame(&ctx, &mut studio, raw_input(1.77));
+    let output = run_frame(&ctx, &mut studio, raw_input(1.77));
+    let frame = studio.player().frame;
+    assert_eq!(frame, (before + 6) % 6, "looped");
+    let a = caption(&output, "A").unwrap();
+    let b = caption(&output, "B").unwrap();
+    assert_eq!(a.split(" · ").nth(1), b.split(" · ").nth(1), "synced: {a} / {b}");
+}

@@ -43,6 +43,9 @@ const CANCEL: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Esc
 const DUPLICATE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::D);
 const DELETE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Delete);
 const BACKSPACE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Backspace);
+const PLAYER: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::P);
+const FRAME_BACK: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Comma);
+const FRAME_ON: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Period);
 const PALETTE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Space);
 const PALETTE_TAB: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Tab);
 
@@ -107,6 +110,8 @@ pub struct Studio {
     clicked_node: Option<NodeId>,
     /// The graph as the last run started (the seeds it used).
     last_run_graph: Option<Graph>,
+    /// The clip player panel.
+    player: super::player::Player,
     /// Each node's rect on the screen, as drawn last frame.
     node_rects: Vec<(NodeId, egui::Rect)>,
     /// What Copy took last (a preset of the copied nodes), for Paste when the system clipboard is not
@@ -153,9 +158,19 @@ impl Studio {
             box_selected: Vec::new(),
             clicked_node: None,
             last_run_graph: None,
+            player: Default::default(),
             node_rects: Default::default(),
             clipboard: None,
         }
+    }
+
+    /// The clip player (open it, choose A and B, step frames).
+    pub fn player(&self) -> &super::player::Player {
+        &self.player
+    }
+
+    pub fn player_mut(&mut self) -> &mut super::player::Player {
+        &mut self.player
     }
 
     /// The sizes of the textures the canvas holds for node `id`'s result.
@@ -888,6 +903,18 @@ impl Studio {
         if pressed(&FIT) {
             self.fit_frames = FIT_FRAMES;
         }
+        if pressed(&PLAYER) {
+            self.player.open = !self.player.open;
+        }
+        if self.player.open {
+            let frames = self.player.length(&self.session, self.clicked_node.as_ref());
+            if pressed(&FRAME_BACK) {
+                self.player.step(false, frames);
+            }
+            if pressed(&FRAME_ON) {
+                self.player.step(true, frames);
+            }
+        }
         // Escape closes the palette while it is open.
         if self.palette.is_none() && pressed(&CANCEL) {
             self.cancel();
@@ -910,6 +937,11 @@ impl Studio {
         egui::Panel::top("menu").show(ui, |ui| self.menu_bar(ui));
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
         egui::Panel::right("side").default_size(340.0).show(ui, |ui| self.side_panel(ui));
+        if self.player.open {
+            egui::Panel::bottom("player").resizable(true).default_size(300.0).show(ui, |ui| {
+                self.player.show(ui, &self.session, self.clicked_node.as_ref());
+            });
+        }
         egui::CentralPanel::no_frame().show(ui, |ui| self.canvas(ui));
         self.drop_overlay(ui);
 
@@ -998,6 +1030,11 @@ impl Studio {
                 let fit = egui::Button::new("Fit graph in view").shortcut_text(ui.ctx().format_shortcut(&FIT));
                 if ui.add(fit).clicked() {
                     self.fit_frames = FIT_FRAMES;
+                }
+                let player = egui::Button::selectable(self.player.open, "Clip player")
+                    .shortcut_text(ui.ctx().format_shortcut(&PLAYER));
+                if ui.add(player).clicked() {
+                    self.player.open = !self.player.open;
                 }
             });
             ui.menu_button("Run", |ui| {

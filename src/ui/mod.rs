@@ -13,6 +13,7 @@ pub mod app;
 pub mod document;
 pub mod palette;
 pub mod params;
+pub mod player;
 pub mod recovery;
 pub mod session;
 pub mod shared_device;
