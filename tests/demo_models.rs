@@ -218,7 +218,7 @@ fn whole_pipeline_runs_on_the_demo_models() {
     let mut scheduler = Ddim::new(DdimConfig::animatediff()).unwrap();
     scheduler.set_timesteps(25).unwrap();
     eprintln!("loaded in {:.2} s", start.elapsed().as_secs_f64());
-    let mut observer = |_: StageProgress| ControlFlow::Continue(());
+    let mut observer = |_: StageProgress<'_>| ControlFlow::Continue(());
 
     let t = Instant::now();
     let candidates =

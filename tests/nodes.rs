@@ -55,6 +55,8 @@ struct Ran {
     notes: Vec<(String, String)>,
     failures: BTreeMap<String, String>,
     skipped: BTreeMap<String, String>,
+    /// Previews by node: (label, value).
+    previews: Vec<(String, String, stepstone::values::Value)>,
 }
 
 impl Ran {
@@ -87,6 +89,7 @@ fn run(engine: &mut Engine, graph: &Graph, targets: &[&str]) -> Ran {
                 ran.outputs.insert(node, outputs);
             }
             Event::NodeNote { node, text, .. } => ran.notes.push((node, text)),
+            Event::Preview { node, label, value, .. } => ran.previews.push((node, label, value)),
             Event::WorkerMessage { text } => ran.notes.push(("(worker)".to_string(), text)),
             Event::NodeFailed { node, message, .. } => {
                 ran.failures.insert(node, message);
@@ -622,4 +625,57 @@ fn clearing_the_cache_clears_the_disk_too() {
     assert_eq!(DiskCache::open(dir.path(), DEFAULT_LIMIT_BYTES).unwrap().info().entries, 0);
     let again = run(&mut engine, &g, &["selector"]);
     assert!(again.evaluated.contains(&"candidates".to_string()), "{:?}", again.evaluated);
+}
+
+/// Live previews: with them on, every sampling step of the candidates, NI-VSDS and regeneration shows its
+/// latents projected to colour (images of one frame per candidate, clips of the animated frames, at latent
+/// size); with them off there are none; the results are the same either way.
+#[test]
+fn live_previews_show_every_sampling_step_and_change_no_result() {
+    use stepstone::values::Value;
+    let g = demo();
+    let mut off = engine();
+    let plain = run(&mut off, &g, &["regenerator"]);
+    assert!(plain.completed(), "{:?}", plain.failures);
+    assert!(!plain.previews.iter().any(|(_, label, _)| label == stepstone::runtime::LIVE_PREVIEW), "off by default");
+    let mut on = engine();
+    on.set_live_previews(1);
+    let live = run(&mut on, &g, &["regenerator"]);
+    assert!(live.completed(), "{:?}", live.failures);
+    let of = |node: &str| -> Vec<&Value> {
+        live.previews
+            .iter()
+            .filter(|(n, l, _)| n == node && l == stepstone::runtime::LIVE_PREVIEW)
+            .map(|(_, _, v)| v)
+            .collect()
+    };
+    let width = g.nodes["candidates"].params["width"].as_u64().unwrap() as u32;
+    let candidates = of("candidates");
+    assert_eq!(candidates.len(), 4, "one per DDIM step");
+    for value in &candidates {
+        let Value::Images(images) = value else { panic!("candidates preview as images") };
+        assert_eq!(images.len(), 4, "one per candidate");
+        assert_eq!(images[0].width(), width / 8, "at latent size");
+    }
+    let animator = of("animator");
+    let iterations = stepstone::pipelines::i4vgen::ni_vsds_iterations(4, 0.6);
+    assert_eq!(animator.len(), iterations, "one per NI-VSDS iteration");
+    let Value::Video(clip) = animator[0] else { panic!("the animator previews a clip") };
+    assert_eq!(clip.frames.len(), 4);
+    assert!(!of("regenerator").is_empty());
+    // The last NI-VSDS preview is the animated latents themselves, projected.
+    let latents =
+        live.output::<Video>("animator", "video").latents.clone().unwrap().to_tensor(&burn::tensor::Device::flex());
+    let projected = stepstone::pipelines::preview::latent_rgb(&latents).unwrap();
+    let Value::Video(last) = animator[iterations - 1] else { panic!() };
+    assert_eq!(last.frames, projected, "the preview is the projection of the step's latents");
+    assert_eq!(
+        plain.output::<Candidates>("candidates", "candidates").latents,
+        live.output::<Candidates>("candidates", "candidates").latents
+    );
+    assert_eq!(
+        plain.output::<Video>("regenerator", "video").frames,
+        live.output::<Video>("regenerator", "video").frames,
+        "previews change no result"
+    );
 }

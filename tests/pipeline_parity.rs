@@ -52,7 +52,7 @@ fn noise(name: &str, shape: [usize; 5]) -> Tensor<5> {
     replay.normal(name, shape, &cpu()).unwrap()
 }
 
-fn go(_: StageProgress) -> ControlFlow<()> {
+fn go(_: StageProgress<'_>) -> ControlFlow<()> {
     ControlFlow::Continue(())
 }
 
@@ -111,21 +111,21 @@ fn stages_report_progress_and_stop_when_cancelled() {
     let model = Guided::new(&s.unet, &s.text, 7.5);
     let shape = [1, 4, frames, 8, 8];
     let mut seen = Vec::new();
-    let mut stop_after_two = |p: StageProgress| {
-        seen.push(p);
+    let mut stop_after_two = |p: StageProgress<'_>| {
+        seen.push((p.stage, p.done, p.total));
         if p.done == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
     };
     let z = i4vgen::static_video(&Tensor::zeros([2, 4, 1, 8, 8], &cpu()), 1, frames).unwrap();
     let err =
         i4vgen::ni_vsds(&model, &s.scheduler, z, noise("constant_noise", shape), 0.6, &[1.0], &mut stop_after_two);
     assert!(matches!(err, Err(PipelineError::Cancelled { stage: "ni_vsds" })), "{err:?}");
-    assert_eq!(seen.iter().map(|p| p.done).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(seen.iter().map(|p| p.1).collect::<Vec<_>>(), vec![1, 2]);
     let total = i4vgen::ni_vsds_iterations(s.scheduler.timesteps.len(), 0.6);
-    assert!(seen.iter().all(|p| p.total == total && p.stage == "ni_vsds"));
+    assert!(seen.iter().all(|p| p.2 == total && p.0 == "ni_vsds"));
 
     seen.clear();
-    let mut stop_after_one = |p: StageProgress| {
-        seen.push(p);
+    let mut stop_after_one = |p: StageProgress<'_>| {
+        seen.push((p.stage, p.done, p.total));
         ControlFlow::Break(())
     };
     let err = i4vgen::regenerate(

@@ -56,7 +56,7 @@ fn ti2v_zero_matches_the_clean_room_reference() {
     let mut noise = ReplayNoise::from_file(&common::fixtures().join("ti2v_zero/ti2v_zero_io.safetensors")).unwrap();
     let settings = settings(&s.json);
     let mut steps = Vec::new();
-    let mut observe = |p: StageProgress| {
+    let mut observe = |p: StageProgress<'_>| {
         steps.push(p.done);
         ControlFlow::Continue(())
     };
@@ -115,7 +115,7 @@ fn cancel_and_bad_settings() {
     let mut noise = ReplayNoise::from_file(&common::fixtures().join("ti2v_zero/ti2v_zero_io.safetensors")).unwrap();
     let image = s.fx.tensor::<4>("image", &cpu());
     let mut calls = 0;
-    let mut stop = |_: StageProgress| {
+    let mut stop = |_: StageProgress<'_>| {
         calls += 1;
         ControlFlow::Break(())
     };

@@ -34,6 +34,9 @@ pub enum BenchCase {
     I4vgen,
     /// One CLIP text encode of 77 tokens.
     Clip,
+    /// One live preview of a sampling step: 1 x `--frames` latents of `--size` x `--size` read back from the
+    /// device and projected to RGB (no VAE), what each step of a node pays while previews are on.
+    LatentPreview,
     /// One 3x3 convolution, 320 -> 320 channels, batch 2 at `--size` x `--size` (a first-level resnet
     /// convolution of the UNet step), the way the models run it; reports `gflops`.
     Conv,
@@ -59,6 +62,7 @@ impl BenchCase {
             BenchCase::VaeDecode => "vae-decode",
             BenchCase::I4vgen => "i4vgen",
             BenchCase::Clip => "clip",
+            BenchCase::LatentPreview => "latent-preview",
             BenchCase::Conv => "conv",
             BenchCase::Matmul => "matmul",
             BenchCase::Attention => "attention",
@@ -256,6 +260,14 @@ fn run_case(
             };
             (time(&|| Ok(read_back(vae.decode(z.clone()))))?, Some(estimate))
         }
+        BenchCase::LatentPreview => {
+            let z = Tensor::<5>::random([1, 4, args.frames, size, size], normal, device);
+            let run = || {
+                let images = crate::pipelines::preview::latent_rgb(&z).context("4-channel latents")?;
+                Ok(images.len())
+            };
+            (time(&run)?, None)
+        }
         BenchCase::Clip => {
             let clip = ClipTextConfig::default().init(device)?;
             let ids = Tensor::<2, Int>::from_ints([[49406i64; 77]], device);
@@ -299,7 +311,7 @@ fn run_case(
             let run = || -> anyhow::Result<usize> {
                 let f = args.frames;
                 let mut noise = SeededNoise::new(0);
-                let mut go = |_| std::ops::ControlFlow::Continue(());
+                let mut go = |_: crate::pipelines::i4vgen::StageProgress<'_>| std::ops::ControlFlow::Continue(());
                 let images = Guided::new(&image_unet, &text, 7.5).with_cfg_batch(cfg_batch);
                 let first = noise.normal("candidates", [1, 4, f, size, size], device)?;
                 let candidates = i4vgen::candidates(&images, &ddim, first, &mut go)?;

@@ -120,7 +120,7 @@ fn animate(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
     // Progress after every DDIM step and the clip so far after every new frame: both report through the
     // node's context, one at a time.
     let shared = RefCell::new(&mut *ctx);
-    let mut observer = |p: StageProgress| match shared.borrow_mut().progress(p.done as u64, p.total as u64) {
+    let mut observer = |p: StageProgress<'_>| match shared.borrow_mut().progress(p.done as u64, p.total as u64) {
         Ok(()) => ControlFlow::Continue(()),
         Err(_) => ControlFlow::Break(()),
     };

@@ -23,15 +23,18 @@ use super::memory::CfgBatch;
 pub use super::denoiser::{Conditioning, GuidanceConditioning, VideoDenoiser};
 
 /// What a stage reports after each of its steps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StageProgress {
+#[derive(Clone, Copy, Debug)]
+pub struct StageProgress<'a> {
     pub stage: &'static str,
     pub done: usize,
     pub total: usize,
+    /// The step's estimate of the clean latents [B, C, F, h, w], for live previews (None where the stage
+    /// has none).
+    pub latents: Option<&'a Tensor<5>>,
 }
 
 /// Called after every step; [`ControlFlow::Break`] cancels the stage before its next UNet call.
-pub type Observer<'a> = &'a mut dyn FnMut(StageProgress) -> ControlFlow<()>;
+pub type Observer<'a> = &'a mut dyn FnMut(StageProgress<'_>) -> ControlFlow<()>;
 
 /// A video denoiser with classifier-free guidance over one conditioning pair.
 pub struct Guided<'a> {
@@ -111,7 +114,7 @@ impl<'a> Guided<'a> {
                 if failure.borrow().is_some() {
                     return ControlFlow::Break(());
                 }
-                observer(StageProgress { stage, done: p.completed, total: p.total })
+                observer(StageProgress { stage, done: p.completed, total: p.total, latents: Some(p.pred_original) })
             },
         );
         if let Some(e) = failure.into_inner() {
@@ -243,7 +246,8 @@ pub fn ni_vsds(
         let eps_hat = model.eps(x, t, Motion::On)?;
         let w = 1.0 - scheduler.alphas_cumprod[t];
         z = z - (eps_hat - noise.clone()).mul_scalar(s * w);
-        if observer(StageProgress { stage: "ni_vsds", done: i + 1, total }).is_break() && i + 1 < total {
+        let progress = StageProgress { stage: "ni_vsds", done: i + 1, total, latents: Some(&z) };
+        if observer(progress).is_break() && i + 1 < total {
             return Err(PipelineError::Cancelled { stage: "ni_vsds" });
         }
     }

@@ -9,6 +9,7 @@ pub mod denoiser;
 pub mod i4vgen;
 pub mod memory;
 pub mod noise;
+pub mod preview;
 pub mod ti2v_zero;
 
 use std::sync::Arc;

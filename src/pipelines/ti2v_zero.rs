@@ -155,7 +155,7 @@ pub fn ti2v_zero_with(
         let mut ddim_step = |x: Tensor<5>, t: usize| -> Result<Tensor<5>, PipelineError> {
             let eps = model.eps(x.clone(), t, Motion::On)?;
             done += 1;
-            if observer(StageProgress { stage: "ti2v_zero", done, total }).is_break() {
+            if observer(StageProgress { stage: "ti2v_zero", done, total, latents: None }).is_break() {
                 return Err(PipelineError::Cancelled { stage: "ti2v_zero" });
             }
             Ok(ddim.step(x, eps, t))

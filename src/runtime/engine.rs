@@ -29,6 +29,7 @@ pub struct Engine {
     /// The memory a node may use in all (weights + activations); `None`: the system's available memory on
     /// the CPU, no check on a GPU (burn does not report a GPU's capacity).
     memory_limit: Option<u64>,
+    live_previews: u32,
 }
 
 impl Engine {
@@ -41,6 +42,7 @@ impl Engine {
             access: AccessPolicy::new(models_dir, crate::graph::access::DEFAULT_OUTPUT_DIR),
             device: Device::flex(),
             memory_limit: None,
+            live_previews: 0,
         }
     }
 
@@ -48,6 +50,12 @@ impl Engine {
     /// and result caches stay.
     pub fn set_memory_limit(&mut self, bytes: Option<u64>) {
         self.memory_limit = bytes;
+    }
+
+    /// Sampling nodes preview their latents every `every` steps (0: never, the default: a front end that
+    /// shows them turns them on).
+    pub fn set_live_previews(&mut self, every: u32) {
+        self.live_previews = every;
     }
 
     pub fn memory_limit(&self) -> Option<u64> {
@@ -418,6 +426,7 @@ impl Engine {
             models: &self.models,
             device: &self.device,
             memory_limit: self.memory_limit,
+            live_previews: self.live_previews,
             inputs,
             report: &mut report,
             cancelled,

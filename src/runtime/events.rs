@@ -30,6 +30,8 @@ pub enum Command {
     /// Replace the engine's access policy (what graphs may read and write); the current graph is checked
     /// again.
     SetAccess(Box<crate::graph::AccessPolicy>),
+    /// Sampling nodes preview their latents every this many steps (0: off).
+    SetLivePreviews(u32),
     /// Stop the current run at the next step (the flag is set by the handle; this only wakes an idle worker).
     Cancel,
     Shutdown,

@@ -155,10 +155,15 @@ pub struct EvalContext<'a> {
     pub device: &'a burn::tensor::Device,
     /// The memory limit of the run (weights + activations), if one was set.
     pub memory_limit: Option<u64>,
+    /// Show the sampling latents every this many steps ([`EvalContext::live_preview`]; 0: never).
+    pub live_previews: u32,
     pub(crate) inputs: BTreeMap<String, Value>,
     pub(crate) report: &'a mut dyn FnMut(NodeReport),
     pub(crate) cancelled: &'a dyn Fn() -> bool,
 }
+
+/// The preview label of the sampling latents shown while a node samples (dropped when it finishes).
+pub const LIVE_PREVIEW: &str = "live";
 
 /// What a node reports while it runs.
 pub enum NodeReport {
@@ -204,6 +209,27 @@ impl EvalContext<'_> {
     /// Shows an intermediate result in the front end.
     pub fn preview<T: PortValue>(&mut self, label: &str, value: T) {
         (self.report)(NodeReport::Preview { label: label.to_string(), value: value.into_value() });
+    }
+
+    /// While sampling: the step's latents [B, C, F, h, w] projected to RGB (see [`crate::pipelines::preview`])
+    /// as the node's [`LIVE_PREVIEW`], every [`Self::live_previews`] steps. Several frames show as a clip,
+    /// one frame per sample as images.
+    pub fn live_preview(&mut self, done: usize, latents: Option<&burn::tensor::Tensor<5>>) {
+        let every = self.live_previews as usize;
+        let Some(latents) = latents else { return };
+        if every == 0 || !done.is_multiple_of(every) {
+            return;
+        }
+        let Some(images) = crate::pipelines::preview::latent_rgb(latents) else { return };
+        let [_, _, frames, _, _] = latents.dims();
+        let value = if frames > 1 {
+            let frames = images.into_iter().take(frames).collect();
+            let clip = crate::video::Video { frames, fps: 8.0, prompt: String::new(), seed: 0, latents: None };
+            Value::Video(std::sync::Arc::new(clip))
+        } else {
+            Value::Images(std::sync::Arc::new(images.into_iter().map(std::sync::Arc::new).collect()))
+        };
+        (self.report)(NodeReport::Preview { label: LIVE_PREVIEW.to_string(), value });
     }
 
     /// A message shown on the node (a truncated prompt, a fallback taken, ...).

@@ -122,6 +122,11 @@ impl Worker {
         Ok(run_id)
     }
 
+    /// Sampling nodes preview their latents every `every` steps from the next node on (0: off).
+    pub fn set_live_previews(&self, every: u32) -> Result<(), WorkerError> {
+        self.send(Command::SetLivePreviews(every))
+    }
+
     /// Pauses the run in progress at its next step, or a run that starts later at its first (the worker
     /// keeps everything it computed; Cancel still works).
     pub fn pause(&self) {
@@ -300,6 +305,7 @@ impl WorkerState {
                     engine.set_access(*access);
                     self.check(&mut engine, &graph, &mut shown);
                 }
+                Command::SetLivePreviews(every) => engine.set_live_previews(every),
                 Command::Cancel => {}
                 Command::Shutdown => break,
             }

@@ -30,6 +30,8 @@ const FIT_FRAMES: u8 = 3;
 const UNDO_STEPS: usize = 200;
 /// The graph being edited is autosaved to the recovery file at most this often (seconds) while it changes.
 pub const AUTOSAVE_EVERY: f64 = 5.0;
+/// Live previews show the sampling latents after every this many steps.
+pub const LIVE_PREVIEW_EVERY: u32 = 1;
 
 const OPEN: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::O);
 const SAVE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::S);
@@ -112,6 +114,8 @@ pub struct Studio {
     last_run_graph: Option<Graph>,
     /// The clip player panel.
     player: super::player::Player,
+    /// Whether sampling nodes show their latents while they run.
+    live_previews: bool,
     /// Each node's rect on the screen, as drawn last frame.
     node_rects: Vec<(NodeId, egui::Rect)>,
     /// What Copy took last (a preset of the copied nodes), for Paste when the system clipboard is not
@@ -159,8 +163,19 @@ impl Studio {
             clicked_node: None,
             last_run_graph: None,
             player: Default::default(),
+            live_previews: true,
             node_rects: Default::default(),
             clipboard: None,
+        }
+    }
+
+    /// Turns the sampling nodes' live previews on or off (View menu).
+    pub fn set_live_previews(&mut self, on: bool) {
+        self.live_previews = on;
+        if let Some(worker) = &self.worker
+            && let Err(e) = worker.set_live_previews(if on { LIVE_PREVIEW_EVERY } else { 0 })
+        {
+            self.session.push(Notice::error(format!("the worker did not take the preview setting: {e}")));
         }
     }
 
@@ -559,6 +574,7 @@ impl Studio {
     pub fn with_worker(mut self, worker: Worker) -> Studio {
         self.worker = Some(worker);
         self.send_access();
+        self.set_live_previews(self.live_previews);
         self.send_graph();
         self
     }
@@ -1035,6 +1051,16 @@ impl Studio {
                     .shortcut_text(ui.ctx().format_shortcut(&PLAYER));
                 if ui.add(player).clicked() {
                     self.player.open = !self.player.open;
+                }
+                let mut live = self.live_previews;
+                if ui
+                    .checkbox(&mut live, "Live previews while sampling")
+                    .on_hover_text(
+                        "Sampling nodes show their latents (a fixed projection to colour, no VAE) after every step",
+                    )
+                    .changed()
+                {
+                    self.set_live_previews(live);
                 }
             });
             ui.menu_button("Run", |ui| {

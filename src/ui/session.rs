@@ -305,13 +305,16 @@ impl Session {
                     self.history.insert(node.clone(), elapsed);
                 }
                 let state = self.bump(&node);
+                state.previews.remove(crate::runtime::LIVE_PREVIEW);
                 state.activity = Some(Activity::Done { cached, elapsed });
                 state.plan = Some(NodeStatus::Cached);
                 state.outputs = Some(outputs);
             }
             Event::NodeFailed { node, message, .. } => {
                 self.push(Notice::error(format!("node '{node}' failed: {message}")));
-                self.nodes.entry(node).or_default().activity = Some(Activity::Failed { message });
+                let state = self.bump(&node);
+                state.previews.remove(crate::runtime::LIVE_PREVIEW);
+                state.activity = Some(Activity::Failed { message });
             }
             Event::NodeSkipped { node, reason, .. } => {
                 self.nodes.entry(node).or_default().activity = Some(Activity::Skipped { reason });

@@ -32,7 +32,7 @@ impl Shown<'_> {
 
 /// The result to show for a node: its newest preview, else its outputs.
 pub fn shown(state: &NodeState) -> Option<Shown<'_>> {
-    for label in ["ranking", "video", "candidates", "image"] {
+    for label in [crate::runtime::LIVE_PREVIEW, "ranking", "video", "candidates", "image"] {
         let shown = match state.previews.get(label) {
             Some(Value::Ranking(r)) => Shown::Ranking(r),
             Some(Value::Video(v)) => Shown::Video(v),

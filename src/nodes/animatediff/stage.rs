@@ -73,11 +73,14 @@ pub(crate) fn frames(ctx: &EvalContext<'_>, unet: &VideoUnet) -> Result<usize, N
 /// Runs a stage with per-step progress on the node; a cancelled run stops the stage within one step.
 pub(crate) fn with_progress<T>(
     ctx: &mut EvalContext<'_>,
-    stage: impl FnOnce(&mut dyn FnMut(StageProgress) -> ControlFlow<()>) -> Result<T, PipelineError>,
+    stage: impl FnOnce(&mut dyn FnMut(StageProgress<'_>) -> ControlFlow<()>) -> Result<T, PipelineError>,
 ) -> Result<T, NodeError> {
-    let mut observer = |p: StageProgress| match ctx.progress(p.done as u64, p.total as u64) {
-        Ok(()) => ControlFlow::Continue(()),
-        Err(_) => ControlFlow::Break(()),
+    let mut observer = |p: StageProgress<'_>| {
+        ctx.live_preview(p.done, p.latents);
+        match ctx.progress(p.done as u64, p.total as u64) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
     };
     stage(&mut observer).map_err(failed)
 }
