@@ -369,14 +369,30 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
     }
 }
 
-/// The view transform that shows `content` (canvas coordinates) centred in `screen`, with a margin, never
-/// magnified beyond 1:1 and never below the canvas's smallest zoom.
+/// The smallest zoom the editor picks by itself. egui-snarl zooms by scaling the canvas layer, so text is
+/// drawn at its normal size and scaled down: below about three quarters thin glyphs ("." and "l") vanish
+/// ("10.0" read as "10 0"). The artist may still zoom further out by hand.
+pub const MIN_FIT_SCALE: f32 = 0.9;
+
+/// The view transform that shows `content` (canvas coordinates) in `screen` with a margin: centred and as
+/// large as fits, never magnified beyond 1:1 and never below [`MIN_FIT_SCALE`]. When it does not fit at that
+/// zoom, the view shows its top-left part (where a pipeline starts) and the artist pans to the rest.
 pub fn fit_transform(screen: Rect, content: Rect) -> TSTransform {
     const MARGIN: f32 = 24.0;
     let available = (screen.size() - egui::vec2(2.0 * MARGIN, 2.0 * MARGIN)).max(egui::vec2(1.0, 1.0));
     let size = content.size().max(egui::vec2(1.0, 1.0));
-    let scale = (available.x / size.x).min(available.y / size.y).clamp(0.25, 1.0);
-    TSTransform::new(screen.center().to_vec2() - content.center().to_vec2() * scale, scale)
+    let scale = (available.x / size.x).min(available.y / size.y).clamp(MIN_FIT_SCALE, 1.0);
+    // Per axis: centred when the content fits, else its start at the margin.
+    let place = |screen_min: f32, screen_len: f32, content_min: f32, content_len: f32| {
+        if content_len * scale <= screen_len - 2.0 * MARGIN {
+            screen_min + (screen_len - content_len * scale) / 2.0 - content_min * scale
+        } else {
+            screen_min + MARGIN - content_min * scale
+        }
+    };
+    let x = place(screen.min.x, screen.width(), content.min.x, size.x);
+    let y = place(screen.min.y, screen.height(), content.min.y, size.y);
+    TSTransform::new(egui::vec2(x, y), scale)
 }
 
 #[cfg(test)]
@@ -386,13 +402,25 @@ mod tests {
     #[test]
     fn fitting_centres_the_content_and_never_magnifies() {
         let screen = Rect::from_min_size(egui::pos2(0.0, 30.0), egui::vec2(1000.0, 600.0));
-        let wide = Rect::from_min_max(egui::pos2(40.0, 40.0), egui::pos2(1940.0, 640.0));
+        let wide = Rect::from_min_max(egui::pos2(40.0, 40.0), egui::pos2(1240.0, 640.0));
         let t = fit_transform(screen, wide);
         let shown = t * wide;
         assert!((shown.center() - screen.center()).length() < 0.01);
         assert!(screen.contains_rect(shown), "{shown:?} in {screen:?}");
         assert!((shown.width() - (1000.0 - 48.0)).abs() < 0.01, "the wide side fills the width");
+        assert!(t.scaling >= MIN_FIT_SCALE);
         let small = Rect::from_min_size(egui::pos2(0.0, 0.0), egui::vec2(100.0, 50.0));
         assert_eq!(fit_transform(screen, small).scaling, 1.0);
+    }
+
+    #[test]
+    fn fitting_never_zooms_below_legibility_and_shows_the_start_of_a_wide_graph() {
+        let screen = Rect::from_min_size(egui::pos2(0.0, 30.0), egui::vec2(1000.0, 600.0));
+        let huge = Rect::from_min_max(egui::pos2(-200.0, 100.0), egui::pos2(4800.0, 500.0));
+        let t = fit_transform(screen, huge);
+        assert_eq!(t.scaling, MIN_FIT_SCALE);
+        let shown = t * huge;
+        assert!((shown.min.x - 24.0).abs() < 0.01, "the left end at the margin: {shown:?}");
+        assert!((shown.center().y - screen.center().y).abs() < 0.01, "centred vertically where it fits");
     }
 }
