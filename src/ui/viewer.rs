@@ -402,7 +402,7 @@ mod tests {
     #[test]
     fn fitting_centres_the_content_and_never_magnifies() {
         let screen = Rect::from_min_size(egui::pos2(0.0, 30.0), egui::vec2(1000.0, 600.0));
-        let wide = Rect::from_min_max(egui::pos2(40.0, 40.0), egui::pos2(1240.0, 640.0));
+        let wide = Rect::from_min_max(egui::pos2(40.0, 40.0), egui::pos2(1040.0, 540.0));
         let t = fit_transform(screen, wide);
         let shown = t * wide;
         assert!((shown.center() - screen.center()).length() < 0.01);
