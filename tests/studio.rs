@@ -694,3 +694,41 @@ fn the_player_steps_frames_and_the_ab_view_shows_both_clips_at_the_same_frame() 
     let b = caption(&output, "B").unwrap();
     assert_eq!(a.split(" · ").nth(1), b.split(" · ").nth(1), "synced: {a} / {b}");
 }
+
+/// A node's failure is in the log with its time, level and node, and on the node; the log filters by level;
+/// clicking the line selects the node.
+#[test]
+fn the_log_names_the_node_and_level_and_selects_the_node() {
+    use stepstone::runtime::events::Event;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    ctx.enable_accesskit();
+    let mut studio = studio();
+    assert!(studio.open(&cheap_demo(dir.path())));
+    let session = studio.session_mut();
+    session.apply(Event::NodeFailed { run_id: 1, node: "candidates".into(), message: "out of memory".into() });
+    let logged = studio.session().log.last().unwrap().clone();
+    assert_eq!(logged.node.as_deref(), Some("candidates"));
+    let line = logged.line();
+    assert!(line.contains(" error [candidates] failed: out of memory"), "{line}");
+    assert!(line.as_bytes()[2] == b':' && line.as_bytes()[5] == b':', "starts with the time: {line}");
+    let mut output = run_frame(&ctx, &mut studio, raw_input(0.0));
+    for t in 1..3 {
+        output = run_frame(&ctx, &mut studio, raw_input(f64::from(t) * 0.1));
+    }
+    let texts: Vec<String> = values(&output).into_iter().map(|(v, _)| v).chain(labels(&output)).collect();
+    assert!(texts.iter().any(|t| *t == line), "the log panel shows the line: {texts:?}");
+    assert!(texts.iter().any(|t| t == "out of memory"), "and the node shows the error");
+    let update = output.platform_output.accesskit_update.as_ref().unwrap();
+    let (target, _) = update
+        .nodes
+        .iter()
+        .find(|(_, n)| {
+            (n.value() == Some(line.as_str()) || n.label() == Some(line.as_str()))
+                && n.supports_action(egui::accesskit::Action::Click)
+        })
+        .unwrap();
+    run_frame(&ctx, &mut studio, click(*target, 1.0));
+    run_frame(&ctx, &mut studio, raw_input(1.1));
+    assert_eq!(studio.selected(), ["candidates"], "clicking the line selects its node");
+}

@@ -145,7 +145,11 @@ impl Worker {
     /// Cancels every run asked for so far (the one in progress stops within one step).
     pub fn cancel(&self) {
         self.cancel_upto.fetch_max(self.next_run.saturating_sub(1), Ordering::SeqCst);
-        let _ = self.send(Command::Cancel);
+        // The flag set above is what cancels; the command only wakes an idle worker, so a full queue (a busy
+        // worker, which polls the flag) loses nothing.
+        if let Err(WorkerError::Stopped) = self.send(Command::Cancel) {
+            tracing::debug!("cancel: the worker has stopped");
+        }
     }
 
     /// Asks which nodes a run of `targets` would evaluate; answered with `Event::Stale`.
@@ -190,7 +194,9 @@ impl Worker {
             while self.events.try_recv().is_ok() {}
             std::thread::sleep(Duration::from_millis(1));
         }
-        let _ = thread.join();
+        if thread.join().is_err() {
+            tracing::error!("the worker thread panicked; its last run's events may be missing");
+        }
     }
 }
 

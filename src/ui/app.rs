@@ -116,6 +116,9 @@ pub struct Studio {
     player: super::player::Player,
     /// Whether sampling nodes show their latents while they run.
     live_previews: bool,
+    /// The log panel's filters.
+    log_filter: LogFilter,
+    log_search: String,
     /// Each node's rect on the screen, as drawn last frame.
     node_rects: Vec<(NodeId, egui::Rect)>,
     /// What Copy took last (a preset of the copied nodes), for Paste when the system clipboard is not
@@ -164,6 +167,8 @@ impl Studio {
             last_run_graph: None,
             player: Default::default(),
             live_previews: true,
+            log_filter: LogFilter::All,
+            log_search: String::new(),
             node_rects: Default::default(),
             clipboard: None,
         }
@@ -1168,12 +1173,53 @@ impl Studio {
             ui.label(RichText::new(message.to_string()).color(colour));
         }
         ui.separator();
-        ui.heading("Log");
-        egui::ScrollArea::vertical().stick_to_bottom(true).show(ui, |ui| {
-            for notice in &self.session.log {
-                ui.label(RichText::new(&notice.text).color(level_colour(notice.level)));
+        self.log_panel(ui);
+    }
+
+    /// Every message since the editor started (up to [`super::session::LOG_LINES`]), with its time, level and
+    /// node; filtered by level and text; a click on a node's message selects the node.
+    fn log_panel(&mut self, ui: &mut Ui) {
+        ui.horizontal(|ui| {
+            ui.heading("Log");
+            egui::ComboBox::from_id_salt("log-level").selected_text(self.log_filter.label()).show_ui(ui, |ui| {
+                for filter in [LogFilter::All, LogFilter::Problems, LogFilter::Errors] {
+                    ui.selectable_value(&mut self.log_filter, filter, filter.label());
+                }
+            });
+            ui.add(egui::TextEdit::singleline(&mut self.log_search).hint_text("filter").desired_width(90.0));
+            if ui.small_button("copy").on_hover_text("Copy the messages shown").clicked() {
+                let text: Vec<String> = self.shown_log().map(|n| n.line()).collect();
+                ui.ctx().copy_text(text.join("\n"));
             }
         });
+        let mut select = None;
+        egui::ScrollArea::vertical().id_salt("log").stick_to_bottom(true).show(ui, |ui| {
+            for notice in self.shown_log() {
+                let text = RichText::new(notice.line()).color(level_colour(notice.level)).small();
+                let line = ui.add(egui::Label::new(text).wrap().sense(egui::Sense::click()));
+                if let Some(node) = &notice.node
+                    && line.on_hover_text("Click to select the node").clicked()
+                {
+                    select = Some(node.clone());
+                }
+            }
+        });
+        if let Some(node) = select
+            && self.doc.find(&node).is_some()
+        {
+            self.select(&node);
+        }
+    }
+
+    /// The log lines the panel's filters let through.
+    fn shown_log(&self) -> impl Iterator<Item = &Notice> {
+        let search = self.log_search.to_lowercase();
+        self.session.log.iter().filter(move |n| {
+            self.log_filter.admits(n.level)
+                && (search.is_empty()
+                    || n.text.to_lowercase().contains(&search)
+                    || n.node.as_ref().is_some_and(|id| id.to_lowercase().contains(&search)))
+        })
     }
 
     fn canvas(&mut self, ui: &mut Ui) {
@@ -1259,6 +1305,32 @@ impl Studio {
             egui::TextStyle::Heading.resolve(ui.style()),
             Color32::WHITE,
         );
+    }
+}
+
+/// Which messages the log panel shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFilter {
+    All,
+    Problems,
+    Errors,
+}
+
+impl LogFilter {
+    fn label(self) -> &'static str {
+        match self {
+            LogFilter::All => "all",
+            LogFilter::Problems => "warnings and errors",
+            LogFilter::Errors => "errors",
+        }
+    }
+
+    fn admits(self, level: Level) -> bool {
+        match self {
+            LogFilter::All => true,
+            LogFilter::Problems => level != Level::Info,
+            LogFilter::Errors => level == Level::Error,
+        }
     }
 }
 

@@ -24,17 +24,41 @@ pub enum Level {
 pub struct Notice {
     pub level: Level,
     pub text: String,
+    /// The node it is about, if any.
+    pub node: Option<NodeId>,
+    /// When it was made.
+    pub at: std::time::SystemTime,
 }
 
 impl Notice {
+    fn new(level: Level, text: impl Into<String>) -> Self {
+        Notice { level, text: text.into(), node: None, at: std::time::SystemTime::now() }
+    }
     pub fn info(text: impl Into<String>) -> Self {
-        Notice { level: Level::Info, text: text.into() }
+        Notice::new(Level::Info, text)
     }
     pub fn warning(text: impl Into<String>) -> Self {
-        Notice { level: Level::Warning, text: text.into() }
+        Notice::new(Level::Warning, text)
     }
     pub fn error(text: impl Into<String>) -> Self {
-        Notice { level: Level::Error, text: text.into() }
+        Notice::new(Level::Error, text)
+    }
+    /// This notice, about node `id`.
+    pub fn about(mut self, id: impl Into<NodeId>) -> Self {
+        self.node = Some(id.into());
+        self
+    }
+
+    /// `12:04:31 error [selector] text` (UTC time of day).
+    pub fn line(&self) -> String {
+        let secs = self.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) % 86_400;
+        let level = match self.level {
+            Level::Info => "info",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        };
+        let node = self.node.as_ref().map(|n| format!(" [{n}]")).unwrap_or_default();
+        format!("{:02}:{:02}:{:02} {level}{node} {}", secs / 3600, secs / 60 % 60, secs % 60, self.text)
     }
 }
 
@@ -108,8 +132,8 @@ pub struct Eta {
     pub complete: bool,
 }
 
-/// How many log lines are kept.
-const LOG_LINES: usize = 500;
+/// How many log lines are kept: every message of a long day's work (the oldest go beyond this).
+pub const LOG_LINES: usize = 20_000;
 
 impl Session {
     pub fn node(&self, id: &str) -> Option<&NodeState> {
@@ -117,10 +141,11 @@ impl Session {
     }
 
     pub fn push(&mut self, notice: Notice) {
+        let node = notice.node.as_deref().unwrap_or("-");
         match notice.level {
-            Level::Info => tracing::info!("{}", notice.text),
-            Level::Warning => tracing::warn!("{}", notice.text),
-            Level::Error => tracing::error!("{}", notice.text),
+            Level::Info => tracing::info!(node, "{}", notice.text),
+            Level::Warning => tracing::warn!(node, "{}", notice.text),
+            Level::Error => tracing::error!(node, "{}", notice.text),
         }
         self.log.push(notice);
         if self.log.len() > LOG_LINES {
@@ -297,7 +322,7 @@ impl Session {
                 self.bump(&node).previews.insert(label, value);
             }
             Event::NodeNote { node, text, .. } => {
-                self.push(Notice::info(format!("{node}: {text}")));
+                self.push(Notice::info(text.clone()).about(node.clone()));
                 self.nodes.entry(node).or_default().notes.push(text);
             }
             Event::NodeFinished { node, cached, elapsed, outputs, .. } => {
@@ -311,12 +336,13 @@ impl Session {
                 state.outputs = Some(outputs);
             }
             Event::NodeFailed { node, message, .. } => {
-                self.push(Notice::error(format!("node '{node}' failed: {message}")));
+                self.push(Notice::error(format!("failed: {message}")).about(node.clone()));
                 let state = self.bump(&node);
                 state.previews.remove(crate::runtime::LIVE_PREVIEW);
                 state.activity = Some(Activity::Failed { message });
             }
             Event::NodeSkipped { node, reason, .. } => {
+                self.push(Notice::warning(format!("skipped: {reason}")).about(node.clone()));
                 self.nodes.entry(node).or_default().activity = Some(Activity::Skipped { reason });
             }
             Event::RunFinished { outcome, .. } => {
@@ -399,8 +425,12 @@ mod tests {
         s.apply(Event::RunFinished { run_id: 1, outcome: RunOutcome::Failed { failed: vec!["b".into()] } });
         assert_eq!(s.running, None);
         assert_eq!(s.node("a").unwrap().outputs.as_ref().unwrap().get::<i64>("x"), Some(&3));
-        let errors: Vec<&str> = s.log.iter().filter(|n| n.level == Level::Error).map(|n| n.text.as_str()).collect();
-        assert_eq!(errors, ["node 'b' failed: file gone", "run finished with failures in: b"]);
+        let errors: Vec<(Option<&str>, &str)> =
+            s.log.iter().filter(|n| n.level == Level::Error).map(|n| (n.node.as_deref(), n.text.as_str())).collect();
+        assert_eq!(errors, [(Some("b"), "failed: file gone"), (None, "run finished with failures in: b")]);
+        let skipped = s.log.iter().find(|n| n.node.as_deref() == Some("c")).unwrap();
+        assert_eq!(skipped.level, Level::Warning, "a skipped node is logged too");
+        assert!(skipped.line().ends_with(" warning [c] skipped: b failed"), "{}", skipped.line());
         // A new run clears the old activities but keeps outputs until the node runs again.
         s.apply(Event::RunStarted { run_id: 2, plan: plan(&["c"]) });
         assert_eq!(s.node("a").unwrap().activity, None);

@@ -197,7 +197,12 @@ fn replace_folder(tmp: &Path, dir: &Path, overwrite: bool) -> Result<(), ExportE
     std::fs::rename(dir, &old.path).map_err(|e| write_err(&e))?;
     if let Err(e) = std::fs::rename(tmp, dir) {
         // Put the old folder back; the new frames are removed by the caller.
-        let _ = std::fs::rename(&old.path, dir);
+        if let Err(back) = std::fs::rename(&old.path, dir) {
+            let kept = old.path.display();
+            return Err(write_err(&format!(
+                "{e}; the previous frames could not be moved back ({back}): they are in {kept}"
+            )));
+        }
         return Err(write_err(&e));
     }
     output::remove_frame_folder(&old.path);
