@@ -717,7 +717,7 @@ fn the_log_names_the_node_and_level_and_selects_the_node() {
         output = run_frame(&ctx, &mut studio, raw_input(f64::from(t) * 0.1));
     }
     let texts: Vec<String> = values(&output).into_iter().map(|(v, _)| v).chain(labels(&output)).collect();
-    assert!(texts.iter().any(|t| *t == line), "the log panel shows the line: {texts:?}");
+    assert!(texts.contains(&line), "the log panel shows the line: {texts:?}");
     assert!(texts.iter().any(|t| t == "out of memory"), "and the node shows the error");
     let update = output.platform_output.accesskit_update.as_ref().unwrap();
     let (target, _) = update
