@@ -732,3 +732,31 @@ fn the_log_names_the_node_and_level_and_selects_the_node() {
     run_frame(&ctx, &mut studio, raw_input(1.1));
     assert_eq!(studio.selected(), ["candidates"], "clicking the line selects its node");
 }
+
+/// Model loaders say what their file holds (or why it is no model) before anything runs, and their file
+/// menu lists what the models folder holds.
+#[test]
+fn model_loaders_show_what_was_detected_and_list_the_models_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    ctx.enable_accesskit();
+    let mut studio = studio();
+    assert!(studio.open(&cheap_demo(dir.path())));
+    studio.document_mut().set_param("reward", "path", serde_json::json!("README.md"));
+    let mut output = run_frame(&ctx, &mut studio, raw_input(0.0));
+    for t in 1..3 {
+        output = run_frame(&ctx, &mut studio, raw_input(f64::from(t) * 0.1));
+    }
+    let texts: Vec<String> = values(&output).into_iter().map(|(v, _)| v).collect();
+    assert!(texts.iter().any(|t| t.starts_with("diffusers folder (StableDiffusionPipeline) · ")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.starts_with("AnimateDiff motion module · pickle checkpoint · ")), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t.contains("README.md") && t.contains("unsupported weight file type")),
+        "why README.md is no model: {texts:?}"
+    );
+    let listed = stepstone::ui::params::models_in(&repo("assets/demo-models"));
+    for model in ["sd15-tiny", "mm_tiny_v2.ckpt", "ImageReward-tiny", "modelscope-tiny"] {
+        assert!(listed.iter().any(|m| m == model), "{model} in {listed:?}");
+    }
+    assert!(!listed.iter().any(|m| m == "README.md"), "only models are listed");
+}

@@ -65,6 +65,25 @@ pub fn param_form(
                         param_editor(ui, spec, stored, models_dir)
                     })
                     .inner;
+                if let ParamType::Path { role: PathRole::Model, .. } = spec.ty
+                    && let Some(path) = node.params.get(spec.name).and_then(Value::as_str).filter(|p| !p.is_empty())
+                {
+                    // What the file or folder holds, on the row below (or why it is no model).
+                    ui.end_row();
+                    ui.label("");
+                    let (text, colour) = match detected(&models_dir.join(path)) {
+                        Ok(found) => (found, None),
+                        Err(why) => (why, Some(ERROR_COLOUR)),
+                    };
+                    let mut text = RichText::new(text).small().weak();
+                    if let Some(c) = colour {
+                        text = text.color(c);
+                    }
+                    ui.add(egui::Label::new(text).wrap());
+                    if form.reset_buttons {
+                        ui.label("");
+                    }
+                }
                 if let Some(value) = changed {
                     if take_picked_in_dialog(ui)
                         && let Some(text) = value.as_str()
@@ -201,6 +220,23 @@ fn path_editor(ui: &mut Ui, current: &str, role: PathRole, models_dir: &Path) ->
                     if ui.button("Folder (diffusers)…").clicked() {
                         picked = rfd::FileDialog::new().set_directory(models_dir).pick_folder();
                     }
+                    ui.separator();
+                    ui.label(RichText::new(format!("In {}", models_dir.display())).small().weak());
+                    let found = models_in(models_dir);
+                    if found.is_empty() {
+                        ui.label(RichText::new("no models here yet").weak());
+                    }
+                    egui::ScrollArea::vertical().max_height(300.0).show(ui, |ui| {
+                        for rel in found {
+                            let hover = detected(&models_dir.join(&rel)).unwrap_or_else(|why| why);
+                            if ui.selectable_label(rel == current, &rel).on_hover_text(hover).clicked()
+                                && rel != current
+                            {
+                                out = Some(Value::from(rel));
+                                ui.close();
+                            }
+                        }
+                    });
                 })
                 .response
                 .on_hover_text("Choose a model file or folder");
@@ -224,6 +260,61 @@ fn path_editor(ui: &mut Ui, current: &str, role: PathRole, models_dir: &Path) ->
             ui.ctx().data_mut(|d| d.insert_temp(picked_id(), true));
         }
     });
+    out
+}
+
+/// [`crate::models::load::identify::describe_model`] of a path, remembered while the file's size and time
+/// stay the same (the canvas asks every frame).
+pub fn detected(path: &Path) -> Result<String, String> {
+    type Seen =
+        std::collections::HashMap<std::path::PathBuf, (Option<std::time::SystemTime>, u64, Result<String, String>)>;
+    static SEEN: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
+    let meta = std::fs::metadata(path).ok();
+    let stamp = (meta.as_ref().and_then(|m| m.modified().ok()), meta.as_ref().map_or(0, |m| m.len()));
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = seen.get_or_insert_with(Default::default);
+    if let Some((time, len, found)) = seen.get(path)
+        && (*time, *len) == stamp
+    {
+        return found.clone();
+    }
+    let found = crate::models::load::identify::describe_model(path);
+    if seen.len() > 256 {
+        seen.clear();
+    }
+    seen.insert(path.to_path_buf(), (stamp.0, stamp.1, found.clone()));
+    found
+}
+
+/// The models the models folder holds, relative to it: weight files and model folders, two levels deep.
+pub fn models_in(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, depth: usize, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for path in entries {
+            let rel = || path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+            if path.is_dir() {
+                let is_model =
+                    ["model_index.json", "config.json", "med_config.json"].iter().any(|f| path.join(f).is_file());
+                if is_model {
+                    out.push(rel());
+                } else if depth > 0 {
+                    walk(root, &path, depth - 1, out);
+                }
+            } else if path
+                .extension()
+                .is_some_and(|e| ["safetensors", "ckpt", "bin", "pt", "pth"].contains(&&*e.to_string_lossy()))
+            {
+                out.push(rel());
+            }
+            if out.len() >= 200 {
+                return;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, 1, &mut out);
     out
 }
 

@@ -64,6 +64,7 @@ type EntryError = (&'static str, String);
 /// One checked tensor entry of a safetensors header.
 struct Entry {
     shape: Vec<usize>,
+    dtype: String,
     begin: u64,
     end: u64,
 }
@@ -133,11 +134,24 @@ fn parse_entry(value: &Value, data_len: u64) -> Result<Entry, EntryError> {
             format!("[{begin}, {end}] holds {} bytes, but shape {shape:?} of {dtype} takes {bytes}", end - begin),
         ));
     }
-    Ok(Entry { shape, begin, end })
+    Ok(Entry { shape, dtype: dtype.to_string(), begin, end })
 }
 
 /// The tensor names and shapes of a safetensors file, with the checks of the module documentation.
 pub fn safetensors_shapes(path: &Path) -> Result<Shapes, LoadError> {
+    Ok(safetensors_entries(path)?.into_iter().map(|(key, entry)| (key, entry.shape)).collect())
+}
+
+/// How many tensors of each dtype a safetensors file holds (checked as [`safetensors_shapes`] checks it).
+pub fn safetensors_dtypes(path: &Path) -> Result<std::collections::BTreeMap<String, usize>, LoadError> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (_, entry) in safetensors_entries(path)? {
+        *counts.entry(entry.dtype).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+fn safetensors_entries(path: &Path) -> Result<Vec<(String, Entry)>, LoadError> {
     let read_err = |message: String| LoadError::Read { path: path.to_path_buf(), message };
     let corrupt = |tensor: Option<&str>, field: &'static str, message: String| LoadError::Corrupt {
         path: path.to_path_buf(),
@@ -214,7 +228,7 @@ pub fn safetensors_shapes(path: &Path) -> Result<Shapes, LoadError> {
             format!("the tensors take {at} bytes of data, but the file holds {data_len} bytes after its header"),
         ));
     }
-    Ok(entries.into_iter().map(|(key, entry)| (key.to_string(), entry.shape)).collect())
+    Ok(entries.into_iter().map(|(key, entry)| (key.to_string(), entry)).collect())
 }
 
 /// A panic's message, if it has one.

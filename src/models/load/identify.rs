@@ -106,9 +106,95 @@ pub fn read_shapes(path: &Path) -> Result<Vec<(String, Vec<usize>)>, LoadError> 
     }
 }
 
+/// What a model path holds, in one line for the artist: the kind of model (from its keys, or a folder's
+/// `model_index.json` / `config.json` class), the file format and dtypes, and the size. The error says why
+/// the path is not a model stepstone can read.
+pub fn describe_model(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.is_dir() {
+        let class = |file: &str| -> Option<String> {
+            let text = std::fs::read_to_string(path.join(file)).ok()?;
+            let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+            value.get("_class_name")?.as_str().map(str::to_string)
+        };
+        let what = if let Some(class) = class("model_index.json") {
+            format!("diffusers folder ({class})")
+        } else if let Some(class) = class("config.json") {
+            format!("diffusers {class} folder")
+        } else if path.join("med_config.json").is_file() {
+            "ImageReward folder".to_string()
+        } else {
+            return Err(format!(
+                "{} is a folder without model_index.json, config.json or med_config.json: no model stepstone knows",
+                path.display()
+            ));
+        };
+        return Ok(format!("{what} · {}", describe_size(folder_size(path, 4))));
+    }
+    let keys: Vec<String> = read_shapes(path).map_err(|e| e.to_string())?.into_iter().map(|(k, _)| k).collect();
+    let kind = classify(&keys);
+    if kind == FileKind::Unknown {
+        return Err(format!("{}: {} ({} tensors)", path.display(), kind.describe(), keys.len()));
+    }
+    let format = match WeightFormat::of(path) {
+        Some(WeightFormat::Safetensors) => {
+            let dtypes = super::check::safetensors_dtypes(path).map_err(|e| e.to_string())?;
+            let names: Vec<&str> = dtypes.keys().map(String::as_str).collect();
+            format!("safetensors {}", names.join("+"))
+        }
+        Some(WeightFormat::Pickle) => "pickle checkpoint".to_string(),
+        None => "unknown format".to_string(),
+    };
+    let kind = kind.describe();
+    let kind = kind.strip_prefix("an ").or_else(|| kind.strip_prefix("a ")).unwrap_or(kind);
+    Ok(format!("{kind} · {format} · {}", describe_size(meta.len())))
+}
+
+/// The bytes of the files under `dir`, `depth` folders deep.
+fn folder_size(dir: &Path, depth: usize) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() && depth > 0 => folder_size(&e.path(), depth - 1),
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// "812 KB", "3.4 MB", "2.13 GB".
+pub fn describe_size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b < 1e6 {
+        format!("{:.0} KB", b / 1e3)
+    } else if b < 1e9 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.2} GB", b / 1e9)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describing_models_says_what_they_are_or_why_not() {
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-models");
+        let sd = describe_model(&demo.join("sd15-tiny")).unwrap();
+        assert!(sd.starts_with("diffusers folder (StableDiffusionPipeline) · "), "{sd}");
+        let mm = describe_model(&demo.join("mm_tiny_v2.ckpt")).unwrap();
+        assert!(mm.starts_with("AnimateDiff motion module · pickle checkpoint · "), "{mm}");
+        let unet = describe_model(&demo.join("sd15-tiny/unet/diffusion_pytorch_model.safetensors")).unwrap();
+        assert!(unet.starts_with("diffusers UNet · safetensors F32 · "), "{unet}");
+        let readme = describe_model(&demo.join("README.md")).unwrap_err();
+        assert!(readme.contains("README.md"), "{readme}");
+        let missing = describe_model(&demo.join("no-such-model")).unwrap_err();
+        assert!(missing.contains("no-such-model"), "{missing}");
+        assert_eq!(describe_size(812_000), "812 KB");
+        assert_eq!(describe_size(2_130_000_000), "2.13 GB");
+    }
 
     fn keys(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
