@@ -88,6 +88,16 @@ pub struct EditArgs {
     /// `stepstone cache info`).
     #[arg(long)]
     pub no_result_cache: bool,
+    /// Write how long each frame of the window took to build (median, 99th percentile, max; during runs and
+    /// idle) to this JSON file when the window closes (a benchmark: docs/PERFORMANCE.md).
+    #[arg(long, value_name = "JSON")]
+    pub frame_times: Option<PathBuf>,
+    /// Select this node once the graph is open (the inspector shows it; the clip player follows it).
+    #[arg(long, value_name = "NODE")]
+    pub select: Option<String>,
+    /// Open the clip player; with a node, show that node's result beside the selected one (A/B).
+    #[arg(long, value_name = "NODE", num_args = 0..=1, default_missing_value = "")]
+    pub player: Option<String>,
     /// The result cache's size bound, in MB.
     #[arg(long, value_name = "MB", default_value_t = crate::runtime::disk_cache::DEFAULT_LIMIT_BYTES / 1_000_000)]
     pub result_cache_mb: u64,
@@ -165,6 +175,9 @@ impl Default for EditArgs {
             allow_paths: false,
             screenshot: None,
             no_result_cache: false,
+            frame_times: None,
+            select: None,
+            player: None,
             result_cache_mb: crate::runtime::disk_cache::DEFAULT_LIMIT_BYTES / 1_000_000,
         }
     }
@@ -189,6 +202,9 @@ fn edit(args: EditArgs) -> anyhow::Result<()> {
                 .map(|dir| (dir, args.result_cache_mb.saturating_mul(1_000_000)))
         },
         state_dir: crate::ui::recovery::StateDir::default_dir(),
+        frame_times: args.frame_times,
+        select: args.select,
+        player: args.player.map(|b| Some(b).filter(|b| !b.is_empty())),
     })
 }
 

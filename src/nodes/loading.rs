@@ -27,10 +27,6 @@ pub(super) fn load_cached<T: Send + Sync + 'static>(
         unused = reports.into_iter().flat_map(|r| r.unused).collect();
         Ok(model)
     })?;
-    match crate::models::load::identify::describe_model(path) {
-        Ok(found) => ctx.note(format!("detected: {found}")),
-        Err(why) => tracing::debug!("{why}"),
-    }
     if !unused.is_empty() {
         let shown: Vec<&str> = unused.iter().take(5).map(String::as_str).collect();
         ctx.note(format!("{} weights in the file were not used (first: {})", unused.len(), shown.join(", ")));

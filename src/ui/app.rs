@@ -959,7 +959,7 @@ impl Studio {
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
         egui::Panel::right("side").default_size(340.0).show(ui, |ui| self.side_panel(ui));
         if self.player.open {
-            egui::Panel::bottom("player").resizable(true).default_size(300.0).show(ui, |ui| {
+            egui::Panel::bottom("player").resizable(true).default_size(320.0).min_size(200.0).show(ui, |ui| {
                 self.player.show(ui, &self.session, self.clicked_node.as_ref());
             });
         }

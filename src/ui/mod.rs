@@ -51,6 +51,43 @@ pub struct LaunchOptions {
     pub result_cache: Option<(PathBuf, u64)>,
     /// The folder of the editor's own state: the autosaved graph and the recent files (`None`: neither).
     pub state_dir: Option<PathBuf>,
+    /// Write how long each frame's UI took (while a run went on, and idle) to this JSON file on close.
+    pub frame_times: Option<PathBuf>,
+    /// Select this node once the graph is open (the inspector and the player show it).
+    pub select: Option<String>,
+    /// Open the clip player panel; with a second node, compare it (B) with the selected one.
+    pub player: Option<Option<String>>,
+}
+
+/// How long the window's frames took to build (the editor's own work per frame, in milliseconds), split
+/// by whether a run was going on.
+#[derive(Default)]
+struct FrameTimes {
+    running: Vec<f64>,
+    idle: Vec<f64>,
+}
+
+impl FrameTimes {
+    fn summary(samples: &[f64]) -> serde_json::Value {
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let at = |q: f64| sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
+        serde_json::json!({
+            "frames": sorted.len(),
+            "p50_ms": at(0.5),
+            "p99_ms": at(0.99),
+            "max_ms": sorted.last().copied().unwrap_or(0.0),
+        })
+    }
+
+    fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let report = serde_json::json!({
+            "during_run": Self::summary(&self.running),
+            "idle": Self::summary(&self.idle),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .map_err(|e| anyhow::anyhow!("cannot write the frame times {}: {e}", path.display()))
+    }
 }
 
 /// How many frames are drawn before the screenshot is asked for (fonts and layout settle in the first).
@@ -65,11 +102,17 @@ struct StudioApp {
     shot_requested: bool,
     frames: u64,
     result: std::sync::Arc<std::sync::Mutex<Option<anyhow::Result<()>>>>,
+    frame_times: Option<(PathBuf, FrameTimes)>,
 }
 
 impl eframe::App for StudioApp {
     fn on_exit(&mut self) {
         self.studio.exit_cleanly();
+        if let Some((path, times)) = &self.frame_times
+            && let Err(e) = times.write(path)
+        {
+            tracing::error!("{e}");
+        }
     }
 
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
@@ -90,7 +133,13 @@ impl eframe::App for StudioApp {
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let start = std::time::Instant::now();
+        let running = self.studio.session().running.is_some();
         self.studio.ui(ui);
+        if let Some((_, times)) = &mut self.frame_times {
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            if running { times.running.push(ms) } else { times.idle.push(ms) }
+        }
         self.frames += 1;
         if self.run && self.frames == 1 {
             // The run was asked for on the command line: the graph's model and output paths are accepted
@@ -227,6 +276,13 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
             if let Some(path) = &options.open {
                 studio.open(path);
             }
+            if let Some(node) = &options.select {
+                studio.select(node);
+            }
+            if let Some(b) = &options.player {
+                studio.player_mut().open = true;
+                studio.player_mut().b = b.clone();
+            }
             Ok(Box::new(StudioApp {
                 studio,
                 signals: crate::signals::Watch::default(),
@@ -236,6 +292,7 @@ pub fn launch(options: LaunchOptions) -> anyhow::Result<()> {
                 shot_requested: false,
                 frames: 0,
                 result: app_result,
+                frame_times: options.frame_times.clone().map(|p| (p, FrameTimes::default())),
             }))
         }),
     )

@@ -180,14 +180,17 @@ impl Player {
             return;
         }
         let width = (ui.available_width() / sides.len() as f32 - 8.0).max(32.0);
-        let height = (ui.available_height() - 24.0).max(32.0);
+        let height = (ui.available_height() - 24.0).max(96.0);
         ui.horizontal_top(|ui| {
             for (letter, side) in &sides {
                 let textures = self.textures(ui, session, &side.node);
                 let index = self.frame.min(side.frames.saturating_sub(1));
                 ui.vertical(|ui| {
                     if let Some(t) = textures.get(index) {
-                        ui.add(egui::Image::new(t).max_size(egui::vec2(width, height)));
+                        // As large as the panel allows, keeping the aspect ratio (small clips are magnified).
+                        let [w, h] = t.size().map(|v| v.max(1) as f32);
+                        let scale = (width / w).min(height / h);
+                        ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(w * scale, h * scale)));
                     }
                     ui.label(format!("{letter}: {} · frame {} / {}", side.node, index + 1, side.frames));
                 });
