@@ -25,6 +25,7 @@ const SOURCE: KindSpec = KindSpec {
     params: &[ParamSpec::new("value", ParamType::Int { default: 1, min: -1000, max: 1000 }, "value")],
     is_output: false,
     pick: None,
+    more: None,
 };
 const ADD: KindSpec = KindSpec {
     id: "add",
@@ -40,6 +41,7 @@ const ADD: KindSpec = KindSpec {
     ],
     is_output: false,
     pick: None,
+    more: None,
 };
 const SLOW: KindSpec = KindSpec {
     id: "slow",
@@ -55,6 +57,7 @@ const SLOW: KindSpec = KindSpec {
     ],
     is_output: false,
     pick: None,
+    more: None,
 };
 const FAIL: KindSpec = KindSpec {
     id: "fail",
@@ -71,6 +74,7 @@ const FAIL: KindSpec = KindSpec {
     ],
     is_output: false,
     pick: None,
+    more: None,
 };
 const FILE: KindSpec = KindSpec {
     id: "file",
@@ -83,6 +87,7 @@ const FILE: KindSpec = KindSpec {
     params: &[ParamSpec::new("path", ParamType::Path { default: "", role: PathRole::InputFile }, "file")],
     is_output: false,
     pick: None,
+    more: None,
 };
 const LOADER: KindSpec = KindSpec {
     id: "loader",
@@ -95,6 +100,7 @@ const LOADER: KindSpec = KindSpec {
     params: &[ParamSpec::new("path", ParamType::Path { default: "", role: PathRole::Model }, "model")],
     is_output: false,
     pick: None,
+    more: None,
 };
 const SINK: KindSpec = KindSpec {
     id: "sink",
@@ -107,6 +113,7 @@ const SINK: KindSpec = KindSpec {
     params: &[],
     is_output: true,
     pick: None,
+    more: None,
 };
 
 /// Evaluation counts per node id, and the values sinks saw.

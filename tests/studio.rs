@@ -760,3 +760,47 @@ fn model_loaders_show_what_was_detected_and_list_the_models_folder() {
     }
     assert!(!listed.iter().any(|m| m == "README.md"), "only models are listed");
 }
+
+/// "more candidates" on the selector adds a batch from the next seed: the earlier candidates stay exactly
+/// as they were, and so does the anchor (a choice by reward becomes the same choice by hand) until the
+/// artist picks another.
+#[test]
+fn more_candidates_keep_the_earlier_ones_and_the_current_pick() {
+    use stepstone::values::{Ranking, SelectedBy, StillImage};
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    ctx.enable_accesskit();
+    let mut studio = studio().with_worker(worker(None));
+    assert!(studio.open(&cheap_demo(dir.path())));
+    studio.accept_outputs_only();
+    studio.run(vec!["selector".to_string()]);
+    frames_until(&ctx, &mut studio, Duration::from_secs(120), |s| s.session().last_outcome.is_some());
+    let outputs = studio.session().node("selector").unwrap().outputs.clone().unwrap();
+    let before = outputs.get::<Ranking>("ranking").unwrap().clone();
+    let anchor = outputs.get::<StillImage>("anchor").unwrap().image.clone();
+    assert_eq!((before.images.len(), before.by), (2, SelectedBy::Reward));
+
+    click_button(&ctx, &mut studio, "more candidates", 100.0);
+    let g = studio.graph();
+    assert_eq!(g.nodes["candidates"].params["batches"], 2, "one more batch");
+    assert_eq!(g.nodes["selector"].params["mode"], "manual", "the reward's choice is kept by hand");
+    assert_eq!(g.nodes["selector"].params["index"], before.selected as u64);
+    let done = |s: &Studio| {
+        s.session().last_outcome.is_some()
+            && s.session()
+                .node("selector")
+                .and_then(|n| n.outputs.as_ref())
+                .and_then(|o| o.get::<Ranking>("ranking"))
+                .is_some_and(|r| r.images.len() == 4)
+    };
+    frames_until(&ctx, &mut studio, Duration::from_secs(120), done);
+    let outputs = studio.session().node("selector").unwrap().outputs.clone().unwrap();
+    let after = outputs.get::<Ranking>("ranking").unwrap();
+    assert_eq!(after.images.len(), 4);
+    for i in 0..2 {
+        assert_eq!(after.images[i].as_raw(), before.images[i].as_raw(), "candidate {i} is unchanged");
+    }
+    assert_ne!(after.images[2].as_raw(), before.images[0].as_raw(), "the new batch is new");
+    assert_eq!(after.selected, before.selected);
+    assert_eq!(outputs.get::<StillImage>("anchor").unwrap().image.as_raw(), anchor.as_raw(), "the same anchor");
+}

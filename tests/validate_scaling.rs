@@ -23,6 +23,7 @@ const PASS: KindSpec = KindSpec {
     params: &[],
     is_output: true,
     pick: None,
+    more: None,
 };
 
 fn registry() -> KindRegistry {

@@ -26,6 +26,9 @@ pub struct KindSpec {
     pub is_output: bool,
     /// Where a click on one of the node's result images picks that image by hand (the candidate selector).
     pub pick: Option<PickParams>,
+    /// The integer parameter a "more" button raises by one for another batch of results (the candidates'
+    /// `batches`): earlier results stay as they are, so a pick among them stays valid.
+    pub more: Option<&'static str>,
 }
 
 /// The parameters a hand pick writes: `choice` set to `by_hand` with the image's number in `index`, or back to

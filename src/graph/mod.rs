@@ -343,6 +343,7 @@ mod tests {
             params: &[],
             is_output: false,
             pick: None,
+            more: None,
         };
         reg2.register(PASS);
         let mut g = Graph::new();

@@ -373,6 +373,7 @@ mod tests {
         ],
         is_output: true,
         pick: None,
+        more: None,
     };
 
     fn errors_of(node: Node) -> Vec<String> {

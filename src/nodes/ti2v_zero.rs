@@ -56,6 +56,7 @@ pub const TI2V_ZERO: NodeKind = NodeKind {
         params: &PARAMS,
         is_output: false,
         pick: None,
+        more: None,
     },
     evaluate: animate,
     check: None,

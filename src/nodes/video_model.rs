@@ -47,6 +47,7 @@ pub const T2V_SAMPLER: NodeKind = NodeKind {
         params: &PARAMS,
         is_output: false,
         pick: None,
+        more: None,
     },
     evaluate: sample,
     check: None,

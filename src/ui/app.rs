@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use egui::{Color32, Key, KeyboardShortcut, Modifiers, RichText, Ui};
+use serde_json::Value;
 
 mod dialogs;
 pub mod inspector;
@@ -315,6 +316,61 @@ impl Studio {
             super::thumbs::Pick::Candidate(index),
         );
         self.commit_pending(None);
+        true
+    }
+
+    /// "more candidates" on node `id` (the candidates node, or a node it feeds, such as the selector): raises
+    /// the candidates node's batch count (its earlier batches stay the same) and runs `id`. A selector that
+    /// chose by reward keeps its current choice, now by hand, until the artist picks another.
+    pub fn more_candidates(&mut self, id: &str) -> bool {
+        self.commit_pending(None);
+        let graph = self.current.clone();
+        let kind_of = |node: &str| graph.nodes.get(node).and_then(|n| self.registry.get(&n.kind)).copied();
+        let source = match kind_of(id).and_then(|k| k.more) {
+            Some(param) => Some((id.to_string(), param)),
+            None => graph.links.iter().filter(|l| l.to.node == id).find_map(|l| {
+                let param = kind_of(&l.from.node)?.more?;
+                Some((l.from.node.clone(), param))
+            }),
+        };
+        let Some((source, param)) = source else {
+            self.session.push(Notice::warning(format!("{id} has no candidates node to ask for more")));
+            return false;
+        };
+        let Some(spec) = kind_of(&source).and_then(|k| k.param(param).copied()) else { return false };
+        let current = graph.nodes[&source].params.get(param).and_then(Value::as_u64).or(spec.default_value().as_u64());
+        let max = match spec.ty {
+            crate::graph::ParamType::Int { max, .. } => max as u64,
+            _ => u64::MAX,
+        };
+        let next = current.unwrap_or(1) + 1;
+        if next > max {
+            self.session.push(Notice::warning(format!("{source} already makes {max} {param}, the most it can")));
+            return false;
+        }
+        // Keep the anchors the artist sees: every picker the candidates feed that chose by reward keeps the
+        // same choice, by hand; they run again with the new batch.
+        let mut targets = vec![id.to_string()];
+        let pickers: Vec<NodeId> =
+            graph.links.iter().filter(|l| l.from.node == source).map(|l| l.to.node.clone()).collect();
+        for picker in pickers {
+            let Some(pick) = kind_of(&picker).and_then(|k| k.pick) else { continue };
+            if !targets.contains(&picker) {
+                targets.push(picker.clone());
+            }
+            if let Some(super::thumbs::Shown::Ranking(ranking)) =
+                self.session.node(&picker).and_then(super::thumbs::shown)
+                && ranking.by != crate::values::SelectedBy::Hand
+                && let Some(canvas_node) = self.doc.find(&picker)
+            {
+                let keep = super::thumbs::Pick::Candidate(ranking.selected);
+                super::viewer::GraphViewer::apply_pick(&mut self.doc.snarl[canvas_node], pick, keep);
+            }
+        }
+        self.doc.set_param(&source, param, Value::from(next));
+        self.commit_pending(None);
+        self.session.push(Notice::info(format!("{source}: {param} = {next}")).about(source.clone()));
+        self.run(targets);
         true
     }
 
@@ -1275,6 +1331,9 @@ impl Studio {
         }
         if let Some(node) = requests.run_node {
             self.run(vec![node]);
+        }
+        if let Some(node) = requests.more {
+            self.more_candidates(&node);
         }
         if self.doc.snarl.nodes().next().is_none() {
             ui.centered_and_justified(|ui| {

@@ -121,6 +121,8 @@ pub enum Pick {
     Candidate(usize),
     /// Let the reward model choose again.
     ByReward,
+    /// Another batch of candidates, keeping the ones shown (and the pick among them).
+    More,
 }
 
 const THUMB: f32 = 56.0;
@@ -137,7 +139,7 @@ pub fn show(ui: &mut Ui, textures: &mut Textures, node: &str, state: &NodeState)
                     enlarged(ui, t, &format!("candidate {i}"));
                 });
             });
-            None
+            more_button(ui)
         }
         Shown::Ranking(ranking) => ranking_grid(ui, textures, ranking),
         Shown::Still(still) => {
@@ -158,6 +160,12 @@ pub fn show(ui: &mut Ui, textures: &mut Textures, node: &str, state: &NodeState)
             None
         }
     }
+}
+
+/// "more candidates": another batch from the next seed, the ones shown kept.
+fn more_button(ui: &mut Ui) -> Option<Pick> {
+    let hover = "Another batch of candidates (the next seed); the ones shown and the anchor stay until you pick";
+    ui.small_button("more candidates").on_hover_text(hover).clicked().then_some(Pick::More)
 }
 
 /// The hover view of a thumbnail: the image at the texture's size, with a caption.
@@ -216,13 +224,16 @@ fn ranking_grid(ui: &mut Ui, textures: &[TextureHandle], ranking: &Ranking) -> O
             ui.label(RichText::new(label).small());
         });
     });
-    if ranking.by == SelectedBy::Hand {
-        ui.horizontal(|ui| {
+    ui.horizontal(|ui| {
+        if ranking.by == SelectedBy::Hand {
             ui.label(RichText::new(format!("picked by hand: {}", ranking.selected)).small());
             if ranking.scores.is_some() && ui.small_button("use best score").clicked() {
                 pick = Some(Pick::ByReward);
             }
-        });
-    }
+        }
+        if let Some(more) = more_button(ui) {
+            pick = Some(more);
+        }
+    });
     pick
 }

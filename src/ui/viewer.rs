@@ -46,6 +46,8 @@ pub struct Requests {
     pub chosen: Vec<crate::graph::access::Chosen>,
     /// Open the node palette at this canvas position (right-click, or a wire dropped there).
     pub palette: Option<(egui::Pos2, Option<WireEnd>)>,
+    /// "more candidates" was clicked on this node.
+    pub more: Option<NodeId>,
 }
 
 /// Draws the document's nodes.
@@ -129,6 +131,7 @@ impl GraphViewer<'_> {
             Pick::ByReward => {
                 node.node.params.insert(spec.choice.to_string(), Value::from(spec.automatic));
             }
+            Pick::More => {}
         }
     }
 }
@@ -225,9 +228,12 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
             self.requests.chosen.extend(chosen);
             if let Some(state) = self.session.node(&editor_node.id)
                 && let Some(pick) = thumbs::show(ui, self.textures, &editor_node.id, state)
-                && let Some(spec) = kind.and_then(|k| k.pick)
             {
-                Self::apply_pick(editor_node, spec, pick);
+                match (pick, kind.and_then(|k| k.pick)) {
+                    (Pick::More, _) => self.requests.more = Some(editor_node.id.clone()),
+                    (pick, Some(spec)) => Self::apply_pick(editor_node, spec, pick),
+                    (_, None) => {}
+                }
             }
         });
     }

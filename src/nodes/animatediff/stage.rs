@@ -75,9 +75,19 @@ pub(crate) fn with_progress<T>(
     ctx: &mut EvalContext<'_>,
     stage: impl FnOnce(&mut dyn FnMut(StageProgress<'_>) -> ControlFlow<()>) -> Result<T, PipelineError>,
 ) -> Result<T, NodeError> {
+    with_progress_part(ctx, (0, 1), stage)
+}
+
+/// [`with_progress`] for part `index` of `parts` equal parts of a node's work (the node's progress runs over
+/// all of them).
+pub(crate) fn with_progress_part<T>(
+    ctx: &mut EvalContext<'_>,
+    (index, parts): (usize, usize),
+    stage: impl FnOnce(&mut dyn FnMut(StageProgress<'_>) -> ControlFlow<()>) -> Result<T, PipelineError>,
+) -> Result<T, NodeError> {
     let mut observer = |p: StageProgress<'_>| {
         ctx.live_preview(p.done, p.latents);
-        match ctx.progress(p.done as u64, p.total as u64) {
+        match ctx.progress((index * p.total + p.done) as u64, (parts.max(1) * p.total) as u64) {
             Ok(()) => ControlFlow::Continue(()),
             Err(_) => ControlFlow::Break(()),
         }

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use super::animatediff::stage::{check_memory, clip_of, encode, frames, guided, video_unet, with_progress};
+use super::animatediff::stage::{
+    check_memory, clip_of, encode, frames, guided, video_unet, with_progress, with_progress_part,
+};
 use super::animatediff::{IN_CHECKPOINT, IN_MOTION, IN_PROMPT, OUT_VIDEO, finish, scheduler_config, video_inputs};
 use super::params::{FRAMES, HEIGHT, SamplerParams, WIDTH, pixels, with_group};
 use super::values::{Candidates, CheckpointValue, PromptValue, StillImage};
@@ -23,7 +25,13 @@ const COUNT: ParamSpec = ParamSpec::new(
     ParamType::Int { default: 16, min: 1, max: 64 },
     "Number of candidates (the reference uses one per video frame)",
 );
-const CANDIDATES_PARAMS: [ParamSpec; 10] = with_group([COUNT, WIDTH, HEIGHT], SamplerParams::SPECS);
+const BATCHES: ParamSpec = ParamSpec::new(
+    "batches",
+    ParamType::Int { default: 1, min: 1, max: 16 },
+    "Batches of `count` candidates; batch k draws its noise from seed + k, so raising it (\"more candidates\") \
+     keeps every earlier candidate as it was",
+);
+const CANDIDATES_PARAMS: [ParamSpec; 11] = with_group([COUNT, WIDTH, HEIGHT, BATCHES], SamplerParams::SPECS);
 
 pub const T2I_CANDIDATES: NodeKind = NodeKind {
     spec: KindSpec {
@@ -37,6 +45,7 @@ pub const T2I_CANDIDATES: NodeKind = NodeKind {
         params: &CANDIDATES_PARAMS,
         is_output: false,
         pick: None,
+        more: Some("batches"),
     },
     evaluate: candidates,
     check: None,
@@ -45,6 +54,7 @@ pub const T2I_CANDIDATES: NodeKind = NodeKind {
 /// T2I Candidates' parameters.
 struct CandidatesParams {
     count: usize,
+    batches: usize,
     width: usize,
     height: usize,
     sampler: SamplerParams,
@@ -54,6 +64,7 @@ impl CandidatesParams {
     fn read(ctx: &EvalContext<'_>) -> Result<Self, NodeError> {
         Ok(CandidatesParams {
             count: ctx.param_u64("count")? as usize,
+            batches: ctx.param_u64("batches")? as usize,
             width: pixels(ctx, "width")?,
             height: pixels(ctx, "height")?,
             sampler: SamplerParams::read(ctx)?,
@@ -86,18 +97,31 @@ fn candidates(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
     let text = encode(ctx, &checkpoint, &prompt)?;
     let channels = unet.unet.in_channels();
     let device = ctx.device.clone();
-    // One draw of [1, C, N, h, w], as the reference draws the video's initial latent for its N frames.
-    let noise = SeededNoise::new(seed)
-        .normal("candidates", [1, channels, count, height / 8, width / 8], &device)
-        .map_err(|e| failed(e.into()))?;
     let model = guided(&unet, &text, params.sampler.cfg, shape);
-    let latents = with_progress(ctx, |observer| i4vgen::candidates(&model, &ddim, noise, observer))?;
+    let batches = params.batches.max(1);
+    let mut parts = Vec::with_capacity(batches);
+    for batch in 0..batches {
+        // One draw of [1, C, N, h, w], as the reference draws the video's initial latent for its N frames;
+        // batch k from seed + k.
+        let noise = SeededNoise::new(batch_seed(seed, batch))
+            .normal("candidates", [1, channels, count, height / 8, width / 8], &device)
+            .map_err(|e| failed(e.into()))?;
+        parts.push(with_progress_part(ctx, (batch, batches), |observer| {
+            i4vgen::candidates(&model, &ddim, noise, observer)
+        })?);
+    }
+    let latents = burn::tensor::Tensor::cat(parts, 0);
     let images: Vec<Arc<image::RgbImage>> =
         i4vgen::images_of(&i4vgen::decode(&checkpoint.model.vae, latents.clone())).into_iter().map(Arc::new).collect();
     let latents = Latents::from_tensor(&latents).map_err(failed)?;
     ctx.preview("candidates", images.clone());
     let value = Candidates { latents, images, prompt: prompt.positive.clone(), seed };
     Ok(NodeOutputs::new().with("candidates", value))
+}
+
+/// The seed of candidate batch `batch` (the first is the node's seed), within the seed range.
+pub fn batch_seed(seed: u64, batch: usize) -> u64 {
+    (seed + batch as u64) % (crate::graph::params::MAX_SEED + 1)
 }
 
 const NI_VSDS_OWN: [ParamSpec; 3] = [
@@ -132,6 +156,7 @@ pub const NI_VSDS: NodeKind = NodeKind {
         params: &NI_VSDS_PARAMS,
         is_output: false,
         pick: None,
+        more: None,
     },
     evaluate: ni_vsds,
     check: None,
@@ -210,6 +235,7 @@ pub const REGENERATOR: NodeKind = NodeKind {
         params: &REGENERATOR_PARAMS,
         is_output: false,
         pick: None,
+        more: None,
     },
     evaluate: regenerator,
     check: None,

@@ -25,6 +25,7 @@ pub const LOAD_MODELSCOPE: NodeKind = NodeKind {
         )],
         is_output: false,
         pick: None,
+        more: None,
     },
     evaluate: load,
     check: None,

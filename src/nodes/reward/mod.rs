@@ -31,6 +31,7 @@ pub const LOAD_REWARD_MODEL: NodeKind = NodeKind {
         )],
         is_output: false,
         pick: None,
+        more: None,
     },
     evaluate: load_reward_model,
     check: None,
@@ -90,13 +91,14 @@ pub const CANDIDATE_SELECTOR: NodeKind = NodeKind {
             ),
             ParamSpec::new(
                 "index",
-                ParamType::Int { default: 0, min: 0, max: 63 },
+                ParamType::Int { default: 0, min: 0, max: 1023 },
                 "Candidate to take in manual mode (0 is the first)",
             )
             .only_when("mode", "manual"),
         ],
         is_output: false,
         pick: Some(PickParams { choice: "mode", by_hand: "manual", automatic: "reward", index: "index" }),
+        more: None,
     },
     evaluate: select,
     check: None,
