@@ -10,6 +10,9 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod common;
+
+use common::ui::{click, raw_input, run_frame, widget};
 use image::{Rgb, RgbImage};
 use stepstone::graph::{Graph, load_preset, parse_preset, to_preset_string};
 use stepstone::ui::Studio;
@@ -45,20 +48,6 @@ fn frame(ctx: &egui::Context, studio: &mut Studio, dropped: &[&Path], time: f64)
         ..raw_input(time)
     };
     run_frame(ctx, studio, raw);
-}
-
-fn raw_input(time: f64) -> egui::RawInput {
-    egui::RawInput {
-        screen_rect: Some(egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1280.0, 800.0))),
-        time: Some(time),
-        ..Default::default()
-    }
-}
-
-fn run_frame(ctx: &egui::Context, studio: &mut Studio, raw: egui::RawInput) -> egui::FullOutput {
-    let mut output = ctx.run_ui(raw, |ui| studio.ui(ui));
-    output.textures_delta.clear(); // no renderer here to upload textures to
-    output
 }
 
 /// The demo preset with a different prompt and seed (so that it differs from anything shipped).
@@ -255,26 +244,6 @@ fn closing_with_unsaved_changes_asks_first() {
     assert!(studio.is_dirty());
     assert!(close_held_back(&ctx, &mut studio, 4.0), "unsaved changes: the close waits for the artist");
     assert_eq!(studio.graph().nodes["candidates"].params["count"], 4, "and the edit is still there");
-}
-
-/// The accessibility node labelled `label` in a frame's output (how a screen reader, or this test, finds a
-/// widget).
-fn widget(output: &egui::FullOutput, label: &str) -> Option<egui::accesskit::NodeId> {
-    let update = output.platform_output.accesskit_update.as_ref()?;
-    update.nodes.iter().find(|(_, node)| node.label() == Some(label)).map(|(id, _)| *id)
-}
-
-/// A frame in which the widget is clicked through the accessibility interface.
-fn click(target: egui::accesskit::NodeId, time: f64) -> egui::RawInput {
-    egui::RawInput {
-        events: vec![egui::Event::AccessKitActionRequest(egui::accesskit::ActionRequest {
-            action: egui::accesskit::Action::Click,
-            target_tree: egui::accesskit::TreeId::ROOT,
-            target_node: target,
-            data: None,
-        })],
-        ..raw_input(time)
-    }
 }
 
 #[test]

@@ -5,9 +5,12 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::ui::{click, labels, raw_input, run_frame, values, widget};
 use stepstone::runtime::Worker;
 use stepstone::runtime::disk_cache::{DEFAULT_LIMIT_BYTES, DiskCache};
 use stepstone::ui::Studio;
@@ -36,26 +39,6 @@ fn worker(cache: Option<&Path>) -> Worker {
     .unwrap()
 }
 
-fn raw_input(time: f64) -> egui::RawInput {
-    egui::RawInput {
-        screen_rect: Some(egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1280.0, 800.0))),
-        time: Some(time),
-        ..Default::default()
-    }
-}
-
-fn run_frame(ctx: &egui::Context, studio: &mut Studio, raw: egui::RawInput) -> egui::FullOutput {
-    let mut output = ctx.run_ui(raw, |ui| studio.ui(ui));
-    output.textures_delta.clear(); // no renderer here to upload textures to
-    output
-}
-
-/// The labels of every accessibility node in a frame's output (what a screen reader, or this test, finds).
-fn labels(output: &egui::FullOutput) -> Vec<String> {
-    let Some(update) = output.platform_output.accesskit_update.as_ref() else { return Vec::new() };
-    update.nodes.iter().filter_map(|(_, node)| node.label().map(str::to_string)).collect()
-}
-
 /// The demo preset made cheap: two candidates of one step each.
 fn cheap_demo(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(repo("graphs/i4vgen_demo.json"))
@@ -65,6 +48,28 @@ fn cheap_demo(dir: &Path) -> PathBuf {
     let path = dir.join("cheap.json");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// An editor (no worker) with the cheap demo open, its egui context reporting accessibility, and the folder
+/// the preset was written to.
+fn opened() -> (tempfile::TempDir, egui::Context, Studio) {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    ctx.enable_accesskit();
+    let mut studio = studio();
+    assert!(studio.open(&cheap_demo(dir.path())));
+    (dir, ctx, studio)
+}
+
+/// [`opened`] with a worker (results in memory), the graph's outputs accepted.
+fn opened_with_worker() -> (tempfile::TempDir, egui::Context, Studio) {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = egui::Context::default();
+    ctx.enable_accesskit();
+    let mut studio = studio().with_worker(worker(None));
+    assert!(studio.open(&cheap_demo(dir.path())));
+    studio.accept_outputs_only();
+    (dir, ctx, studio)
 }
 
 /// Draws frames (polling the worker) until `done` holds or `limit` passes; the last frame's output.
@@ -142,25 +147,6 @@ fn after_a_restart_cached_results_show_without_a_run_and_damaged_entries_are_ign
     assert!(third.session().node("candidates").is_none_or(|n| n.outputs.is_none()), "a damaged result is not shown");
 }
 
-/// The widget labelled `label` in a frame's output.
-fn widget(output: &egui::FullOutput, label: &str) -> Option<egui::accesskit::NodeId> {
-    let update = output.platform_output.accesskit_update.as_ref()?;
-    update.nodes.iter().find(|(_, node)| node.label() == Some(label)).map(|(id, _)| *id)
-}
-
-/// A frame in which the widget is clicked through the accessibility interface.
-fn click(target: egui::accesskit::NodeId, time: f64) -> egui::RawInput {
-    egui::RawInput {
-        events: vec![egui::Event::AccessKitActionRequest(egui::accesskit::ActionRequest {
-            action: egui::accesskit::Action::Click,
-            target_tree: egui::accesskit::TreeId::ROOT,
-            target_node: target,
-            data: None,
-        })],
-        ..raw_input(time)
-    }
-}
-
 /// Clicks the button labelled `label` (drawing a frame first to find it).
 fn click_button(ctx: &egui::Context, studio: &mut Studio, label: &str, time: f64) {
     let output = run_frame(ctx, studio, raw_input(time));
@@ -228,10 +214,7 @@ fn input_with(time: f64, events: Vec<egui::Event>) -> egui::RawInput {
 /// parameters at their defaults, where the pointer was.
 #[test]
 fn the_palette_adds_a_node_by_search() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = egui::Context::default();
-    let mut studio = studio();
-    assert!(studio.open(&cheap_demo(dir.path())));
+    let (_dir, ctx, mut studio) = opened();
     for t in 0..4 {
         run_frame(&ctx, &mut studio, raw_input(f64::from(t) * 0.1));
     }
@@ -265,11 +248,7 @@ fn the_palette_adds_a_node_by_search() {
 /// added and connected to the wire.
 #[test]
 fn a_dropped_wire_offers_only_compatible_nodes_and_connects_the_chosen_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = egui::Context::default();
-    ctx.enable_accesskit();
-    let mut studio = studio();
-    assert!(studio.open(&cheap_demo(dir.path())));
+    let (_dir, ctx, mut studio) = opened();
     run_frame(&ctx, &mut studio, raw_input(0.0));
     let registry = stepstone::nodes::registry();
     assert!(studio.drop_wire("regenerator", "video", true, egui::pos2(900.0, 300.0)));
@@ -326,10 +305,7 @@ fn click_node(ctx: &egui::Context, studio: &mut Studio, id: &str, t: &mut f64) {
 /// a box of nodes; Ctrl+D duplicates; Del removes the selection.
 #[test]
 fn copy_paste_duplicate_box_select_and_delete_keep_parameters() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = egui::Context::default();
-    let mut studio = studio();
-    assert!(studio.open(&cheap_demo(dir.path())));
+    let (_dir, ctx, mut studio) = opened();
     studio.document_mut().set_param("candidates", "guidance", serde_json::json!(5.5));
     let mut t = 0.0;
     for _ in 0..4 {
@@ -415,23 +391,12 @@ fn copy_paste_duplicate_box_select_and_delete_keep_parameters() {
     assert!(studio.graph().nodes.contains_key("candidates_2"));
 }
 
-/// The accessibility nodes of a frame with their value and left edge (x).
-fn values(output: &egui::FullOutput) -> Vec<(String, f64)> {
-    let Some(update) = output.platform_output.accesskit_update.as_ref() else { return Vec::new() };
-    update.nodes.iter().filter_map(|(_, n)| Some((n.value()?.to_string(), n.bounds()?.x0))).collect()
-}
-
 /// The inspector shows the clicked node's parameters in the same form as the node: a value set there is
 /// the node's value and the node shows it. Its seed control draws a new seed for each run, shows the seed
 /// the run used, and "keep this seed" fixes it.
 #[test]
 fn the_inspector_edits_the_nodes_parameters_and_keeps_the_seed_a_run_used() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = egui::Context::default();
-    ctx.enable_accesskit();
-    let mut studio = studio().with_worker(worker(None));
-    assert!(studio.open(&cheap_demo(dir.path())));
-    studio.accept_outputs_only();
+    let (_dir, ctx, mut studio) = opened_with_worker();
     studio.document_mut().set_param("candidates", "steps", serde_json::json!(17));
     studio.select("candidates");
     let mut t = 0.0;
@@ -551,11 +516,7 @@ fn the_top_bar_shows_an_eta_that_falls() {
     use stepstone::runtime::events::Event;
     use stepstone::runtime::plan::{NodeStatus, Plan, PlannedNode};
 
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = egui::Context::default();
-    ctx.enable_accesskit();
-    let mut studio = studio();
-    assert!(studio.open(&cheap_demo(dir.path())));
+    let (_dir, ctx, mut studio) = opened();
     let t0 = Instant::now() - Duration::from_secs(1);
     let planned = PlannedNode {
         id: "candidates".into(),
@@ -595,22 +556,19 @@ fn ranking_preview(size: u32) -> stepstone::runtime::events::Event {
     let images =
         (0..4u8).map(|i| std::sync::Arc::new(RgbImage::from_pixel(size, size, Rgb([i * 60, 100, 200])))).collect();
     let ranking = Ranking { images, scores: Some(vec![0.1, 0.9, -0.3, 0.4]), selected: 1, by: SelectedBy::Reward };
-    stepstone::runtime::events::Event::Preview {
-        run_id: 1,
-        node: "selector".into(),
-        label: "ranking".into(),
-        value: stepstone::values::Value::Ranking(std::sync::Arc::new(ranking)),
-    }
+    preview("selector", "ranking", stepstone::values::Value::Ranking(std::sync::Arc::new(ranking)))
+}
+
+/// What the worker sends when `node` shows an intermediate result.
+fn preview(node: &str, label: &str, value: stepstone::values::Value) -> stepstone::runtime::events::Event {
+    stepstone::runtime::events::Event::Preview { run_id: 1, node: node.into(), label: label.into(), value }
 }
 
 /// With the selector selected, the number keys pick that candidate; the canvas holds downscaled textures
 /// of full-size results.
 #[test]
 fn number_keys_pick_candidates_and_canvas_textures_are_downscaled() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = egui::Context::default();
-    let mut studio = studio();
-    assert!(studio.open(&cheap_demo(dir.path())));
+    let (_dir, ctx, mut studio) = opened();
     studio.session_mut().apply(ranking_preview(512));
     for t in 0..3 {
         run_frame(&ctx, &mut studio, raw_input(f64::from(t) * 0.1));
@@ -641,23 +599,14 @@ fn numbered_clip(n: u8, size: u32) -> stepstone::video::Video {
 }
 
 fn video_preview(node: &str, video: stepstone::video::Video) -> stepstone::runtime::events::Event {
-    stepstone::runtime::events::Event::Preview {
-        run_id: 1,
-        node: node.into(),
-        label: "video".into(),
-        value: stepstone::values::Value::Video(std::sync::Arc::new(video)),
-    }
+    preview(node, "video", stepstone::values::Value::Video(std::sync::Arc::new(video)))
 }
 
 /// The player shows the selected node's clip; `.` and `,` step frames; with B chosen, both clips show the
 /// same frame index; Play advances with time and loops.
 #[test]
 fn the_player_steps_frames_and_the_ab_view_shows_both_clips_at_the_same_frame() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = egui::Context::default();
-    ctx.enable_accesskit();
-    let mut studio = studio();
-    assert!(studio.open(&cheap_demo(dir.path())));
+    let (_dir, ctx, mut studio) = opened();
     studio.session_mut().apply(video_preview("regenerator", numbered_clip(6, 64)));
     studio.session_mut().apply(video_preview("animator", numbered_clip(6, 64)));
     studio.select("regenerator");
@@ -700,11 +649,7 @@ fn the_player_steps_frames_and_the_ab_view_shows_both_clips_at_the_same_frame() 
 #[test]
 fn the_log_names_the_node_and_level_and_selects_the_node() {
     use stepstone::runtime::events::Event;
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = egui::Context::default();
-    ctx.enable_accesskit();
-    let mut studio = studio();
-    assert!(studio.open(&cheap_demo(dir.path())));
+    let (_dir, ctx, mut studio) = opened();
     let session = studio.session_mut();
     session.apply(Event::NodeFailed { run_id: 1, node: "candidates".into(), message: "out of memory".into() });
     let logged = studio.session().log.last().unwrap().clone();
@@ -737,11 +682,7 @@ fn the_log_names_the_node_and_level_and_selects_the_node() {
 /// menu lists what the models folder holds.
 #[test]
 fn model_loaders_show_what_was_detected_and_list_the_models_folder() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = egui::Context::default();
-    ctx.enable_accesskit();
-    let mut studio = studio();
-    assert!(studio.open(&cheap_demo(dir.path())));
+    let (_dir, ctx, mut studio) = opened();
     studio.document_mut().set_param("reward", "path", serde_json::json!("README.md"));
     let mut output = run_frame(&ctx, &mut studio, raw_input(0.0));
     for t in 1..3 {
@@ -767,12 +708,7 @@ fn model_loaders_show_what_was_detected_and_list_the_models_folder() {
 #[test]
 fn more_candidates_keep_the_earlier_ones_and_the_current_pick() {
     use stepstone::values::{Ranking, SelectedBy, StillImage};
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = egui::Context::default();
-    ctx.enable_accesskit();
-    let mut studio = studio().with_worker(worker(None));
-    assert!(studio.open(&cheap_demo(dir.path())));
-    studio.accept_outputs_only();
+    let (_dir, ctx, mut studio) = opened_with_worker();
     studio.run(vec!["selector".to_string()]);
     frames_until(&ctx, &mut studio, Duration::from_secs(120), |s| s.session().last_outcome.is_some());
     let outputs = studio.session().node("selector").unwrap().outputs.clone().unwrap();

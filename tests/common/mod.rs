@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod crafted;
+pub mod ui;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
