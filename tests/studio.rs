@@ -690,7 +690,10 @@ fn model_loaders_show_what_was_detected_and_list_the_models_folder() {
     }
     let texts: Vec<String> = values(&output).into_iter().map(|(v, _)| v).collect();
     assert!(texts.iter().any(|t| t.starts_with("diffusers folder (StableDiffusionPipeline) · ")), "{texts:?}");
-    assert!(texts.iter().any(|t| t.starts_with("AnimateDiff motion module · pickle checkpoint · ")), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t.starts_with("AnimateDiff motion module v2 (mm_sd_v15_v2) · pickle checkpoint · ")),
+        "{texts:?}"
+    );
     assert!(
         texts.iter().any(|t| t.contains("README.md") && t.contains("unsupported weight file type")),
         "why README.md is no model: {texts:?}"

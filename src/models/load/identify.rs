@@ -131,7 +131,8 @@ pub fn describe_model(path: &Path) -> Result<String, String> {
         };
         return Ok(format!("{what} · {}", describe_size(folder_size(path, 4))));
     }
-    let keys: Vec<String> = read_shapes(path).map_err(|e| e.to_string())?.into_iter().map(|(k, _)| k).collect();
+    let shapes = read_shapes(path).map_err(|e| e.to_string())?;
+    let keys: Vec<String> = shapes.iter().map(|(k, _)| k.clone()).collect();
     let kind = classify(&keys);
     if kind == FileKind::Unknown {
         return Err(format!("{}: {} ({} tensors)", path.display(), kind.describe(), keys.len()));
@@ -145,9 +146,26 @@ pub fn describe_model(path: &Path) -> Result<String, String> {
         Some(WeightFormat::Pickle) => "pickle checkpoint".to_string(),
         None => "unknown format".to_string(),
     };
+    // Motion modules: the generation, read from the weights' layout as the loader reads it.
+    let version = match kind {
+        FileKind::MotionModule | FileKind::MotionAdapter => {
+            crate::models::unet::motion::MotionAdapterConfig::infer(&shapes, 8, 32)
+                .ok()
+                .flatten()
+                .map(|c| {
+                    let v = crate::models::unet::motion::MotionVersion::detect(
+                        c.use_motion_mid_block,
+                        c.motion_max_seq_length,
+                    );
+                    format!(" {}", v.name())
+                })
+                .unwrap_or_default()
+        }
+        _ => String::new(),
+    };
     let kind = kind.describe();
     let kind = kind.strip_prefix("an ").or_else(|| kind.strip_prefix("a ")).unwrap_or(kind);
-    Ok(format!("{kind} · {format} · {}", describe_size(meta.len())))
+    Ok(format!("{kind}{version} · {format} · {}", describe_size(meta.len())))
 }
 
 /// The bytes of the files under `dir`, `depth` folders deep.
@@ -185,7 +203,7 @@ mod tests {
         let sd = describe_model(&demo.join("sd15-tiny")).unwrap();
         assert!(sd.starts_with("diffusers folder (StableDiffusionPipeline) · "), "{sd}");
         let mm = describe_model(&demo.join("mm_tiny_v2.ckpt")).unwrap();
-        assert!(mm.starts_with("AnimateDiff motion module · pickle checkpoint · "), "{mm}");
+        assert!(mm.starts_with("AnimateDiff motion module v2 (mm_sd_v15_v2) · pickle checkpoint · "), "{mm}");
         let unet = describe_model(&demo.join("sd15-tiny/unet/diffusion_pytorch_model.safetensors")).unwrap();
         assert!(unet.starts_with("diffusers UNet · safetensors F32 · "), "{unet}");
         let readme = describe_model(&demo.join("README.md")).unwrap_err();
