@@ -109,3 +109,13 @@ fn unet3d_modelscope_layout() {
     all.extend(ours(&model.temporal));
     assert_same("unet3d_modelscope", &all, &reference);
 }
+
+/// I2VGen-XL's (and DynamiCrafter's) image encoder: OpenCLIP ViT-H/14 as CLIPVisionModelWithProjection.
+#[test]
+fn clip_vision_vit_h_layout() {
+    let _one = FULL_SIZE.lock().unwrap_or_else(|p| p.into_inner());
+    let reference = manifest("clip_vision_vit_h");
+    assert_eq!(reference.len(), 520);
+    let model = stepstone::models::clip::vision::ClipVisionConfig::default().init(&common::cpu()).unwrap();
+    assert_same("clip_vision_vit_h", &ours(&model), &reference);
+}

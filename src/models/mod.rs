@@ -161,6 +161,16 @@ pub fn load_clip_text_encoder(
     load_component(dir, device, &["model", "pytorch_model"], clip::ClipTextConfig::init, &CLIP_OPTIONS)
 }
 
+/// Loads transformers' `CLIPVisionModelWithProjection` from an `image_encoder/` folder (I2VGen-XL's and
+/// DynamiCrafter's OpenCLIP ViT-H/14 image encoder).
+pub fn load_clip_image_encoder(
+    dir: &Path,
+    device: &Device,
+) -> Result<(clip::vision::ClipVisionModelWithProjection, LoadReport), ComponentError> {
+    let options = LoadOptions { expected: Some("a CLIP image encoder"), ..CLIP_OPTIONS };
+    load_component(dir, device, &["model", "pytorch_model"], clip::vision::ClipVisionConfig::init, &options)
+}
+
 /// Loads CLIP text-encoder weights (transformers key names) from one file.
 pub fn load_clip_weights(model: &mut clip::ClipTextModel, path: &Path) -> Result<LoadReport, LoadError> {
     load::load_into(model, path, &CLIP_OPTIONS)

@@ -3,7 +3,9 @@
 //! Field names follow transformers' module tree (`text_model.embeddings.token_embedding`,
 //! `text_model.encoder.layers.N.self_attn.q_proj`, ...) so that loading is a walk over the same keys.
 
+pub mod image;
 pub mod tokenizer;
+pub mod vision;
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -121,8 +123,9 @@ pub struct ClipAttention {
 }
 
 impl ClipAttention {
-    /// Self-attention over `x` [batch, seq, dim] with an additive `mask` [seq, seq].
-    pub fn forward(&self, x: Tensor<3>, mask: Tensor<2>) -> Tensor<3> {
+    /// Self-attention over `x` [batch, seq, dim] with an additive `mask` [seq, seq] (None: every token sees
+    /// every token, as in the vision tower).
+    pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<2>>) -> Tensor<3> {
         let [b, s, d] = x.dims();
         let h = self.num_heads;
         let dh = d / h;
@@ -130,7 +133,7 @@ impl ClipAttention {
         let q = split(self.q_proj.forward(x.clone())).mul_scalar((dh as f64).powf(-0.5));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let out = crate::models::attention::attention(q, k, v, None, Some(mask.unsqueeze::<4>()));
+        let out = crate::models::attention::attention(q, k, v, None, mask.map(|m| m.unsqueeze::<4>()));
         let out = out.swap_dims(1, 2).reshape([b, s, d]);
         self.out_proj.forward(out)
     }
@@ -162,7 +165,7 @@ pub struct ClipEncoderLayer {
 }
 
 impl ClipEncoderLayer {
-    pub fn forward(&self, x: Tensor<3>, mask: Tensor<2>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<2>>) -> Tensor<3> {
         let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), mask);
         x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
     }
@@ -203,7 +206,7 @@ impl ClipTextModel {
             m.embeddings.token_embedding.forward(input_ids) + m.embeddings.position_embedding.forward(positions);
         let mask = causal_mask(s, &device);
         for layer in &m.encoder.layers {
-            x = layer.forward(x, mask.clone());
+            x = layer.forward(x, Some(mask.clone()));
         }
         m.final_layer_norm.forward(x)
     }
