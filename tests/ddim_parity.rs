@@ -24,7 +24,10 @@ fn tables_and_timesteps_match_diffusers() {
     let meta = meta();
     let fx = Fixture::load("ddim/ddim.safetensors");
     let cases = meta["cases"].as_object().unwrap();
-    assert_eq!(cases.len(), 5);
+    assert_eq!(cases.len(), 6);
+    // I2VGen-XL's released schedule: 50 leading steps with offset 1 are 981, 961, ..., 1, as in VGen.
+    let i2vgen: Vec<usize> = serde_json::from_value(cases["i2vgen_xl"]["timesteps"]["50"].clone()).unwrap();
+    assert_eq!(i2vgen, (0..50).rev().map(|i| 1 + 20 * i).collect::<Vec<usize>>());
     for (name, case) in cases {
         let mut s = scheduler(&case["config"]);
         let want = fx.values(&format!("{name}.alphas_cumprod"));
