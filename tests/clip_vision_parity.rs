@@ -89,3 +89,23 @@ fn vision_tower_matches_transformers() {
     let err = model.forward(burn::tensor::Tensor::zeros([1, 3, 32, 32], &device)).unwrap_err().to_string();
     assert!(err.contains("30x30") && err.contains("[1, 3, 32, 32]"), "{err}");
 }
+
+/// The text tower with clip_skip 1 (I2VGen-XL's default: the penultimate layer through the final layer
+/// norm) against transformers' hidden_states[-2]; clip_skip 0 is the last layer.
+#[test]
+fn text_encoder_penultimate_layer_matches_transformers() {
+    let device = cpu();
+    let fx = Fixture::load("clip_vision/io.safetensors");
+    let text_fx = Fixture::load("clip/text_encoder_io.safetensors");
+    let (shape, data) = text_fx.get("input_ids");
+    let ids: Vec<Vec<u32>> = data.chunks(shape[1]).map(|row| row.iter().map(|&v| v as u32).collect()).collect();
+    let (model, _) =
+        stepstone::models::load_clip_text_encoder(&common::fixtures().join("clip/text_encoder"), &device).unwrap();
+    let out = model.encode_ids_clip_skip(&ids, 1, &device);
+    let err = assert_close("penultimate", &to_vec(&out), fx.values("text_penultimate"), 1e-4);
+    eprintln!("clip_skip 1: max abs error {err:e}");
+    let last = model.encode_ids_clip_skip(&ids, 0, &device);
+    assert_close("last layer", &to_vec(&last), text_fx.values("last_hidden_state"), 1e-4);
+    let differs = to_vec(&last).iter().zip(fx.values("text_penultimate")).any(|(a, b)| (a - b).abs() > 1e-2);
+    assert!(differs, "the penultimate layer is not the last");
+}

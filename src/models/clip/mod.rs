@@ -198,6 +198,13 @@ pub struct ClipTextModel {
 impl ClipTextModel {
     /// The last hidden state [batch, seq, hidden] for token ids [batch, seq] (what SD 1.x conditions on).
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        self.forward_clip_skip(input_ids, 0)
+    }
+
+    /// [`Self::forward`] with the last `clip_skip` layers left out, then the final layer norm (diffusers'
+    /// `clip_skip`: 1 is the penultimate layer, what SD 2.x-style pipelines such as I2VGen-XL condition on). At
+    /// least one layer always runs.
+    pub fn forward_clip_skip(&self, input_ids: Tensor<2, Int>, clip_skip: usize) -> Tensor<3> {
         let device = input_ids.device();
         let [_, s] = input_ids.dims();
         let m = &self.text_model;
@@ -205,7 +212,8 @@ impl ClipTextModel {
         let mut x =
             m.embeddings.token_embedding.forward(input_ids) + m.embeddings.position_embedding.forward(positions);
         let mask = causal_mask(s, &device);
-        for layer in &m.encoder.layers {
+        let layers = m.encoder.layers.len().saturating_sub(clip_skip).max(1);
+        for layer in m.encoder.layers.iter().take(layers) {
             x = layer.forward(x, Some(mask.clone()));
         }
         m.final_layer_norm.forward(x)
@@ -213,10 +221,15 @@ impl ClipTextModel {
 
     /// Encodes token ids given as plain vectors (one per prompt, all of the same length).
     pub fn encode_ids(&self, ids: &[Vec<u32>], device: &Device) -> Tensor<3> {
+        self.encode_ids_clip_skip(ids, 0, device)
+    }
+
+    /// [`Self::encode_ids`] with `clip_skip` (see [`Self::forward_clip_skip`]).
+    pub fn encode_ids_clip_skip(&self, ids: &[Vec<u32>], clip_skip: usize, device: &Device) -> Tensor<3> {
         let s = ids.first().map_or(0, Vec::len);
         let flat: Vec<i64> = ids.iter().flat_map(|row| row.iter().map(|&i| i64::from(i))).collect();
         let input = Tensor::<2, Int>::from_data(TensorData::new(flat, [ids.len(), s]), device);
-        self.forward(input)
+        self.forward_clip_skip(input, clip_skip)
     }
 }
 
