@@ -6,6 +6,7 @@
 //! - [`noise`]: the one noise-source abstraction every random draw goes through (seeded or replayed).
 
 pub mod denoiser;
+pub mod i2vgen_xl;
 pub mod i4vgen;
 pub mod memory;
 pub mod noise;

@@ -41,11 +41,44 @@ struct Taps {
     weights: Vec<i32>,
 }
 
+/// Pillow's resampling filters (`Image.BOX`, `Image.BILINEAR`, `Image.BICUBIC`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    Box,
+    Bilinear,
+    Bicubic,
+}
+
+impl Filter {
+    /// The filter's support (half width) at scale 1.
+    fn support(self) -> f64 {
+        match self {
+            Filter::Box => 0.5,
+            Filter::Bilinear => 1.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Filter::Box => {
+                if x > -0.5 && x <= 0.5 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Filter::Bilinear => (1.0 - x.abs()).max(0.0),
+            Filter::Bicubic => bicubic(x),
+        }
+    }
+}
+
 /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for a full-range resize `in_size -> out_size`.
-fn taps(in_size: usize, out_size: usize) -> Taps {
+fn taps(in_size: usize, out_size: usize, filter: Filter) -> Taps {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
+    let support = filter.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
     let mut bounds = Vec::with_capacity(out_size);
     let mut weights = vec![0i32; out_size * ksize];
@@ -59,7 +92,7 @@ fn taps(in_size: usize, out_size: usize) -> Taps {
         let (xmin, xmax) = (xmin as usize, xmax.max(0) as usize);
         let mut total = 0.0;
         for (x, w) in k.iter_mut().enumerate().take(xmax) {
-            *w = bicubic(((x + xmin) as f64 - center + 0.5) * ss);
+            *w = filter.weight(((x + xmin) as f64 - center + 0.5) * ss);
             total += *w;
         }
         for (slot, &w) in weights[xx * ksize..xx * ksize + xmax].iter_mut().zip(&k) {
@@ -77,8 +110,8 @@ fn clip8(acc: i32) -> u8 {
 }
 
 /// One separable pass over interleaved RGB rows: `along_x` resamples each row, otherwise each column.
-fn pass(src: &[u8], w: usize, h: usize, out_len: usize, along_x: bool) -> Vec<u8> {
-    let t = taps(if along_x { w } else { h }, out_len);
+fn pass(src: &[u8], w: usize, h: usize, out_len: usize, along_x: bool, filter: Filter) -> Vec<u8> {
+    let t = taps(if along_x { w } else { h }, out_len, filter);
     let (ow, oh) = if along_x { (out_len, h) } else { (w, out_len) };
     let mut out = vec![0u8; ow * oh * 3];
     for y in 0..oh {
@@ -101,16 +134,21 @@ fn pass(src: &[u8], w: usize, h: usize, out_len: usize, along_x: bool) -> Vec<u8
 
 /// Pillow's `Image.resize((width, height), Image.BICUBIC)` of an RGB image, bit for bit.
 pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    resize(img, width, height, Filter::Bicubic)
+}
+
+/// Pillow's `Image.resize((width, height), filter)` of an RGB image, bit for bit (same size: a copy).
+pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let (ow, oh) = (width as usize, height as usize);
     let mut data = img.as_raw().clone();
     let mut cur_w = w;
     if ow != w {
-        data = pass(&data, w, h, ow, true);
+        data = pass(&data, w, h, ow, true, filter);
         cur_w = ow;
     }
     if oh != h {
-        data = pass(&data, cur_w, h, oh, false);
+        data = pass(&data, cur_w, h, oh, false, filter);
     }
     // Sizes come from u32 and the buffer has exactly width * height * 3 bytes.
     RgbImage::from_raw(width, height, data).unwrap_or_else(|| RgbImage::new(width, height))
