@@ -743,3 +743,42 @@ fn more_candidates_keep_the_earlier_ones_and_the_current_pick() {
     assert_eq!(after.selected, before.selected);
     assert_eq!(outputs.get::<StillImage>("anchor").unwrap().image.as_raw(), anchor.as_raw(), "the same anchor");
 }
+
+/// The real gesture: a wire dragged with the pointer from the prompt node's output pin and released on empty
+/// canvas opens the palette for that wire (egui-snarl's dropped-wire menu hands it over).
+#[test]
+fn dragging_a_wire_onto_empty_canvas_opens_the_palette_for_it() {
+    let (_dir, ctx, mut studio) = opened();
+    let mut t = 0.0;
+    for _ in 0..4 {
+        t += 0.05;
+        run_frame(&ctx, &mut studio, raw_input(t));
+    }
+    let from = studio.output_pin("prompt", "prompt").expect("the pin is drawn");
+    // Empty canvas: right of the pin, below every node.
+    let bottom = ["prompt", "candidates", "checkpoint", "motion", "reward"]
+        .iter()
+        .filter_map(|n| studio.node_rect(n))
+        .map(|r| r.bottom())
+        .fold(0.0f32, f32::max);
+    let to = egui::pos2(from.x + 40.0, (bottom + 20.0).min(740.0));
+    let none = egui::Modifiers::NONE;
+    let mut events = vec![egui::Event::PointerMoved(from), press(from, true, none)];
+    for i in 1..=6 {
+        events.push(egui::Event::PointerMoved(from + (to - from) * (i as f32 / 6.0)));
+    }
+    events.push(press(to, false, none));
+    for event in events {
+        t += 0.05;
+        run_frame(&ctx, &mut studio, input_with(t, vec![event]));
+    }
+    for _ in 0..3 {
+        t += 0.05;
+        run_frame(&ctx, &mut studio, raw_input(t));
+    }
+    assert!(studio.palette_open(), "the dropped wire opens the palette");
+    let output = run_frame(&ctx, &mut studio, raw_input(t + 0.05));
+    let offered: Vec<String> = labels(&output).into_iter().filter(|l| l.contains("  ·  ")).collect();
+    assert!(offered.iter().any(|l| l.starts_with("T2I Candidates")), "{offered:?}");
+    assert!(!offered.iter().any(|l| l.starts_with("Export")), "only what takes a prompt: {offered:?}");
+}

@@ -122,6 +122,8 @@ pub struct Studio {
     log_search: String,
     /// Each node's rect on the screen, as drawn last frame.
     node_rects: Vec<(NodeId, egui::Rect)>,
+    /// Where each output pin was drawn last frame (screen coordinates).
+    output_pins: Vec<(NodeId, String, egui::Pos2)>,
     /// What Copy took last (a preset of the copied nodes), for Paste when the system clipboard is not
     /// reachable.
     clipboard: Option<String>,
@@ -171,6 +173,7 @@ impl Studio {
             log_filter: LogFilter::All,
             log_search: String::new(),
             node_rects: Default::default(),
+            output_pins: Vec::new(),
             clipboard: None,
         }
     }
@@ -245,6 +248,11 @@ impl Studio {
                 self.selected.clear();
             }
         }
+    }
+
+    /// Where the output pin `port` of node `id` was drawn last frame (screen coordinates).
+    pub fn output_pin(&self, id: &str, port: &str) -> Option<egui::Pos2> {
+        self.output_pins.iter().find(|(n, p, _)| n == id && p == port).map(|(_, _, at)| *at)
     }
 
     /// Where the node with graph id `id` was drawn last frame (screen coordinates).
@@ -1290,6 +1298,7 @@ impl Studio {
             content: None,
             transform: None,
             node_rects: Vec::new(),
+            output_rows: Vec::new(),
         };
         let style = egui_snarl::ui::SnarlStyle {
             // Inputs above the parameters, outputs below: nodes stay narrow, so a pipeline fits across the
@@ -1317,6 +1326,14 @@ impl Studio {
             self.view = transform;
         }
         self.node_rects = viewer.node_rects.iter().map(|(id, rect)| (id.clone(), self.view * *rect)).collect();
+        self.output_pins = viewer
+            .output_rows
+            .iter()
+            .filter_map(|(id, port, y)| {
+                let rect = viewer.node_rects.iter().find(|(n, _)| n == id)?.1;
+                Some((id.clone(), port.clone(), self.view * egui::pos2(rect.right(), *y)))
+            })
+            .collect();
         let requests = viewer.requests;
         self.track_selection(ui, boxed);
         if let Some((at, wire)) = requests.palette {

@@ -67,6 +67,9 @@ pub struct GraphViewer<'a> {
     pub transform: Option<TSTransform>,
     /// Each node's rect in canvas coordinates, as drawn this frame.
     pub node_rects: Vec<(NodeId, Rect)>,
+    /// Each output pin's row, (node, port, the row's vertical centre in canvas coordinates): where a wire
+    /// is dragged from (the pin sits on the node's right edge).
+    pub output_rows: Vec<(NodeId, String, f32)>,
 }
 
 impl GraphViewer<'_> {
@@ -198,6 +201,7 @@ impl SnarlViewer<EditorNode> for GraphViewer<'_> {
     fn show_output(&mut self, pin: &OutPin, ui: &mut Ui, snarl: &mut Snarl<EditorNode>) -> PinInfo {
         let Some(slot) = snarl[pin.id.node].outputs.get(pin.id.output) else { return PinInfo::circle() };
         Self::pin_label(ui, slot, true);
+        self.output_rows.push((snarl[pin.id.node].id.clone(), slot.name.clone(), ui.min_rect().center().y));
         Self::pin(slot)
     }
 
