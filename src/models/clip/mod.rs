@@ -80,25 +80,15 @@ impl ClipTextConfig {
         self.check()?;
         let d = self.hidden_size;
         let ln = || LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device);
-        let linear = |i, o| LinearConfig::new(i, o).init(device);
-        let layers = (0..self.num_hidden_layers)
-            .map(|_| ClipEncoderLayer {
-                self_attn: ClipAttention {
-                    q_proj: linear(d, d),
-                    k_proj: linear(d, d),
-                    v_proj: linear(d, d),
-                    out_proj: linear(d, d),
-                    num_heads: self.num_attention_heads,
-                },
-                layer_norm1: ln(),
-                mlp: ClipMlp {
-                    fc1: linear(d, self.intermediate_size),
-                    fc2: linear(self.intermediate_size, d),
-                    quick_gelu: self.hidden_act == "quick_gelu",
-                },
-                layer_norm2: ln(),
-            })
-            .collect();
+        let shape = EncoderShape {
+            hidden: d,
+            intermediate: self.intermediate_size,
+            layers: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            quick_gelu: self.hidden_act == "quick_gelu",
+            eps: self.layer_norm_eps,
+        };
+        let layers = shape.init(device);
         Ok(ClipTextModel {
             text_model: ClipTextTransformer {
                 embeddings: ClipTextEmbeddings {
@@ -109,6 +99,43 @@ impl ClipTextConfig {
                 final_layer_norm: ln(),
             },
         })
+    }
+}
+
+/// The shape of a CLIP encoder stack (text and vision towers share it).
+pub(crate) struct EncoderShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub quick_gelu: bool,
+    pub eps: f64,
+}
+
+impl EncoderShape {
+    /// Zero-initialised encoder layers of this shape.
+    pub(crate) fn init(&self, device: &Device) -> Vec<ClipEncoderLayer> {
+        let d = self.hidden;
+        let ln = || LayerNormConfig::new(d).with_epsilon(self.eps).init(device);
+        let linear = |i, o| LinearConfig::new(i, o).init(device);
+        (0..self.layers)
+            .map(|_| ClipEncoderLayer {
+                self_attn: ClipAttention {
+                    q_proj: linear(d, d),
+                    k_proj: linear(d, d),
+                    v_proj: linear(d, d),
+                    out_proj: linear(d, d),
+                    num_heads: self.heads,
+                },
+                layer_norm1: ln(),
+                mlp: ClipMlp {
+                    fc1: linear(d, self.intermediate),
+                    fc2: linear(self.intermediate, d),
+                    quick_gelu: self.quick_gelu,
+                },
+                layer_norm2: ln(),
+            })
+            .collect()
     }
 }
 

@@ -9,7 +9,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor};
 
-use super::{ClipAttention, ClipConfigError, ClipEncoder, ClipEncoderLayer, ClipMlp};
+use super::{ClipConfigError, ClipEncoder, EncoderShape};
 use crate::models::bounds::{self, MAX_CHANNELS, MAX_DEPTH, MAX_FEED_FORWARD, MAX_HEADS};
 
 /// The largest image side and patch side a config may name.
@@ -78,25 +78,15 @@ impl ClipVisionConfig {
         self.check()?;
         let d = self.hidden_size;
         let ln = || LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device);
-        let linear = |i, o| LinearConfig::new(i, o).init(device);
-        let layers = (0..self.num_hidden_layers)
-            .map(|_| ClipEncoderLayer {
-                self_attn: ClipAttention {
-                    q_proj: linear(d, d),
-                    k_proj: linear(d, d),
-                    v_proj: linear(d, d),
-                    out_proj: linear(d, d),
-                    num_heads: self.num_attention_heads,
-                },
-                layer_norm1: ln(),
-                mlp: ClipMlp {
-                    fc1: linear(d, self.intermediate_size),
-                    fc2: linear(self.intermediate_size, d),
-                    quick_gelu: self.hidden_act == "quick_gelu",
-                },
-                layer_norm2: ln(),
-            })
-            .collect();
+        let layers = EncoderShape {
+            hidden: d,
+            intermediate: self.intermediate_size,
+            layers: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            quick_gelu: self.hidden_act == "quick_gelu",
+            eps: self.layer_norm_eps,
+        }
+        .init(device);
         let p = self.patch_size;
         let tokens = self.grid() * self.grid() + 1;
         Ok(ClipVisionModelWithProjection {
