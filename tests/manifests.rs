@@ -119,3 +119,25 @@ fn clip_vision_vit_h_layout() {
     let model = stepstone::models::clip::vision::ClipVisionConfig::default().init(&common::cpu()).unwrap();
     assert_same("clip_vision_vit_h", &ours(&model), &reference);
 }
+
+/// I2VGen-XL's UNet (ali-vilab/i2vgen-xl's layout): the 3-D UNet's spatial and temporal parts and
+/// I2VGen-XL's own conditioning modules (file names mapped by our table) hold every key, nothing more.
+#[test]
+fn unet_i2vgen_xl_layout() {
+    let _one = FULL_SIZE.lock().unwrap_or_else(|p| p.into_inner());
+    let rules: Vec<(regex::Regex, &str)> =
+        stepstone::models::i2vgen_xl::REMAP.iter().map(|(from, to)| (regex::Regex::new(from).unwrap(), *to)).collect();
+    let reference: BTreeMap<String, Vec<u64>> = manifest("unet_i2vgen_xl")
+        .into_iter()
+        .map(|(key, shape)| {
+            let key = rules.iter().fold(key, |k, (re, to)| re.replace(&k, *to).into_owned());
+            (key, shape)
+        })
+        .collect();
+    assert_eq!(reference.len(), 1511);
+    let model = stepstone::models::i2vgen_xl::I2vgenXlUnetConfig::default().init(&common::cpu()).unwrap();
+    let mut all = ours(&model.base.unet);
+    all.extend(ours(&model.base.temporal));
+    all.extend(ours(&model.own));
+    assert_same("unet_i2vgen_xl", &all, &reference);
+}

@@ -48,6 +48,7 @@ pub mod attention;
 pub mod blocks;
 pub mod bounds;
 pub mod clip;
+pub mod i2vgen_xl;
 pub mod image_reward;
 pub mod load;
 pub mod modelscope;

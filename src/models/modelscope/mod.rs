@@ -319,6 +319,12 @@ pub struct Unet3d {
 }
 
 impl Unet3d {
+    /// The UNet over frames [B*F, C, H, W] (clip-major) with their time embeddings [B*F, E] and contexts
+    /// [B*F, S, D], the temporal layers attending over `frames` frames per clip.
+    pub fn forward_frames(&self, x: Tensor<4>, temb: Tensor<2>, context: Tensor<3>, frames: usize) -> Tensor<4> {
+        self.unet.forward_with_layers(x, temb, context, &Woven { temporal: &self.temporal, frames })
+    }
+
     /// Noise prediction for `sample` [B, C, F, H, W] at `timesteps` (one per clip), conditioned on `context`
     /// [B, S, D] (shared by the frames of a clip).
     pub fn forward(
@@ -341,7 +347,7 @@ impl Unet3d {
         let [_, s, d] = context.dims();
         let context = context.unsqueeze_dim::<4>(1).repeat_dim(1, f).reshape([b * f, s, d]);
         let x = sample.permute([0, 2, 1, 3, 4]).reshape([b * f, c, h, w]);
-        let out = self.unet.forward_with_layers(x, temb, context, &Woven { temporal: &self.temporal, frames: f });
+        let out = self.forward_frames(x, temb, context, f);
         let [_, oc, _, _] = out.dims();
         Ok(out.reshape([b, f, oc, h, w]).permute([0, 2, 1, 3, 4]))
     }
@@ -394,25 +400,34 @@ pub fn load_unet3d(dir: &Path, device: &Device) -> Result<(Unet3d, LoadReport), 
     let mut model = config.init(device).map_err(config_err)?;
     let weights = super::diffusers_weight_file(dir, "diffusion_pytorch_model", false)
         .ok_or_else(|| ComponentError::NoWeights { dir: dir.to_path_buf(), stem: "diffusion_pytorch_model".into() })?;
-    let spatial_options = LoadOptions {
-        ignore_unused: &[TEMPORAL_KEYS],
-        expected: Some("a diffusers UNet3DConditionModel (ModelScope T2V)"),
-        ..LoadOptions::default()
-    };
-    let report = super::load::load_into(&mut model.unet, &weights, &spatial_options)?;
+    let report = load_unet3d_weights(&mut model, &weights, &[], "a diffusers UNet3DConditionModel (ModelScope T2V)")?;
+    Ok((model, report))
+}
+
+/// Loads a 3-D UNet's spatial and temporal parts from one weights file; keys matching `others` belong to
+/// another module (I2VGen-XL's conditioning) and are left for it. `what` names the expected model in messages.
+pub(crate) fn load_unet3d_weights(
+    model: &mut Unet3d,
+    weights: &Path,
+    others: &[&str],
+    what: &str,
+) -> Result<LoadReport, ComponentError> {
+    let mut ignore = vec![TEMPORAL_KEYS];
+    ignore.extend_from_slice(others);
+    let spatial_options = LoadOptions { ignore_unused: &ignore, expected: Some(what), ..LoadOptions::default() };
+    let report = super::load::load_into(&mut model.unet, weights, &spatial_options)?;
     // The temporal part: everything that is not temporal is the spatial part's, loaded above.
-    let temporal_options = LoadOptions {
-        ignore_unused: &[
-            r"^(conv_in|conv_out|conv_norm_out|time_embedding)\.",
-            r"\.(resnets|attentions|downsamplers|upsamplers)\.",
-        ],
-        expected: Some("a diffusers UNet3DConditionModel (ModelScope T2V): its temporal layers"),
-        ..LoadOptions::default()
-    };
-    let temporal_report = super::load::load_into(&mut model.temporal, &weights, &temporal_options)?;
+    let mut ignore = vec![
+        r"^(conv_in|conv_out|conv_norm_out|time_embedding)\.",
+        r"\.(resnets|attentions|downsamplers|upsamplers)\.",
+    ];
+    ignore.extend_from_slice(others);
+    let expected = format!("{what}: its temporal layers");
+    let temporal_options = LoadOptions { ignore_unused: &ignore, expected: Some(&expected), ..LoadOptions::default() };
+    let temporal_report = super::load::load_into(&mut model.temporal, weights, &temporal_options)?;
     let mut unused = report.unused;
     unused.extend(temporal_report.unused);
-    Ok((model, LoadReport { path: weights, applied: report.applied + temporal_report.applied, unused }))
+    Ok(LoadReport { path: weights.to_path_buf(), applied: report.applied + temporal_report.applied, unused })
 }
 
 /// ModelScope T2V as diffusers holds it (`damo-vilab/text-to-video-ms-1.7b`): `unet/` (UNet3DConditionModel),

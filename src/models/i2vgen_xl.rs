@@ -1,0 +1,339 @@
+//! I2VGen-XL's UNet as diffusers' `I2VGenXLUNet` (0.27.2, ../shared/SEED-SYSTEMS.md 3.3-3.4): ModelScope's
+//! 3-D UNet ([`super::modelscope::Unet3d`]: the same blocks, `transformer_in` included) whose `conv_in`
+//! takes the noise and the encoded image side by side (8 channels), with the image conditioning of
+//! I2VGen-XL around it:
+//!
+//! - `image_latents_proj_in` (3 convolutions) per frame, then `image_latents_temporal_encoder` (one pre-norm
+//!   attention + GELU feed-forward over the frames at each latent pixel): the 4 channels concatenated to the
+//!   noise (diffusers concatenates them once; VGen's code adds them twice, see the issue note);
+//! - the cross-attention context of every frame: the text tokens, 64 local tokens from the first frame's
+//!   latent (`image_latents_context_embedding`: conv, adaptive average pool to 32x32, two stride-2 convs),
+//!   and `in_channels` global tokens from the CLIP image embedding (`context_embedding`);
+//! - the frame rate as a second timestep embedding (`fps_embedding`) added to the time embedding.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::{gelu, silu};
+use burn::tensor::module::adaptive_avg_pool2d;
+use burn::tensor::{Device, Tensor};
+
+use super::blocks::conv_forward;
+use super::load::{LoadOptions, LoadReport};
+use super::modelscope::{Unet3d, Unet3dConfig, Unet3dConfigError};
+use super::unet::timestep_embedding;
+use super::{ComponentError, bounds};
+use crate::pipelines::PipelineError;
+
+/// The fields of an `I2VGenXLUNet` `config.json` the model needs (ali-vilab/i2vgen-xl's by default).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct I2vgenXlUnetConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    /// As in `UNet3DConditionModel`: the size of every attention head of the blocks (and the head size of
+    /// `transformer_in`'s 8 heads).
+    pub attention_head_dim: usize,
+    pub cross_attention_dim: usize,
+    pub norm_num_groups: usize,
+}
+
+impl Default for I2vgenXlUnetConfig {
+    fn default() -> Self {
+        let base = Unet3dConfig::default();
+        I2vgenXlUnetConfig {
+            in_channels: 4,
+            out_channels: 4,
+            down_block_types: base.down_block_types,
+            up_block_types: base.up_block_types,
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: 2,
+            attention_head_dim: 64,
+            cross_attention_dim: 1024,
+            norm_num_groups: 32,
+        }
+    }
+}
+
+/// The local-token pool's output side (fixed in diffusers: 32x32, then two stride-2 convolutions: 64 tokens).
+const LOCAL_POOL: usize = 32;
+/// Heads of the image-latent temporal encoder (fixed in diffusers).
+const ENCODER_HEADS: usize = 2;
+
+/// A 3x3 convolution with padding 1 and the given stride.
+fn conv3(i: usize, o: usize, stride: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([i, o], [3, 3])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(device)
+}
+
+impl I2vgenXlUnetConfig {
+    fn unet3d(&self) -> Unet3dConfig {
+        Unet3dConfig {
+            // conv_in reads the noise and the encoded image latents.
+            in_channels: 2 * self.in_channels,
+            out_channels: self.out_channels,
+            down_block_types: self.down_block_types.clone(),
+            up_block_types: self.up_block_types.clone(),
+            block_out_channels: self.block_out_channels.clone(),
+            layers_per_block: self.layers_per_block,
+            attention_head_dim: self.attention_head_dim,
+            cross_attention_dim: self.cross_attention_dim,
+            norm_num_groups: self.norm_num_groups,
+            norm_eps: 1e-5,
+            downsample_padding: 1,
+        }
+    }
+
+    pub fn init(&self, device: &Device) -> Result<I2vgenXlUnet, Unet3dConfigError> {
+        bounds::check("in_channels", self.in_channels, 1, 64)?;
+        let base = self.unet3d().init(device)?;
+        let c = self.in_channels;
+        let d = self.cross_attention_dim;
+        let first = *self.block_out_channels.first().ok_or(Unet3dConfigError::Unet("no block_out_channels".into()))?;
+        let time_dim = 4 * first;
+        let linear = |i, o| LinearConfig::new(i, o).init(device);
+        let no_bias = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+        let inner = ENCODER_HEADS * c;
+        Ok(I2vgenXlUnet {
+            base,
+            own: I2vgenXlOwn {
+                image_latents_proj_in: ConvStack {
+                    conv0: conv3(4, 4 * c, 1, device),
+                    conv2: conv3(4 * c, 4 * c, 1, device),
+                    conv4: conv3(4 * c, c, 1, device),
+                },
+                image_latents_temporal_encoder: TemporalEncoder {
+                    norm1: LayerNormConfig::new(c).with_epsilon(1e-5).init(device),
+                    attn1: EncoderAttention {
+                        to_q: no_bias(c, inner),
+                        to_k: no_bias(c, inner),
+                        to_v: no_bias(c, inner),
+                        to_out: linear(inner, c),
+                        heads: ENCODER_HEADS,
+                    },
+                    ff_in: linear(c, 4 * c),
+                    ff_out: linear(4 * c, c),
+                },
+                image_latents_context_embedding: LocalTokens {
+                    conv0: conv3(4, 8 * c, 1, device),
+                    conv3: conv3(8 * c, 16 * c, 2, device),
+                    conv5: conv3(16 * c, d, 2, device),
+                },
+                context_embedding: Mlp { fc0: linear(d, time_dim), fc2: linear(time_dim, d * c) },
+                fps_embedding: Mlp { fc0: linear(first, time_dim), fc2: linear(time_dim, time_dim) },
+            },
+            in_channels: c,
+        })
+    }
+}
+
+/// `nn.Sequential(conv, SiLU, conv, SiLU, conv)` (file indices 0, 2, 4).
+#[derive(Module, Debug)]
+pub struct ConvStack {
+    pub conv0: Conv2d,
+    pub conv2: Conv2d,
+    pub conv4: Conv2d,
+}
+
+impl ConvStack {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = silu(conv_forward(&self.conv0, x));
+        let x = silu(conv_forward(&self.conv2, x));
+        conv_forward(&self.conv4, x)
+    }
+}
+
+/// diffusers' `Attention` as the temporal encoder builds it: q/k/v without bias, `to_out.0` with.
+#[derive(Module, Debug)]
+pub struct EncoderAttention {
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+    #[module(skip)]
+    pub heads: usize,
+}
+
+/// `I2VGenXLTransformerTemporalEncoder`: x + attn(norm1(x)), then x + ff(x) (the feed-forward has no norm
+/// of its own; GELU, exact erf).
+#[derive(Module, Debug)]
+pub struct TemporalEncoder {
+    pub norm1: LayerNorm,
+    pub attn1: EncoderAttention,
+    pub ff_in: Linear,
+    pub ff_out: Linear,
+}
+
+impl TemporalEncoder {
+    /// `x` [N, frames, channels].
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [n, f, _] = x.dims();
+        let a = &self.attn1;
+        let h = self.norm1.forward(x.clone());
+        let inner = a.to_q.weight.dims()[1];
+        let dh = inner / a.heads.max(1);
+        let split = |t: Tensor<3>| t.reshape([n, f, a.heads, dh]).swap_dims(1, 2);
+        let q = split(a.to_q.forward(h.clone())).mul_scalar((dh.max(1) as f64).powf(-0.5));
+        let k = split(a.to_k.forward(h.clone()));
+        let v = split(a.to_v.forward(h));
+        let out = crate::models::attention::attention(q, k, v, None, None).swap_dims(1, 2).reshape([n, f, inner]);
+        let x = x + a.to_out.forward(out);
+        x.clone() + self.ff_out.forward(gelu(self.ff_in.forward(x)))
+    }
+}
+
+/// `image_latents_context_embedding`: conv, SiLU, adaptive average pool to 32x32, stride-2 conv, SiLU,
+/// stride-2 conv (file indices 0, 3, 5).
+#[derive(Module, Debug)]
+pub struct LocalTokens {
+    pub conv0: Conv2d,
+    pub conv3: Conv2d,
+    pub conv5: Conv2d,
+}
+
+/// `nn.Sequential(Linear, SiLU, Linear)` (file indices 0, 2).
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub fc0: Linear,
+    pub fc2: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.fc2.forward(silu(self.fc0.forward(x)))
+    }
+}
+
+/// I2VGen-XL's own modules around the 3-D UNet (named as in the file).
+#[derive(Module, Debug)]
+pub struct I2vgenXlOwn {
+    pub image_latents_proj_in: ConvStack,
+    pub image_latents_temporal_encoder: TemporalEncoder,
+    pub image_latents_context_embedding: LocalTokens,
+    pub context_embedding: Mlp,
+    pub fps_embedding: Mlp,
+}
+
+/// diffusers' `I2VGenXLUNet`.
+#[derive(Module, Debug)]
+pub struct I2vgenXlUnet {
+    pub base: Unet3d,
+    pub own: I2vgenXlOwn,
+    #[module(skip)]
+    pub in_channels: usize,
+}
+
+impl I2vgenXlUnet {
+    /// The velocity (v-prediction) for `sample` [B, C, F, H, W] at `timesteps` (one per clip) with `fps` (one
+    /// per clip), the encoded image latents [B, C, F, H, W] (the image's latent, then the frame-position
+    /// maps), the CLIP image embedding [B, D] and the text tokens [B, S, D].
+    pub fn forward(
+        &self,
+        sample: Tensor<5>,
+        timesteps: &[f64],
+        fps: &[f64],
+        image_latents: Tensor<5>,
+        image_embeddings: Tensor<2>,
+        text: Tensor<3>,
+    ) -> Result<Tensor<5>, PipelineError> {
+        let [b, c, f, h, w] = sample.dims();
+        let shapes_agree = timesteps.len() == b
+            && fps.len() == b
+            && image_latents.dims() == [b, c, f, h, w]
+            && image_embeddings.dims()[0] == b
+            && text.dims()[0] == b
+            && c == self.in_channels;
+        if !shapes_agree {
+            return Err(PipelineError::Data(format!(
+                "I2VGen-XL UNet: sample {:?} ({} channels expected), image latents {:?}, image embeddings {:?}, \
+                 text {:?}, {} timesteps, {} frame rates",
+                sample.dims(),
+                self.in_channels,
+                image_latents.dims(),
+                image_embeddings.dims(),
+                text.dims(),
+                timesteps.len(),
+                fps.len()
+            )));
+        }
+        let device = sample.device();
+        let unet = &self.base.unet;
+        // Time + frame rate, per clip, then per frame.
+        let t_emb = unet.time_embed(timesteps, &device);
+        let proj_dim = unet.time_embedding.linear_1.weight.dims()[0];
+        let fps_emb = self.own.fps_embedding.forward(timestep_embedding(fps, proj_dim, true, 0.0, &device));
+        let emb = t_emb + fps_emb;
+        let [_, e] = emb.dims();
+        let emb = emb.unsqueeze_dim::<3>(1).repeat_dim(1, f).reshape([b * f, e]);
+
+        // Context: text, 64 local tokens from the first frame's latent, global tokens from the CLIP embedding.
+        let l = &self.own.image_latents_context_embedding;
+        let first = image_latents.clone().narrow(2, 0, 1).reshape([b, c, h, w]);
+        let local = silu(conv_forward(&l.conv0, first));
+        let local = adaptive_avg_pool2d(local, [LOCAL_POOL, LOCAL_POOL]);
+        let local = conv_forward(&l.conv5, silu(conv_forward(&l.conv3, local)));
+        let [_, d, lh, lw] = local.dims();
+        let local = local.reshape([b, d, lh * lw]).swap_dims(1, 2);
+        let global = self.own.context_embedding.forward(image_embeddings).reshape([b, self.in_channels, d]);
+        let context = Tensor::cat(vec![text, local, global], 1);
+        let [_, s, _] = context.dims();
+        let context = context.unsqueeze_dim::<4>(1).repeat_dim(1, f).reshape([b * f, s, d]);
+
+        // The image latents per frame, then over the frames at each pixel.
+        let frames = image_latents.permute([0, 2, 1, 3, 4]).reshape([b * f, c, h, w]);
+        let encoded = self.own.image_latents_proj_in.forward(frames); // [b*f, c, h, w]
+        let encoded = encoded.reshape([b, f, c, h, w]).permute([0, 3, 4, 1, 2]).reshape([b * h * w, f, c]);
+        let encoded = self.own.image_latents_temporal_encoder.forward(encoded);
+        let encoded = encoded.reshape([b, h, w, f, c]).permute([0, 3, 4, 1, 2]); // [b, f, c, h, w]
+        let x = sample.permute([0, 2, 1, 3, 4]); // [b, f, c, h, w]
+        let x = Tensor::cat(vec![x, encoded], 2).reshape([b * f, 2 * c, h, w]);
+        let out = self.base.forward_frames(x, emb, context, f);
+        let [_, oc, _, _] = out.dims();
+        Ok(out.reshape([b, f, oc, h, w]).permute([0, 2, 1, 3, 4]))
+    }
+}
+
+/// Keys of I2VGen-XL's own modules (around the 3-D UNet).
+const OWN_KEYS: &str = r"^(image_latents_proj_in|image_latents_temporal_encoder|image_latents_context_embedding|context_embedding|fps_embedding)\.";
+
+/// Renames of the file's `nn.Sequential` indices and diffusers' names to our fields.
+pub const REMAP: &[(&str, &str)] = &[
+    (r"^image_latents_proj_in\.(\d)\.", "image_latents_proj_in.conv$1."),
+    (r"^image_latents_temporal_encoder\.attn1\.to_out\.0\.", "image_latents_temporal_encoder.attn1.to_out."),
+    (r"^image_latents_temporal_encoder\.ff\.net\.0\.proj\.", "image_latents_temporal_encoder.ff_in."),
+    (r"^image_latents_temporal_encoder\.ff\.net\.2\.", "image_latents_temporal_encoder.ff_out."),
+    (r"^image_latents_context_embedding\.(\d)\.", "image_latents_context_embedding.conv$1."),
+    (r"^(context_embedding|fps_embedding)\.(\d)\.", "$1.fc$2."),
+];
+
+/// Loads a diffusers `I2VGenXLUNet` `unet/` folder: the 3-D UNet and I2VGen-XL's own modules from the same
+/// file, each checked complete.
+pub fn load_i2vgen_xl_unet(dir: &Path, device: &Device) -> Result<(I2vgenXlUnet, LoadReport), ComponentError> {
+    let config: I2vgenXlUnetConfig = super::read_config(dir)?;
+    let mut model = config
+        .init(device)
+        .map_err(|e| ComponentError::Config { path: dir.join("config.json"), message: e.to_string() })?;
+    let weights = super::diffusers_weight_file(dir, "diffusion_pytorch_model", false)
+        .ok_or_else(|| ComponentError::NoWeights { dir: dir.to_path_buf(), stem: "diffusion_pytorch_model".into() })?;
+    let mut report = super::modelscope::load_unet3d_weights(&mut model.base, &weights, &[OWN_KEYS], "an I2VGenXLUNet")?;
+    let own = LoadOptions {
+        remap: REMAP,
+        ignore_unused: &[
+            r"^(conv_in|conv_out|conv_norm_out|time_embedding|transformer_in|down_blocks|up_blocks|mid_block)\.",
+        ],
+        expected: Some("an I2VGenXLUNet: its image and frame-rate conditioning"),
+        ..LoadOptions::default()
+    };
+    let own_report = super::load::load_into(&mut model.own, &weights, &own)?;
+    report.applied += own_report.applied;
+    report.unused.extend(own_report.unused);
+    Ok((model, report))
+}
