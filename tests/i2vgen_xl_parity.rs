@@ -56,8 +56,47 @@ fn unet_matches_diffusers_on_two_tiny_configs() {
             )
             .unwrap();
         assert_eq!(eps.dims().as_slice(), fx.get("eps").0.as_slice(), "{name}");
+        if name == "unet_a" {
+            denoiser_interface_matches(&unet, &fx, &eps);
+        }
         // Tight: a missing 1/sqrt(d) in the temporal encoder's attention gave 6e-5 on unet_a.
         let err = assert_close(name, &to_vec(&eps), fx.values("eps"), 5e-6);
         eprintln!("{name}: max abs error {err:e}");
     }
+}
+
+/// The same prediction through the family-independent `VideoDenoiser` interface (the CLIP embedding as an
+/// image token, the latents to concatenate, the frame rate); what is missing is named.
+fn denoiser_interface_matches(
+    unet: &stepstone::models::i2vgen_xl::I2vgenXlUnet,
+    fx: &Fixture,
+    eps: &burn::tensor::Tensor<5>,
+) {
+    use stepstone::models::unet::Motion;
+    use stepstone::pipelines::denoiser::{Conditioning, VideoDenoiser};
+    let device = cpu();
+    let t = f64::from(fx.values("timestep")[0]);
+    let [b, d] = fx.tensor::<2>("image_embeddings", &device).dims();
+    let mut cond = Conditioning::text(fx.tensor::<3>("encoder_hidden_states", &device));
+    let x = fx.tensor::<5>("sample", &device);
+    let err = unet.predict(x.clone(), &[t, t], &cond, Motion::On).unwrap_err().to_string();
+    assert!(err.contains("CLIP image embedding"), "{err}");
+    cond.image_tokens = Some(fx.tensor::<2>("image_embeddings", &device).reshape([b, 1, d]));
+    cond.concat_latents = Some(fx.tensor::<5>("image_latents", &device));
+    cond.fps = Some(16.0);
+    // The interface takes one frame rate for the batch: compare against a forward at 16 fps for both clips.
+    let direct = unet
+        .forward(
+            x.clone(),
+            &[t, t],
+            &[16.0, 16.0],
+            fx.tensor::<5>("image_latents", &device),
+            fx.tensor::<2>("image_embeddings", &device),
+            fx.tensor::<3>("encoder_hidden_states", &device),
+        )
+        .unwrap();
+    let through = unet.predict(x.clone(), &[t, t], &cond, Motion::On).unwrap();
+    assert_eq!(to_vec(&through), to_vec(&direct));
+    assert_ne!(to_vec(&direct), to_vec(eps), "the frame rate matters (the fixture's second clip is at 8 fps)");
+    assert!(unet.predict(x, &[t, t], &cond, Motion::Bypass).is_err());
 }

@@ -337,3 +337,36 @@ pub fn load_i2vgen_xl_unet(dir: &Path, device: &Device) -> Result<(I2vgenXlUnet,
     report.unused.extend(own_report.unused);
     Ok((model, report))
 }
+
+/// I2VGen-XL as a denoiser: text, the CLIP image embedding as one image token [B, 1, D], the encoded image
+/// latents to concatenate, and the frame rate, all required. Its frames always attend to each other
+/// ([`crate::models::unet::Motion::Bypass`] is refused: I2VGen-XL has no per-image mode).
+impl crate::pipelines::denoiser::VideoDenoiser for I2vgenXlUnet {
+    fn predict(
+        &self,
+        x: Tensor<5>,
+        timesteps: &[f64],
+        cond: &crate::pipelines::denoiser::Conditioning,
+        motion: crate::models::unet::Motion,
+    ) -> Result<Tensor<5>, PipelineError> {
+        if motion == crate::models::unet::Motion::Bypass {
+            return Err(PipelineError::Data("I2VGen-XL cannot denoise frames as independent images".into()));
+        }
+        let missing = |what: &str| PipelineError::Data(format!("I2VGen-XL needs {what} (an image-to-video model)"));
+        let image = cond.image_tokens.as_ref().ok_or_else(|| missing("the CLIP image embedding"))?;
+        let latents = cond.concat_latents.clone().ok_or_else(|| missing("the encoded image latents"))?;
+        let fps = cond.fps.ok_or_else(|| missing("the frame rate"))?;
+        let [b, tokens, d] = image.dims();
+        if tokens != 1 {
+            return Err(PipelineError::Data(format!(
+                "I2VGen-XL takes one CLIP image embedding per clip, got {tokens} image tokens"
+            )));
+        }
+        let fps = vec![fps; x.dims()[0]];
+        self.forward(x, timesteps, &fps, latents, image.clone().reshape([b, d]), cond.text.clone())
+    }
+
+    fn latent_channels(&self) -> usize {
+        self.in_channels
+    }
+}
