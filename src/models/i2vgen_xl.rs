@@ -27,39 +27,11 @@ use super::unet::timestep_embedding;
 use super::{ComponentError, bounds};
 use crate::pipelines::PipelineError;
 
-/// The fields of an `I2VGenXLUNet` `config.json` the model needs (ali-vilab/i2vgen-xl's by default).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct I2vgenXlUnetConfig {
-    pub in_channels: usize,
-    pub out_channels: usize,
-    pub down_block_types: Vec<String>,
-    pub up_block_types: Vec<String>,
-    pub block_out_channels: Vec<usize>,
-    pub layers_per_block: usize,
-    /// As in `UNet3DConditionModel`: the size of every attention head of the blocks (and the head size of
-    /// `transformer_in`'s 8 heads).
-    pub attention_head_dim: usize,
-    pub cross_attention_dim: usize,
-    pub norm_num_groups: usize,
-}
-
-impl Default for I2vgenXlUnetConfig {
-    fn default() -> Self {
-        let base = Unet3dConfig::default();
-        I2vgenXlUnetConfig {
-            in_channels: 4,
-            out_channels: 4,
-            down_block_types: base.down_block_types,
-            up_block_types: base.up_block_types,
-            block_out_channels: vec![320, 640, 1280, 1280],
-            layers_per_block: 2,
-            attention_head_dim: 64,
-            cross_attention_dim: 1024,
-            norm_num_groups: 32,
-        }
-    }
-}
+/// An `I2VGenXLUNet` `config.json`: the fields of a `UNet3DConditionModel` one, with the same meanings and
+/// defaults (ali-vilab/i2vgen-xl's UNet has ModelScope's block layout).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct I2vgenXlUnetConfig(pub Unet3dConfig);
 
 /// The local-token pool's output side (fixed in diffusers: 32x32, then two stride-2 convolutions: 64 tokens).
 const LOCAL_POOL: usize = 32;
@@ -76,28 +48,17 @@ fn conv3(i: usize, o: usize, stride: usize, device: &Device) -> Conv2d {
 
 impl I2vgenXlUnetConfig {
     fn unet3d(&self) -> Unet3dConfig {
-        Unet3dConfig {
-            // conv_in reads the noise and the encoded image latents.
-            in_channels: 2 * self.in_channels,
-            out_channels: self.out_channels,
-            down_block_types: self.down_block_types.clone(),
-            up_block_types: self.up_block_types.clone(),
-            block_out_channels: self.block_out_channels.clone(),
-            layers_per_block: self.layers_per_block,
-            attention_head_dim: self.attention_head_dim,
-            cross_attention_dim: self.cross_attention_dim,
-            norm_num_groups: self.norm_num_groups,
-            norm_eps: 1e-5,
-            downsample_padding: 1,
-        }
+        // conv_in reads the noise and the encoded image latents.
+        Unet3dConfig { in_channels: 2 * self.0.in_channels, ..self.0.clone() }
     }
 
     pub fn init(&self, device: &Device) -> Result<I2vgenXlUnet, Unet3dConfigError> {
-        bounds::check("in_channels", self.in_channels, 1, 64)?;
+        bounds::check("in_channels", self.0.in_channels, 1, 64)?;
         let base = self.unet3d().init(device)?;
-        let c = self.in_channels;
-        let d = self.cross_attention_dim;
-        let first = *self.block_out_channels.first().ok_or(Unet3dConfigError::Unet("no block_out_channels".into()))?;
+        let c = self.0.in_channels;
+        let d = self.0.cross_attention_dim;
+        let first =
+            *self.0.block_out_channels.first().ok_or(Unet3dConfigError::Unet("no block_out_channels".into()))?;
         let time_dim = 4 * first;
         let linear = |i, o| LinearConfig::new(i, o).init(device);
         let no_bias = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
