@@ -278,6 +278,7 @@ pub const REMAP: &[(&str, &str)] = &[
 /// Loads a diffusers `I2VGenXLUNet` `unet/` folder: the 3-D UNet and I2VGen-XL's own modules from the same
 /// file, each checked complete.
 pub fn load_i2vgen_xl_unet(dir: &Path, device: &Device) -> Result<(I2vgenXlUnet, LoadReport), ComponentError> {
+    super::check_component_class(dir, "I2VGenXLUNet")?;
     let config: I2vgenXlUnetConfig = super::read_config(dir)?;
     let mut model = config
         .init(device)
@@ -329,5 +330,106 @@ impl crate::pipelines::denoiser::VideoDenoiser for I2vgenXlUnet {
 
     fn latent_channels(&self) -> usize {
         self.in_channels
+    }
+}
+
+/// I2VGen-XL as diffusers holds it (`ali-vilab/i2vgen-xl`): `unet/` (I2VGenXLUNet), `vae/`, `text_encoder/`
+/// (OpenCLIP-H text as a transformers CLIPTextModel), `tokenizer/`, `image_encoder/`
+/// (CLIPVisionModelWithProjection), `feature_extractor/` (CLIPImageProcessor: the pipeline uses its crop size
+/// and normalisation) and `scheduler/` (DDIM).
+#[derive(Debug)]
+pub struct I2vgenXl {
+    pub unet: I2vgenXlUnet,
+    pub vae: super::vae::AutoencoderKl,
+    pub text_encoder: super::clip::ClipTextModel,
+    pub tokenizer: super::clip::ClipTokenizer,
+    pub image_encoder: super::clip::vision::ClipVisionModelWithProjection,
+    pub feature_extractor: super::clip::image::ClipImageProcessor,
+    pub scheduler: crate::schedulers::DdimConfig,
+    pub source: std::path::PathBuf,
+}
+
+/// The sub-folders of an I2VGen-XL diffusers folder.
+pub const PARTS: [&str; 7] =
+    ["unet", "vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "scheduler"];
+
+/// Loads an I2VGen-XL diffusers folder (each component's safetensors, .bin or .fp16 variant); the parts are
+/// checked against each other (text and image widths against the UNet's context, the VAE's latent channels
+/// against the UNet's).
+pub fn load_i2vgen_xl(path: &Path, device: &Device) -> Result<(I2vgenXl, Vec<LoadReport>), super::FolderError> {
+    use super::FolderError;
+    super::check_pipeline_folder(path, "I2VGenXLPipeline", "an I2VGen-XL", &PARTS)?;
+    let component = |name| FolderError::component(path, name);
+    let (unet, r_unet) = load_i2vgen_xl_unet(&path.join("unet"), device).map_err(component("unet"))?;
+    let (vae, r_vae) = super::load_vae(&path.join("vae"), device).map_err(component("vae"))?;
+    let (text_encoder, r_text) =
+        super::load_clip_text_encoder(&path.join("text_encoder"), device).map_err(component("text_encoder"))?;
+    let (image_encoder, r_image) =
+        super::load_clip_image_encoder(&path.join("image_encoder"), device).map_err(component("image_encoder"))?;
+    let tokenizer = super::clip::ClipTokenizer::from_dir(&path.join("tokenizer"))?;
+    let processor_file = path.join("feature_extractor").join("preprocessor_config.json");
+    let text = bounds::read_text(&processor_file, bounds::MAX_CONFIG_BYTES).map_err(|message| {
+        FolderError::layout(path, format!("feature_extractor/preprocessor_config.json: {message}"))
+    })?;
+    let feature_extractor =
+        super::clip::image::ClipImageProcessor::from_json(&text, "feature_extractor/preprocessor_config.json")
+            .map_err(|e| FolderError::layout(path, e.to_string()))?;
+    if feature_extractor.crop.is_none() {
+        return Err(FolderError::layout(
+            path,
+            "feature_extractor/preprocessor_config.json: no crop_size (the pipeline resizes the image to it)",
+        ));
+    }
+    let scheduler = super::read_scheduler_config(path)?;
+    let context = unet.base.unet.cross_attention_dim().unwrap_or(0);
+    let text_width = text_encoder.text_model.embeddings.token_embedding.weight.dims()[1];
+    let image_width = image_encoder.visual_projection.weight.dims()[1];
+    let latent_channels = vae.quant_conv.weight.dims()[0] / 2;
+    let misfit = [
+        (text_width != context).then(|| format!("the text encoder produces {text_width}-wide states")),
+        (image_width != context).then(|| format!("the image encoder projects to {image_width}")),
+    ];
+    let misfit: Vec<String> = misfit.into_iter().flatten().collect();
+    if !misfit.is_empty() {
+        return Err(FolderError::layout(
+            path,
+            format!("the parts do not fit together: {}, the UNet attends to {context}-wide ones", misfit.join(" and ")),
+        ));
+    }
+    if latent_channels != unet.in_channels {
+        return Err(FolderError::layout(
+            path,
+            format!(
+                "the parts do not fit together: the VAE makes {latent_channels}-channel latents, the UNet denoises {}",
+                unet.in_channels
+            ),
+        ));
+    }
+    let model = I2vgenXl {
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        image_encoder,
+        feature_extractor,
+        scheduler,
+        source: path.to_path_buf(),
+    };
+    Ok((model, vec![r_unet, r_vae, r_text, r_image]))
+}
+
+impl I2vgenXl {
+    /// The memory a guided sampling run of `shape` takes: the weights of every part and the UNet walk's
+    /// activations (see [`crate::pipelines::memory::walk_estimate`]).
+    pub fn estimate(
+        &self,
+        shape: crate::pipelines::memory::StageShape,
+        cpu: bool,
+    ) -> crate::pipelines::memory::Estimate {
+        let beside = self.unet.base.temporal.num_params()
+            + self.unet.own.num_params()
+            + self.text_encoder.num_params()
+            + self.image_encoder.num_params();
+        crate::pipelines::memory::walk_estimate(&self.unet.base.unet, beside as u64, &self.vae, shape, cpu)
     }
 }

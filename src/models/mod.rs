@@ -101,6 +101,34 @@ fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, Componen
         .map_err(|e| ComponentError::Config { path, message: format!("line {} column {}: {e}", e.line(), e.column()) })
 }
 
+/// Refuses a component folder whose `config.json` names another known class than `class` (a UNet of another
+/// family where this one is expected), saying what it is and which node loads it.
+pub(crate) fn check_component_class(dir: &Path, class: &str) -> Result<(), ComponentError> {
+    let path = dir.join("config.json");
+    let Ok(text) = bounds::read_text(&path, bounds::MAX_CONFIG_BYTES) else { return Ok(()) };
+    let Some(found) = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("_class_name").and_then(|c| c.as_str()).map(str::to_string))
+    else {
+        return Ok(());
+    };
+    let known = |c: &str| match c {
+        "UNet2DConditionModel" => Some(("a diffusers UNet2DConditionModel (SD 1.5's UNet)", "Load SD 1.5 Checkpoint")),
+        "UNet3DConditionModel" => {
+            Some(("a diffusers UNet3DConditionModel (ModelScope T2V's UNet)", "Load ModelScope T2V"))
+        }
+        "I2VGenXLUNet" => Some(("a diffusers I2VGenXLUNet (I2VGen-XL's UNet)", "Load I2VGen-XL")),
+        _ => None,
+    };
+    match (known(&found), known(class)) {
+        (Some((what, node)), Some((expected, _))) if found != class => Err(ComponentError::Config {
+            path,
+            message: format!("this is {what} ({found}), not {expected}: its folder loads with {node}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The pipeline class a diffusers folder's `model_index.json` names (`StableDiffusionPipeline`,
 /// `TextToVideoSDPipeline`, ...), if it has a readable one.
 pub fn pipeline_class(dir: &Path) -> Option<String> {
@@ -115,10 +143,69 @@ pub fn describe_pipeline(class: &str) -> Option<(&'static str, &'static str)> {
         "StableDiffusionPipeline" => ("a Stable Diffusion 1.x folder", "Load SD 1.5 Checkpoint"),
         "TextToVideoSDPipeline" => ("a ModelScope T2V folder", "Load ModelScope T2V"),
         "AnimateDiffPipeline" => ("an AnimateDiff pipeline folder", "Load SD 1.5 Checkpoint and Load Motion Module"),
-        "I2VGenXLPipeline" => ("an I2VGen-XL folder", "an I2VGen-XL loader (not in this version)"),
+        "I2VGenXLPipeline" => ("an I2VGen-XL folder", "Load I2VGen-XL"),
         "StableDiffusionXLPipeline" => ("an SDXL folder", "none: SDXL is not supported"),
         _ => return None,
     })
+}
+
+/// Why a diffusers pipeline folder (ModelScope T2V, I2VGen-XL) did not load: the folder and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    #[error("{path}: {component}: {source}")]
+    Component {
+        path: PathBuf,
+        component: &'static str,
+        #[source]
+        source: Box<ComponentError>,
+    },
+    #[error(transparent)]
+    Tokenizer(#[from] clip::TokenizerError),
+    #[error("{path}: {message}")]
+    Layout { path: PathBuf, message: String },
+}
+
+impl FolderError {
+    /// A layout problem of the folder at `path`.
+    pub fn layout(path: &Path, message: impl Into<String>) -> Self {
+        FolderError::Layout { path: path.to_path_buf(), message: message.into() }
+    }
+
+    /// Maps a component's error to one naming the folder and the component.
+    pub fn component<'a>(path: &'a Path, component: &'static str) -> impl Fn(ComponentError) -> FolderError + 'a {
+        move |source| FolderError::Component { path: path.to_path_buf(), component, source: Box::new(source) }
+    }
+}
+
+/// Checks that `path` is a diffusers folder of `family` ("a ModelScope T2V": model_index.json naming `class`, where it names one
+/// known to be something else) with every sub-folder of `parts`.
+pub(crate) fn check_pipeline_folder(path: &Path, class: &str, family: &str, parts: &[&str]) -> Result<(), FolderError> {
+    if let Some(found) = pipeline_class(path)
+        && found != class
+        && let Some((what, node)) = describe_pipeline(&found)
+    {
+        return Err(FolderError::layout(
+            path,
+            format!("this is {what} ({found} in model_index.json), not {family}: use {node}"),
+        ));
+    }
+    let missing: Vec<String> = parts.iter().filter(|c| !path.join(c).is_dir()).map(|c| format!("{c}/")).collect();
+    if !missing.is_empty() {
+        let expected: Vec<String> = parts.iter().map(|c| format!("{c}/")).collect();
+        return Err(FolderError::layout(
+            path,
+            format!("not {family} diffusers folder: missing {} (expected {})", missing.join(", "), expected.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+/// A diffusers folder's `scheduler/scheduler_config.json` as a DDIM configuration.
+pub(crate) fn read_scheduler_config(path: &Path) -> Result<crate::schedulers::DdimConfig, FolderError> {
+    let file = path.join("scheduler").join("scheduler_config.json");
+    let text = bounds::read_text(&file, bounds::MAX_CONFIG_BYTES)
+        .map_err(|message| FolderError::layout(path, format!("scheduler/scheduler_config.json: {message}")))?;
+    serde_json::from_str(&text).map_err(|e| FolderError::layout(path, format!("scheduler/scheduler_config.json: {e}")))
 }
 
 /// Reads a component folder: `config.json` into `C`, the model built by `init`, weights from the first

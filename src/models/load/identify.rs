@@ -19,8 +19,12 @@ pub enum FileKind {
     DiffusersUnet,
     /// A diffusers `UNet3DConditionModel` (ModelScope T2V's UNet: temporal convolutions and transformers).
     DiffusersUnet3d,
+    /// A diffusers `I2VGenXLUNet` (the 3-D UNet with I2VGen-XL's image and frame-rate conditioning).
+    I2vgenXlUnet,
     DiffusersVae,
     ClipTextEncoder,
+    /// A transformers `CLIPVisionModel(WithProjection)` (an image encoder).
+    ClipImageEncoder,
     ImageReward,
     Unknown,
 }
@@ -36,8 +40,10 @@ impl FileKind {
             FileKind::MotionAdapter => "a diffusers MotionAdapter (AnimateDiff motion modules)",
             FileKind::DiffusersUnet => "a diffusers UNet",
             FileKind::DiffusersUnet3d => "a diffusers UNet3DConditionModel (ModelScope T2V's UNet)",
+            FileKind::I2vgenXlUnet => "a diffusers I2VGenXLUNet (I2VGen-XL's UNet)",
             FileKind::DiffusersVae => "a diffusers VAE",
             FileKind::ClipTextEncoder => "a CLIP text encoder",
+            FileKind::ClipImageEncoder => "a CLIP image encoder",
             FileKind::ImageReward => "an ImageReward model",
             FileKind::Unknown => "no model stepstone knows",
         }
@@ -77,8 +83,14 @@ pub fn classify(keys: &[String]) -> FileKind {
     if any(&|k| k.starts_with("text_model.embeddings.")) {
         return FileKind::ClipTextEncoder;
     }
+    if any(&|k| k.starts_with("vision_model.embeddings.")) {
+        return FileKind::ClipImageEncoder;
+    }
     if any(&|k| k.starts_with("encoder.conv_in.")) && any(&|k| k.starts_with("decoder.conv_out.")) {
         return FileKind::DiffusersVae;
+    }
+    if any(&|k| k.starts_with("image_latents_proj_in.")) && any(&|k| k.starts_with("fps_embedding.")) {
+        return FileKind::I2vgenXlUnet;
     }
     if any(&|k| k.starts_with("transformer_in.")) && any(&|k| k.contains(".temp_convs.")) {
         return FileKind::DiffusersUnet3d;

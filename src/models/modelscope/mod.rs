@@ -394,6 +394,7 @@ const TEMPORAL_KEYS: &str = r"(^transformer_in\.|\.temp_convs\.|\.temp_attention
 /// Loads a diffusers `UNet3DConditionModel` `unet/` folder (config.json + diffusion_pytorch_model
 /// safetensors or .bin): the spatial and the temporal parts from the same file, each checked complete.
 pub fn load_unet3d(dir: &Path, device: &Device) -> Result<(Unet3d, LoadReport), ComponentError> {
+    super::check_component_class(dir, "UNet3DConditionModel")?;
     let config: Unet3dConfig = super::read_config(dir)?;
     let config_err =
         |e: Unet3dConfigError| ComponentError::Config { path: dir.join("config.json"), message: e.to_string() };
@@ -443,64 +444,35 @@ pub struct ModelScopeT2v {
     pub source: std::path::PathBuf,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ModelScopeError {
-    #[error("{path}: {component}: {source}")]
-    Component {
-        path: std::path::PathBuf,
-        component: &'static str,
-        #[source]
-        source: Box<ComponentError>,
-    },
-    #[error(transparent)]
-    Tokenizer(#[from] super::clip::TokenizerError),
-    #[error("{path}: {message}")]
-    Layout { path: std::path::PathBuf, message: String },
-}
+/// Why a ModelScope T2V folder did not load.
+pub type ModelScopeError = super::FolderError;
 
 /// Loads a ModelScope T2V diffusers folder; the text encoder's width is checked against the UNet's context.
 pub fn load_modelscope(path: &Path, device: &Device) -> Result<(ModelScopeT2v, Vec<LoadReport>), ModelScopeError> {
-    let layout = |message: String| ModelScopeError::Layout { path: path.to_path_buf(), message };
-    if let Some(class) = super::pipeline_class(path)
-        && class != "TextToVideoSDPipeline"
-        && let Some((what, node)) = super::describe_pipeline(&class)
-    {
-        return Err(layout(format!("this is {what} ({class} in model_index.json), not ModelScope T2V: use {node}")));
-    }
-    let parts = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
-    let missing: Vec<String> = parts.iter().filter(|c| !path.join(c).is_dir()).map(|c| format!("{c}/")).collect();
-    if !missing.is_empty() {
-        return Err(layout(format!(
-            "not a ModelScope T2V diffusers folder: missing {} (expected {})",
-            missing.join(", "),
-            parts.map(|c| format!("{c}/")).join(", ")
-        )));
-    }
-    let component = |component: &'static str| {
-        move |source: ComponentError| ModelScopeError::Component {
-            path: path.to_path_buf(),
-            component,
-            source: Box::new(source),
-        }
-    };
+    super::check_pipeline_folder(
+        path,
+        "TextToVideoSDPipeline",
+        "a ModelScope T2V",
+        &["unet", "vae", "text_encoder", "tokenizer", "scheduler"],
+    )?;
+    let component = |name| ModelScopeError::component(path, name);
     let (unet, r_unet) = load_unet3d(&path.join("unet"), device).map_err(component("unet"))?;
     let (vae, r_vae) = super::load_vae(&path.join("vae"), device).map_err(component("vae"))?;
     let (text_encoder, r_text) =
         super::load_clip_text_encoder(&path.join("text_encoder"), device).map_err(component("text_encoder"))?;
     let tokenizer = super::clip::ClipTokenizer::from_dir(&path.join("tokenizer"))?;
-    let scheduler_file = path.join("scheduler").join("scheduler_config.json");
-    let text = super::bounds::read_text(&scheduler_file, super::bounds::MAX_CONFIG_BYTES)
-        .map_err(|message| layout(format!("scheduler/scheduler_config.json: {message}")))?;
-    let scheduler: crate::schedulers::DdimConfig =
-        serde_json::from_str(&text).map_err(|e| layout(format!("scheduler/scheduler_config.json: {e}")))?;
+    let scheduler = super::read_scheduler_config(path)?;
     let width = text_encoder.text_model.embeddings.token_embedding.weight.dims()[1];
     if let Some(cross) = unet.unet.cross_attention_dim()
         && cross != width
     {
-        return Err(layout(format!(
-            "the parts do not fit together: the text encoder produces {width}-wide states, the UNet attends to \
-             {cross}-wide ones"
-        )));
+        return Err(ModelScopeError::layout(
+            path,
+            format!(
+                "the parts do not fit together: the text encoder produces {width}-wide states, the UNet attends to \
+                 {cross}-wide ones"
+            ),
+        ));
     }
     let model = ModelScopeT2v { unet, vae, text_encoder, tokenizer, scheduler, source: path.to_path_buf() };
     Ok((model, vec![r_unet, r_vae, r_text]))
