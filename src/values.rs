@@ -30,6 +30,8 @@ pub enum Value {
     RewardModel(RewardValue),
     #[serde(skip)]
     VideoModel(VideoModelValue),
+    #[serde(skip)]
+    I2vModel(I2vModelValue),
     Candidates(Arc<Candidates>),
     Image(Arc<StillImage>),
     Ranking(Arc<Ranking>),
@@ -48,6 +50,7 @@ impl Value {
             Value::MotionModule(_) => PortType::MotionModule,
             Value::RewardModel(_) => PortType::RewardModel,
             Value::VideoModel(_) => PortType::VideoModel,
+            Value::I2vModel(_) => PortType::I2vModel,
             Value::Candidates(_) => PortType::Candidates,
             Value::Image(_) => PortType::Image,
             Value::Ranking(_) => PortType::Ranking,
@@ -67,7 +70,14 @@ impl Value {
 
     /// Whether the value is data that serialises (everything but model handles).
     pub fn is_data(&self) -> bool {
-        !matches!(self, Value::Checkpoint(_) | Value::MotionModule(_) | Value::RewardModel(_) | Value::VideoModel(_))
+        !matches!(
+            self,
+            Value::Checkpoint(_)
+                | Value::MotionModule(_)
+                | Value::RewardModel(_)
+                | Value::VideoModel(_)
+                | Value::I2vModel(_)
+        )
     }
 }
 
@@ -124,6 +134,7 @@ plain_port_value!(CheckpointValue, Checkpoint, "checkpoint");
 plain_port_value!(MotionValue, MotionModule, "motion module");
 plain_port_value!(RewardValue, RewardModel, "reward model");
 plain_port_value!(VideoModelValue, VideoModel, "video model");
+plain_port_value!(I2vModelValue, I2vModel, "image-to-video model");
 plain_port_value!(i64, Int, "integer");
 
 /// The value on a prompt port.
@@ -155,6 +166,8 @@ pub type MotionValue = Loaded<MotionAdapter>;
 pub type RewardValue = Loaded<ImageReward>;
 /// The value on a video-model port: any family's text-to-video model.
 pub type VideoModelValue = Loaded<dyn crate::pipelines::denoiser::VideoModel>;
+/// The value on an image-to-video model port (I2VGen-XL).
+pub type I2vModelValue = Loaded<crate::models::i2vgen_xl::I2vgenXl>;
 
 /// The value on an image port.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use stepstone::pipelines::noise::SeededNoise;
 use stepstone::schedulers::{Ddim, DdimConfig};
 
 /// The hard limit on everything under assets/demo-models.
-const SIZE_LIMIT: u64 = 7_000_000;
+const SIZE_LIMIT: u64 = 9_000_000;
 
 fn demo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-models").join(rel)

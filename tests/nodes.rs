@@ -4,26 +4,14 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::engine::{engine, repo, run, set, sorted};
 use serde_json::json;
 use stepstone::graph::{Graph, Node, PortRef, load_preset};
 use stepstone::nodes::{Candidates, Ranking, SelectedBy, StillImage};
-use stepstone::runtime::{Engine, Event, NodeStatus, RunOutcome};
+use stepstone::runtime::{Event, NodeStatus, RunOutcome};
 use stepstone::video::Video;
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-fn engine() -> Engine {
-    // The tests are the user here: the images they name may be read.
-    let engine = stepstone::builtin_engine(repo("assets/demo-models"));
-    let mut access = engine.access().clone();
-    access.allow_inputs = true;
-    engine.with_access(access)
-}
 
 /// The demo preset made cheaper for tests: 4 candidates and frames, 4 DDIM steps.
 fn demo() -> Graph {
@@ -39,76 +27,6 @@ fn demo() -> Graph {
         set(&mut g, node, param, value);
     }
     g
-}
-
-fn set(g: &mut Graph, node: &str, param: &str, value: serde_json::Value) {
-    g.set_param(&stepstone::nodes::registry(), node, param, value).unwrap_or_else(|e| panic!("{node}.{param}: {e}"));
-}
-
-/// What one run did.
-#[derive(Default)]
-struct Ran {
-    outcome: Option<RunOutcome>,
-    /// Nodes evaluated (not taken from the cache), in order.
-    evaluated: Vec<String>,
-    outputs: BTreeMap<String, stepstone::runtime::NodeOutputs>,
-    notes: Vec<(String, String)>,
-    failures: BTreeMap<String, String>,
-    skipped: BTreeMap<String, String>,
-    /// Previews by node: (label, value).
-    previews: Vec<(String, String, stepstone::values::Value)>,
-}
-
-impl Ran {
-    fn output<T: stepstone::values::PortValue>(&self, node: &str, port: &str) -> &T {
-        self.outputs
-            .get(node)
-            .and_then(|o| o.get::<T>(port))
-            .unwrap_or_else(|| panic!("no output {node}.{port}; failures: {:?}", self.failures))
-    }
-    fn notes_of(&self, node: &str) -> Vec<&str> {
-        self.notes.iter().filter(|(n, _)| n == node).map(|(_, t)| t.as_str()).collect()
-    }
-    fn completed(&self) -> bool {
-        self.outcome == Some(RunOutcome::Completed)
-    }
-}
-
-fn run(engine: &mut Engine, graph: &Graph, targets: &[&str]) -> Ran {
-    let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
-    let mut ran = Ran::default();
-    let outcome = engine.run(
-        graph,
-        &targets,
-        1,
-        &mut |event| match event {
-            Event::NodeFinished { node, cached, outputs, .. } => {
-                if !cached {
-                    ran.evaluated.push(node.clone());
-                }
-                ran.outputs.insert(node, outputs);
-            }
-            Event::NodeNote { node, text, .. } => ran.notes.push((node, text)),
-            Event::Preview { node, label, value, .. } => ran.previews.push((node, label, value)),
-            Event::WorkerMessage { text } => ran.notes.push(("(worker)".to_string(), text)),
-            Event::NodeFailed { node, message, .. } => {
-                ran.failures.insert(node, message);
-            }
-            Event::NodeSkipped { node, reason, .. } => {
-                ran.skipped.insert(node, reason);
-            }
-            _ => {}
-        },
-        &|| false,
-    );
-    ran.outcome = Some(outcome);
-    ran
-}
-
-fn sorted(v: &[String]) -> Vec<&str> {
-    let mut v: Vec<&str> = v.iter().map(String::as_str).collect();
-    v.sort_unstable();
-    v
 }
 
 #[test]

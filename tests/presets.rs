@@ -34,7 +34,18 @@ fn shipped_presets_round_trip_byte_for_byte_and_validate() {
         let text = std::fs::read_to_string(&path).unwrap();
         let graph = load_preset(&path).unwrap();
         assert_eq!(to_preset_string(&graph), text, "{} is not in canonical form", path.display());
+        // A preset is someone else's data: the files it names to read wait for the user's permission, and
+        // nothing else is in question.
         let report = validate(&graph, &reg, &ValidateOptions::default());
+        for m in &report.messages {
+            let text = m.to_string();
+            assert!(text.contains("names a file to read"), "{}:\n{report}", path.display());
+        }
+        // With the permission given, from the repository, the bundled input files exist.
+        let mut options = ValidateOptions { check_inputs: true, ..ValidateOptions::default() };
+        options.access.allow_inputs = true;
+        options.access.work_dir = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
+        let report = validate(&graph, &reg, &options);
         assert!(report.messages.is_empty(), "{}:\n{report}", path.display());
     }
 }

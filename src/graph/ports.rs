@@ -16,6 +16,8 @@ pub enum PortType {
     RewardModel,
     /// A text-to-video model of any family (its denoiser, VAE, text encoder and noise schedule).
     VideoModel,
+    /// An image-to-video model (I2VGen-XL: its UNet, VAE, text and image encoders and noise schedule).
+    I2vModel,
     /// N candidate anchor images with their latents (and, once scored, their rewards).
     Candidates,
     /// One still image (an anchor).
@@ -37,6 +39,7 @@ impl PortType {
             PortType::MotionModule => "motion module",
             PortType::RewardModel => "reward model",
             PortType::VideoModel => "video model",
+            PortType::I2vModel => "image-to-video model",
             PortType::Candidates => "candidates",
             PortType::Image => "image",
             PortType::Ranking => "ranking",

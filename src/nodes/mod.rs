@@ -12,12 +12,14 @@
 //! - [`video_model`]: nodes on any family's video model (T2V Sampler); AnimateDiff Video Model (in
 //!   [`animatediff`]) makes one of a checkpoint and motion modules;
 //! - [`ti2v_zero`]: TI2V-Zero Animator, a still image animated by a frozen text-to-video model;
+//! - [`i2vgen_xl`]: the I2VGen-XL family: its loader and I2VGen-XL Image to Video;
 //! - [`outputs`]: video preview and export;
 //! - [`params`]: parameter declarations and groups shared by several kinds (the sampler's settings).
 //!
 //! The values on each port type are in [`values`] (defined in [`crate::values`]).
 
 pub mod animatediff;
+pub mod i2vgen_xl;
 pub mod i4vgen;
 pub mod inputs;
 mod loading;
@@ -64,6 +66,8 @@ pub const BUILTIN: &[&NodeKind] = &[
     &modelscope::LOAD_MODELSCOPE,
     &video_model::T2V_SAMPLER,
     &ti2v_zero::TI2V_ZERO,
+    &i2vgen_xl::LOAD_I2VGEN_XL,
+    &i2vgen_xl::I2VGEN_XL,
     &outputs::VIDEO_PREVIEW,
     &outputs::EXPORT,
 ];

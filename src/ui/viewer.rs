@@ -27,6 +27,7 @@ pub fn port_colour(ty: Option<PortType>) -> Color32 {
         Some(PortType::MotionModule) => Color32::from_rgb(230, 120, 200),
         Some(PortType::RewardModel) => Color32::from_rgb(120, 200, 230),
         Some(PortType::VideoModel) => Color32::from_rgb(200, 140, 250),
+        Some(PortType::I2vModel) => Color32::from_rgb(240, 120, 200),
         Some(PortType::Candidates) => Color32::from_rgb(110, 200, 120),
         Some(PortType::Image) => Color32::from_rgb(80, 170, 110),
         Some(PortType::Ranking) => Color32::from_rgb(160, 220, 90),

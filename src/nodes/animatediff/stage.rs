@@ -157,7 +157,7 @@ pub(crate) fn check_memory(
 ) -> Result<(), NodeError> {
     let cpu = crate::models::is_cpu(ctx.device);
     let vae = &checkpoint.model.vae;
-    check_memory_with(ctx, &|shape| memory::stage_estimate(unet, vae, shape, cpu), shape, frames_param, size_params)
+    check_estimate_memory(ctx, &|shape| memory::stage_estimate(unet, vae, shape, cpu), shape, frames_param, size_params)
 }
 
 /// [`check_memory`] for any family's [`VideoModel`].
@@ -169,10 +169,11 @@ pub(crate) fn check_model_memory(
     size_params: bool,
 ) -> Result<(), NodeError> {
     let cpu = crate::models::is_cpu(ctx.device);
-    check_memory_with(ctx, &|shape| model.estimate(shape, cpu), shape, frames_param, size_params)
+    check_estimate_memory(ctx, &|shape| model.estimate(shape, cpu), shape, frames_param, size_params)
 }
 
-fn check_memory_with(
+/// [`check_memory`] over any estimate of the stage's memory (also a family that is not a [`VideoModel`]).
+pub(crate) fn check_estimate_memory(
     ctx: &EvalContext<'_>,
     estimate_of: &dyn Fn(StageShape) -> memory::Estimate,
     shape: StageShape,
