@@ -110,6 +110,25 @@ fn unet3d_modelscope_layout() {
     assert_same("unet3d_modelscope", &all, &reference);
 }
 
+/// I2VGen-XL's text encoder: OpenCLIP ViT-H/14's text tower as transformers' CLIPTextModel (24 layers, GELU),
+/// the SD 1.x encoder's module tree at other sizes.
+#[test]
+fn text_encoder_openclip_h_layout() {
+    let _one = FULL_SIZE.lock().unwrap_or_else(|p| p.into_inner());
+    let reference = manifest("text_encoder_openclip_h");
+    assert_eq!(reference.len(), 388);
+    let config = ClipTextConfig {
+        hidden_size: 1024,
+        intermediate_size: 4096,
+        num_hidden_layers: 24,
+        num_attention_heads: 16,
+        hidden_act: "gelu".to_string(),
+        ..ClipTextConfig::default()
+    };
+    let model = config.init(&common::cpu()).unwrap();
+    assert_same("text_encoder_openclip_h", &ours(&model), &reference);
+}
+
 /// I2VGen-XL's (and DynamiCrafter's) image encoder: OpenCLIP ViT-H/14 as CLIPVisionModelWithProjection.
 #[test]
 fn clip_vision_vit_h_layout() {
