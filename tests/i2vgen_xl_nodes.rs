@@ -62,6 +62,14 @@ fn i2vgen_xl_preset_animates_the_loaded_image() {
     assert!(again.completed(), "{:?}", again.failures);
     assert_eq!(sorted(&again.evaluated), ["animator", "preview"]);
     assert_ne!(again.output::<Video>("animator", "video").frames, video.frames, "the fps condition matters");
+
+    // VGen's doubled image concatenation is another clip from the same weights.
+    set(&mut g, "animator", "image_concat", json!("vgen"));
+    let vgen = run(&mut engine, &g, &["animator"]);
+    assert!(vgen.completed(), "{:?}", vgen.failures);
+    assert_eq!(vgen.evaluated, ["animator"]);
+    let frames = &vgen.output::<Video>("animator", "video").frames;
+    assert_ne!(frames, &again.output::<Video>("animator", "video").frames);
 }
 
 /// I4VGen's anchor handed to I2VGen-XL: picking another candidate by hand re-runs the selector and the

@@ -58,11 +58,34 @@ fn unet_matches_diffusers_on_two_tiny_configs() {
         assert_eq!(eps.dims().as_slice(), fx.get("eps").0.as_slice(), "{name}");
         if name == "unet_a" {
             denoiser_interface_matches(&unet, &fx, &eps);
+            vgen_concat_matches(&unet, &fx, &fps, t);
         }
         // Tight: a missing 1/sqrt(d) in the temporal encoder's attention gave 6e-5 on unet_a.
         let err = assert_close(name, &to_vec(&eps), fx.values("eps"), 5e-6);
         eprintln!("{name}: max abs error {err:e}");
     }
+}
+
+/// VGen's "concat added twice" on the same weights: our `ImageConcat::Vgen` against diffusers' forward with
+/// conv_in's concatenated half doubled (VGen's math, exact by linearity); the two modes differ visibly.
+fn vgen_concat_matches(unet: &stepstone::models::i2vgen_xl::I2vgenXlUnet, fx: &Fixture, fps: &[f64], t: f64) {
+    use stepstone::models::i2vgen_xl::ImageConcat;
+    let device = cpu();
+    let eps = unet
+        .forward_with(
+            fx.tensor::<5>("sample", &device),
+            &[t, t],
+            fps,
+            fx.tensor::<5>("image_latents", &device),
+            fx.tensor::<2>("image_embeddings", &device),
+            fx.tensor::<3>("encoder_hidden_states", &device),
+            ImageConcat::Vgen,
+        )
+        .unwrap();
+    assert_relative("unet_a, VGen's concat", &to_vec(&eps), fx.values("eps_vgen"), 1e-5);
+    let apart = fx.values("eps").iter().zip(fx.values("eps_vgen")).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(apart > 1e-2, "diffusers' and VGen's forwards differ by {apart} only");
+    eprintln!("diffusers vs VGen concat: max difference {apart}");
 }
 
 /// The same prediction through the family-independent `VideoDenoiser` interface (the CLIP embedding as an

@@ -183,6 +183,36 @@ pub struct I2vgenXlOwn {
     pub fps_embedding: Mlp,
 }
 
+/// How the encoded image latents enter `conv_in` (../shared/SEED-SYSTEMS.md 3.4). VGen's `UNetSD_I2VGen` adds
+/// the encoder's output to a zero tensor twice ("This is a bug, but it doesn't matter"), so the released
+/// weights were trained on twice the encoding; diffusers' `I2VGenXLUNet` concatenates it once and its
+/// converter copies `conv_in` unchanged, so the two differ by that factor on the concatenated channels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ImageConcat {
+    /// Once, as diffusers' port (what the parity tests check against).
+    #[default]
+    Diffusers,
+    /// Twice, as VGen's code that trained the weights.
+    Vgen,
+}
+
+impl ImageConcat {
+    pub fn scale(self) -> f64 {
+        match self {
+            ImageConcat::Diffusers => 1.0,
+            ImageConcat::Vgen => 2.0,
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "diffusers" => Some(ImageConcat::Diffusers),
+            "vgen" => Some(ImageConcat::Vgen),
+            _ => None,
+        }
+    }
+}
+
 /// diffusers' `I2VGenXLUNet`.
 #[derive(Module, Debug)]
 pub struct I2vgenXlUnet {
@@ -204,6 +234,21 @@ impl I2vgenXlUnet {
         image_latents: Tensor<5>,
         image_embeddings: Tensor<2>,
         text: Tensor<3>,
+    ) -> Result<Tensor<5>, PipelineError> {
+        self.forward_with(sample, timesteps, fps, image_latents, image_embeddings, text, ImageConcat::Diffusers)
+    }
+
+    /// [`Self::forward`] with the encoded image latents entering `conv_in` as `concat` says.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with(
+        &self,
+        sample: Tensor<5>,
+        timesteps: &[f64],
+        fps: &[f64],
+        image_latents: Tensor<5>,
+        image_embeddings: Tensor<2>,
+        text: Tensor<3>,
+        concat: ImageConcat,
     ) -> Result<Tensor<5>, PipelineError> {
         let [b, c, f, h, w] = sample.dims();
         let shapes_agree = timesteps.len() == b
@@ -254,6 +299,7 @@ impl I2vgenXlUnet {
         let encoded = encoded.reshape([b, f, c, h, w]).permute([0, 3, 4, 1, 2]).reshape([b * h * w, f, c]);
         let encoded = self.own.image_latents_temporal_encoder.forward(encoded);
         let encoded = encoded.reshape([b, h, w, f, c]).permute([0, 3, 4, 1, 2]); // [b, f, c, h, w]
+        let encoded = if concat == ImageConcat::Diffusers { encoded } else { encoded.mul_scalar(concat.scale()) };
         let x = sample.permute([0, 2, 1, 3, 4]); // [b, f, c, h, w]
         let x = Tensor::cat(vec![x, encoded], 2).reshape([b * f, 2 * c, h, w]);
         let out = self.base.forward_frames(x, emb, context, f);
@@ -300,10 +346,34 @@ pub fn load_i2vgen_xl_unet(dir: &Path, device: &Device) -> Result<(I2vgenXlUnet,
     Ok((model, report))
 }
 
+/// The UNet with the image latents entering `conv_in` one way or the other, as a denoiser.
+#[derive(Clone, Copy, Debug)]
+pub struct I2vgenXlDenoiser<'a> {
+    pub unet: &'a I2vgenXlUnet,
+    pub concat: ImageConcat,
+}
+
+/// As diffusers runs it ([`ImageConcat::Diffusers`]).
+impl crate::pipelines::denoiser::VideoDenoiser for I2vgenXlUnet {
+    fn predict(
+        &self,
+        x: Tensor<5>,
+        timesteps: &[f64],
+        cond: &crate::pipelines::denoiser::Conditioning,
+        motion: crate::models::unet::Motion,
+    ) -> Result<Tensor<5>, PipelineError> {
+        I2vgenXlDenoiser { unet: self, concat: ImageConcat::Diffusers }.predict(x, timesteps, cond, motion)
+    }
+
+    fn latent_channels(&self) -> usize {
+        self.in_channels
+    }
+}
+
 /// I2VGen-XL as a denoiser: text, the CLIP image embedding as one image token [B, 1, D], the encoded image
 /// latents to concatenate, and the frame rate, all required. Its frames always attend to each other
 /// ([`crate::models::unet::Motion::Bypass`] is refused: I2VGen-XL has no per-image mode).
-impl crate::pipelines::denoiser::VideoDenoiser for I2vgenXlUnet {
+impl crate::pipelines::denoiser::VideoDenoiser for I2vgenXlDenoiser<'_> {
     fn predict(
         &self,
         x: Tensor<5>,
@@ -325,11 +395,12 @@ impl crate::pipelines::denoiser::VideoDenoiser for I2vgenXlUnet {
             )));
         }
         let fps = vec![fps; x.dims()[0]];
-        self.forward(x, timesteps, &fps, latents, image.clone().reshape([b, d]), cond.text.clone())
+        let embeddings = image.clone().reshape([b, d]);
+        self.unet.forward_with(x, timesteps, &fps, latents, embeddings, cond.text.clone(), self.concat)
     }
 
     fn latent_channels(&self) -> usize {
-        self.in_channels
+        self.unet.in_channels
     }
 }
 

@@ -9,7 +9,7 @@ use super::params::{GuidanceParams, with_group};
 use super::values::{I2vModelValue, PromptValue, StillImage};
 use super::{NodeKind, failed, model_path};
 use crate::graph::{KindSpec, ParamSpec, ParamType, PathRole, PortSpec, PortType};
-use crate::models::i2vgen_xl::{I2vgenXl, load_i2vgen_xl};
+use crate::models::i2vgen_xl::{I2vgenXl, ImageConcat, load_i2vgen_xl};
 use crate::pipelines::i2vgen_xl::{self as pipeline, I2vgenXlSettings, NEGATIVE_PROMPT};
 use crate::pipelines::memory::StageShape;
 use crate::pipelines::noise::SeededNoise;
@@ -50,7 +50,7 @@ fn load(ctx: &mut EvalContext<'_>) -> Result<NodeOutputs, NodeError> {
     Ok(NodeOutputs::new().with("i2v_model", loaded))
 }
 
-const OWN: [ParamSpec; 6] = [
+const OWN: [ParamSpec; 7] = [
     ParamSpec::new("frames", ParamType::Int { default: 16, min: 1, max: 64 }, "Frames of the clip (I2VGen-XL: 16)"),
     ParamSpec::new(
         "width",
@@ -71,13 +71,19 @@ const OWN: [ParamSpec; 6] = [
         "Where the prompt's negative is empty, use VGen's negative prompt (\"Distorted, discontinuous, Ugly, ...\")",
     ),
     ParamSpec::new(
+        "image_concat",
+        ParamType::Choice { default: "diffusers", options: &["diffusers", "vgen"] },
+        "How the encoded image enters the UNet: diffusers: once, as diffusers' I2VGenXLPipeline; vgen: twice, as \
+         VGen's code that trained the weights",
+    ),
+    ParamSpec::new(
         "decode_chunk",
         ParamType::Int { default: 1, min: 1, max: 64 },
         "Frames the VAE decodes at a time (more is faster and takes more memory)",
     ),
 ];
 /// I2VGen-XL's reference settings: 50 DDIM steps, guidance 9.
-const PARAMS: [ParamSpec; 10] = with_group(OWN, GuidanceParams::specs_with(50, 9.0));
+const PARAMS: [ParamSpec; 11] = with_group(OWN, GuidanceParams::specs_with(50, 9.0));
 
 pub const I2VGEN_XL: NodeKind = NodeKind {
     spec: KindSpec {
@@ -129,6 +135,13 @@ fn settings(ctx: &EvalContext<'_>, model: &I2vgenXl) -> Result<(I2vgenXlSettings
         guidance_scale: guidance.cfg,
         decode_chunk: ctx.param_u64("decode_chunk")? as usize,
         cfg_batch: guidance.cfg_batch,
+        image_concat: {
+            let name = ctx.param_str("image_concat")?;
+            ImageConcat::parse(name).ok_or_else(|| NodeError::Param {
+                name: "image_concat".into(),
+                message: format!("'{name}' is not a choice of this parameter (diffusers, vgen)"),
+            })?
+        },
     };
     Ok((settings, guidance.seed))
 }

@@ -26,7 +26,7 @@ use super::denoiser::{Conditioning, GuidanceConditioning};
 use super::i4vgen::{Guided, Observer};
 use super::memory::CfgBatch;
 use super::noise::NoiseSource;
-use crate::models::i2vgen_xl::I2vgenXl;
+use crate::models::i2vgen_xl::{I2vgenXl, I2vgenXlDenoiser, ImageConcat};
 use crate::models::image_reward::preprocess::{Filter, resize};
 use crate::models::unet::Motion;
 use crate::schedulers::Ddim;
@@ -50,6 +50,8 @@ pub struct I2vgenXlSettings {
     pub decode_chunk: usize,
     /// Both guidance branches in one UNet call, or one after the other.
     pub cfg_batch: CfgBatch,
+    /// How the encoded image enters the UNet (diffusers' once, or VGen's twice).
+    pub image_concat: ImageConcat,
 }
 
 impl Default for I2vgenXlSettings {
@@ -64,6 +66,7 @@ impl Default for I2vgenXlSettings {
             guidance_scale: 9.0,
             decode_chunk: 1,
             cfg_batch: CfgBatch::Together,
+            image_concat: ImageConcat::Diffusers,
         }
     }
 }
@@ -219,8 +222,9 @@ pub fn sample(
     let (h, w) = (settings.height as usize / down, settings.width as usize / down);
     let shape = [1, model.unet.in_channels, settings.frames, h, w];
     let start = noise.normal("i2vgen_xl/start", shape, device)?;
+    let denoiser = I2vgenXlDenoiser { unet: &model.unet, concat: settings.image_concat };
     let guided =
-        Guided::new(&model.unet, &conditioning.guidance, settings.guidance_scale).with_cfg_batch(settings.cfg_batch);
+        Guided::new(&denoiser, &conditioning.guidance, settings.guidance_scale).with_cfg_batch(settings.cfg_batch);
     guided.sample(&ddim, start, &ddim.timesteps, Motion::On, "i2vgen_xl", observer)
 }
 
