@@ -190,9 +190,26 @@ fn demo_models_stay_under_the_size_limit_and_say_they_are_random() {
     assert!(total < SIZE_LIMIT, "assets/demo-models holds {total} bytes, over the {SIZE_LIMIT}-byte limit");
     let readme = std::fs::read_to_string(demo("README.md")).unwrap();
     assert!(readme.contains("RANDOM WEIGHTS") && readme.contains("tools/fixtures/demo.py"));
-    for name in ["sd15-tiny", "mm_tiny_v2.ckpt", "ImageReward-tiny", "modelscope-tiny"] {
+    for name in ["sd15-tiny", "mm_tiny_v2.ckpt", "ImageReward-tiny", "modelscope-tiny", "i2vgen-xl-tiny"] {
         assert!(readme.contains(name), "README.md does not list {name}");
     }
+}
+
+/// The I2VGen-XL demo folder: every part loads with every weight used, f32 safetensors only, in the released
+/// layout (224-pixel feature extractor, the released scheduler settings).
+#[test]
+fn i2vgen_xl_tiny_loads_without_unused_keys_in_the_released_layout() {
+    let (model, reports) =
+        stepstone::models::i2vgen_xl::load_i2vgen_xl(&demo("i2vgen-xl-tiny"), &Device::flex()).unwrap();
+    for report in &reports {
+        assert!(report.unused.is_empty(), "{}: unused {:?}", report.path.display(), report.unused);
+        let name = report.path.file_name().unwrap().to_string_lossy().to_string();
+        assert!(name.ends_with(".safetensors") && !name.contains("fp16"), "{name}");
+    }
+    assert_eq!(model.feature_extractor.crop, Some((224, 224)));
+    assert_eq!(model.scheduler.prediction_type, stepstone::schedulers::Prediction::VPrediction);
+    assert!(model.scheduler.rescale_betas_zero_snr);
+    assert_eq!(model.size_step(), 16, "the VAE's 8 and one UNet downsampler");
 }
 
 /// The whole I4VGen procedure at the demo settings (64 x 64, 16 candidates, 16 frames, 25 steps, CFG 7.5),
