@@ -1,6 +1,7 @@
-//! The bundled demo models (assets/demo-models, random weights made by tools/fixtures/demo.py): every one loads
-//! with our loaders without unused keys, they fit together, the tokenizer agrees with transformers, and the
-//! folder stays under its size limit.
+//! The bundled demo models (assets/demo-models: the demo world's SD 1.5 folder, motion module and ImageReward,
+//! trained by tools/demo_world/train.py; ModelScope and I2VGen-XL folders with random weights, made by
+//! tools/fixtures/demo.py): every one loads with our loaders without unused keys, they fit together, the
+//! tokenizer agrees with transformers, and the folder stays under its size limit.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -66,7 +67,7 @@ fn sd15_tiny_loads_without_unused_keys_and_its_parts_fit_together() {
     assert_eq!(index["safety_checker"], serde_json::json!([null, null]));
     assert_eq!(index["unet"], serde_json::json!(["diffusers", "UNet2DConditionModel"]));
 
-    // Weights: f32 safetensors only (no .bin, no .fp16 variants).
+    // Weights: one safetensors file per part (no .bin, no .fp16 variants; the trained world stores f16).
     for (path, _) in files(&demo("sd15-tiny")) {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         assert!(!name.ends_with(".bin") && !name.contains("fp16"), "unexpected weight file {}", path.display());
@@ -91,7 +92,8 @@ fn sd15_tiny_loads_without_unused_keys_and_its_parts_fit_together() {
     assert_eq!(hidden as u64, unet_config["cross_attention_dim"].as_u64().unwrap());
     let attn2 = &unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2;
     assert_eq!(attn2.to_k.weight.dims()[0], hidden, "UNet cross-attention input width");
-    assert_eq!(unet.level_channels(), vec![32, 32]);
+    let channels: Vec<usize> = serde_json::from_value(unet_config["block_out_channels"].clone()).unwrap();
+    assert_eq!(unet.level_channels(), channels);
 
     // Text encoder vocabulary = the tokenizer's, special ids included.
     let tok = ClipTokenizer::from_dir(&demo("sd15-tiny/tokenizer")).unwrap();
@@ -133,15 +135,19 @@ fn motion_module_is_v2_and_fits_the_demo_unet() {
     let per_level = |levels: &[stepstone::models::unet::motion::MotionModules]| {
         levels.iter().map(|l| l.motion_modules.len()).collect::<Vec<_>>()
     };
-    assert_eq!(per_level(&motion.down_blocks), vec![2, 2]);
-    assert_eq!(per_level(&motion.up_blocks), vec![3, 3]);
+    // One module per UNet resnet: layers_per_block per down level, one more per up level.
+    let layers = json(&demo("sd15-tiny/unet/config.json"))["layers_per_block"].as_u64().unwrap() as usize;
+    let levels = unet.level_channels().len();
+    assert_eq!(per_level(&motion.down_blocks), vec![layers; levels]);
+    assert_eq!(per_level(&motion.up_blocks), vec![layers + 1; levels]);
     // Built for 8 heads (our default for files without a config).
     assert_eq!(motion.down_blocks[0].motion_modules[0].transformer_blocks[0].attn1.heads, 8);
 
     let model = VideoUnet::new(unet, Some(motion)).unwrap();
     // One guided video call as the demo makes them: [uncond; cond] x 16 frames of 8 x 8 latents.
     let x = normal("video", [2, 4, 16, 8, 8], &device);
-    let context = normal("context", [2, 77, 32], &device);
+    let width = json(&demo("sd15-tiny/unet/config.json"))["cross_attention_dim"].as_u64().unwrap() as usize;
+    let context = normal("context", [2, 77, width], &device);
     let start = Instant::now();
     let eps = model.forward(x, &[961.0, 961.0], context, Motion::On).unwrap();
     let values = to_vec(&eps);
@@ -156,7 +162,8 @@ fn image_reward_tiny_loads_without_unused_keys_and_scores() {
     let (reward, report) = load_image_reward_dir(&demo("ImageReward-tiny"), &device).unwrap();
     assert!(report.unused.is_empty(), "ImageReward: unused keys {:?}", report.unused);
     assert_eq!(report.path.file_name().unwrap(), "ImageReward.pt");
-    assert_eq!(reward.config.vision.image_size, 224);
+    // The demo world's images are 64 x 64: the reward reads them at that size (no resampling).
+    assert_eq!(reward.config.vision.image_size, 64);
     assert_eq!(reward.config.text.vocab_size, reward.tokenizer.vocab_size);
     let images: Vec<image::RgbImage> = (0..3u32)
         .map(|k| image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, (k * 90) as u8])))
@@ -183,13 +190,14 @@ fn tokenizer_ids_match_transformers() {
 }
 
 #[test]
-fn demo_models_stay_under_the_size_limit_and_say_they_are_random() {
+fn demo_models_stay_under_the_size_limit_and_say_what_is_trained_and_what_is_random() {
     let all = files(&demo(""));
     let total: u64 = all.iter().map(|(_, size)| size).sum();
     eprintln!("assets/demo-models: {} files, {total} bytes", all.len());
     assert!(total < SIZE_LIMIT, "assets/demo-models holds {total} bytes, over the {SIZE_LIMIT}-byte limit");
     let readme = std::fs::read_to_string(demo("README.md")).unwrap();
     assert!(readme.contains("RANDOM WEIGHTS") && readme.contains("tools/fixtures/demo.py"));
+    assert!(readme.contains("TRAINED") && readme.contains("tools/demo_world/train.py"));
     for name in ["sd15-tiny", "mm_tiny_v2.ckpt", "ImageReward-tiny", "modelscope-tiny", "i2vgen-xl-tiny"] {
         assert!(readme.contains(name), "README.md does not list {name}");
     }

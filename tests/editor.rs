@@ -53,7 +53,8 @@ fn frame(ctx: &egui::Context, studio: &mut Studio, dropped: &[&Path], time: f64)
 /// The demo preset with a different prompt and seed (so that it differs from anything shipped).
 fn edited_demo() -> (Graph, String) {
     let text = std::fs::read_to_string(repo("graphs/i4vgen_demo.json")).unwrap();
-    let text = text.replace("a red fox", r#"a \"paper\" boat — café ✓"#).replace("\"seed\": 42", "\"seed\": 1234");
+    assert!(text.contains("a red ball"), "the demo preset's prompt changed; change this test with it");
+    let text = text.replace("a red ball", r#"a \"paper\" boat — café ✓"#).replace("\"seed\": 42", "\"seed\": 1234");
     let graph = parse_preset(&text, "edited demo").unwrap();
     (graph, text)
 }

@@ -40,7 +40,8 @@ fn flat_clip(frames: usize, w: u32, h: u32) -> Video {
 fn graph_text() -> String {
     // A real preset, with non-ASCII text, newlines and quotes, as an export embeds it.
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/i4vgen_demo.json")).unwrap();
-    text.replace("a red fox", "a \"red\" fox — café ✓")
+    assert!(text.contains("a red ball"), "the demo preset's prompt changed; change this test with it");
+    text.replace("a red ball", "a \"red\" ball — café ✓")
 }
 
 fn options() -> EncodeOptions {

@@ -297,7 +297,8 @@ fn mutations(seed: &Seed, random: usize, rng: &mut Rng) -> Vec<(String, Vec<u8>)
 
 fn graph_text() -> String {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/i4vgen_demo.json")).unwrap();
-    text.replace("a red fox", "a \"red\" fox — café ✓")
+    assert!(text.contains("a red ball"), "the demo preset's prompt changed; change this test with it");
+    text.replace("a red ball", "a \"red\" ball — café ✓")
 }
 
 /// A clip of 4 frames of 32 x 24 with gradients (more than 256 colours: the GIF palette is quantized).

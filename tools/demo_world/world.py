@@ -153,11 +153,14 @@ def clip(s, motion, frames=FRAMES):
     return np.stack([render(moved(s, motion, i / max(frames - 1, 1))) for i in range(frames)])
 
 
-def sample(seed, index):
-    """Training example `index` of stream `seed`: (image, caption), reproducible without storing anything."""
+def sample(seed, index, motion_rate=0.0):
+    """Training example `index` of stream `seed`: (image, caption), reproducible without storing anything. With
+    `motion_rate`, that share of the captions names a motion too (a still image says nothing about it: the text
+    encoder learns those words exist before the motion module learns what they mean)."""
     rng = np.random.default_rng([seed, index])
     s = scene(rng)
-    return render(s), caption(s)
+    motion = str(rng.choice(MOTIONS)) if rng.random() < motion_rate else None
+    return render(s), caption(s, motion)
 
 
 def sample_clip(seed, index):
