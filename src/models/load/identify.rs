@@ -217,7 +217,7 @@ mod tests {
         let mm = describe_model(&demo.join("mm_tiny_v2.ckpt")).unwrap();
         assert!(mm.starts_with("AnimateDiff motion module v2 (mm_sd_v15_v2) · pickle checkpoint · "), "{mm}");
         let unet = describe_model(&demo.join("sd15-tiny/unet/diffusion_pytorch_model.safetensors")).unwrap();
-        assert!(unet.starts_with("diffusers UNet · safetensors F32 · "), "{unet}");
+        assert!(unet.starts_with("diffusers UNet · safetensors F16 · "), "{unet}");
         let readme = describe_model(&demo.join("README.md")).unwrap_err();
         assert!(readme.contains("README.md"), "{readme}");
         let missing = describe_model(&demo.join("no-such-model")).unwrap_err();
