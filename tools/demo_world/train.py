@@ -57,7 +57,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SD_DIR, MOTION_FILE, REWARD_DIR = "sd15-tiny", "mm_tiny_v2.ckpt", "ImageReward-tiny"
 STAGES = ("vae", "sd", "motion", "reward")
 SEEDS = dict(vae=1601, sd=1602, motion=1603, reward=1604)
-STREAMS = dict(vae=16, sd=17, motion=18, reward=19)  # world.sample streams, one per stage
+STREAMS = dict(vae=16, sd=17, motion=18, reward=19, scale=20)  # world.sample streams, one per use
 
 
 def images(stream, start, count, motion_rate=0.0):
@@ -155,6 +155,24 @@ def drop_captions(captions, offset, every=10):
     return ["" if (offset + i) % every == 0 else c for i, c in enumerate(captions)]
 
 
+def latent_scale(vae, folder, count=512):
+    """Sets the VAE's scaling_factor to 1 / (std of its latents over `count` scenes), as SD 1.5's 0.18215 was
+    chosen, and writes it into the VAE's config.json: the diffusion model must see latents of unit variance, or
+    its noise schedule is off by the square of the mismatch (this tiny VAE's latents have std ~1.1, so SD's own
+    0.18215 would leave them at ~0.2 and drown every object in noise)."""
+    import torch
+
+    torch.manual_seed(SEEDS["sd"])
+    with torch.no_grad():
+        z = torch.cat([vae.encode(images(STREAMS["scale"], i, 64)[0]).latent_dist.sample()
+                       for i in range(0, count, 64)])
+    scale = float(f"{1.0 / float(z.std()):.5g}")
+    print(f"VAE latents: std {float(z.std()):.4f} over {count} scenes -> scaling_factor {scale}")
+    vae.register_to_config(scaling_factor=scale)
+    vae.save_config(folder)
+    return scale
+
+
 def train_sd(out, steps, batch, every):
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -165,6 +183,7 @@ def train_sd(out, steps, batch, every):
 
     sd_dir = os.path.join(out, SD_DIR)
     vae = AutoencoderKL.from_pretrained(os.path.join(sd_dir, "vae"), torch_dtype=torch.float32).eval()
+    latent_scale(vae, os.path.join(sd_dir, "vae"))
     tok_dir = os.path.join(sd_dir, "tokenizer")
     n_vocab = demo.make_tokenizer(tok_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
