@@ -384,7 +384,7 @@ fn the_reward_selected_anchor_fits_the_prompt_more_often_than_a_random_candidate
 }
 
 #[test]
-#[ignore = "passes only at its bound on the installed weights (regenerated keeps 0.750; NI-VSDS travel 7/8 is frame-to-frame flicker, not motion): rerun after the retrain (issue 16)"]
+#[ignore = "passes only at its bound on the installed weights (regenerated keeps 0.750; NI-VSDS moves 7/8 clips, but the regenerated frames flicker from frame to frame, so the travel is not yet shown to be motion): rerun after the retrain (issue 16)"]
 fn ni_vsds_moves_the_static_video_and_regeneration_keeps_the_anchor() {
     let records = records();
     for r in records {
