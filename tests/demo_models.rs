@@ -229,17 +229,11 @@ fn whole_pipeline_runs_on_the_demo_models() {
 
     let device = cpu();
     let start = Instant::now();
-    let (unet, _) = load_unet(&demo("sd15-tiny/unet"), &device).unwrap();
-    let (vae, _) = load_vae(&demo("sd15-tiny/vae"), &device).unwrap();
-    let (text, _) = load_clip_text_encoder(&demo("sd15-tiny/text_encoder"), &device).unwrap();
-    let (motion, _) = load_motion_module(&demo("mm_tiny_v2.ckpt"), &device, &MotionLoadOptions::default()).unwrap();
-    let (reward, _) = load_image_reward_dir(&demo("ImageReward-tiny"), &device).unwrap();
-    let tok = ClipTokenizer::from_dir(&demo("sd15-tiny/tokenizer")).unwrap();
-    let model = VideoUnet::new(unet, Some(motion)).unwrap();
+    let demo_models = common::demo::DemoI4vgen::load(&device);
+    let common::demo::DemoI4vgen { model, vae, reward, .. } = &demo_models;
     let prompt = "a panda playing the guitar on a boat, ocean waves, golden sunset";
-    let encode = |p: &str| text.encode_ids(&[tok.encode(p).unwrap().ids], &device);
-    let conditioning = GuidanceConditioning::text(encode(prompt), encode(""));
-    let guided = Guided::new(&model, &conditioning, 7.5);
+    let conditioning = GuidanceConditioning::text(demo_models.encode(prompt, &device), demo_models.encode("", &device));
+    let guided = Guided::new(model, &conditioning, 7.5);
     let mut scheduler = Ddim::new(DdimConfig::animatediff()).unwrap();
     scheduler.set_timesteps(25).unwrap();
     eprintln!("loaded in {:.2} s", start.elapsed().as_secs_f64());
@@ -251,8 +245,8 @@ fn whole_pipeline_runs_on_the_demo_models() {
             .unwrap();
     eprintln!("candidates: {:.2} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
-    let images = i4vgen::decode(&vae, candidates.clone());
-    let scores = i4vgen::score(&reward, prompt, &images).unwrap();
+    let images = i4vgen::decode(vae, candidates.clone());
+    let scores = i4vgen::score(reward, prompt, &images).unwrap();
     let index = i4vgen::select(&scores, None).unwrap();
     eprintln!("decode + score: {:.2} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
@@ -281,7 +275,7 @@ fn whole_pipeline_runs_on_the_demo_models() {
     .unwrap();
     eprintln!("regeneration: {:.2} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
-    let video = i4vgen::decode(&vae, z);
+    let video = i4vgen::decode(vae, z);
     let values = to_vec(&video);
     eprintln!("decode: {:.2} s; whole pipeline {:.2} s", t.elapsed().as_secs_f64(), start.elapsed().as_secs_f64());
     assert_eq!(video.dims(), [1, 3, 16, 64, 64]);

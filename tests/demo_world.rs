@@ -23,22 +23,15 @@
 mod common;
 
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use common::demo::{DemoI4vgen, demo};
 use common::{cpu, to_vec};
-use stepstone::models::clip::ClipTokenizer;
-use stepstone::models::image_reward::load_image_reward_dir;
-use stepstone::models::unet::VideoUnet;
-use stepstone::models::{MotionLoadOptions, load_clip_text_encoder, load_motion_module, load_unet, load_vae};
 use stepstone::pipelines::i4vgen::{self, GuidanceConditioning, Guided, StageProgress};
 use stepstone::pipelines::noise::SeededNoise;
 use stepstone::schedulers::{Ddim, DdimConfig};
-
-fn demo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-models").join(rel)
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // The checker: which of the world's object colours a frame shows, how much of each, and where.
@@ -266,27 +259,22 @@ fn records() -> &'static [Record] {
 fn run_method() -> Vec<Record> {
     let device = cpu();
     let start = std::time::Instant::now();
-    let (unet, _) = load_unet(&demo("sd15-tiny/unet"), &device).unwrap();
-    let (vae, _) = load_vae(&demo("sd15-tiny/vae"), &device).unwrap();
-    let (text, _) = load_clip_text_encoder(&demo("sd15-tiny/text_encoder"), &device).unwrap();
-    let (motion, _) = load_motion_module(&demo("mm_tiny_v2.ckpt"), &device, &MotionLoadOptions::default()).unwrap();
-    let (reward, _) = load_image_reward_dir(&demo("ImageReward-tiny"), &device).unwrap();
-    let tok = ClipTokenizer::from_dir(&demo("sd15-tiny/tokenizer")).unwrap();
+    let demo_models = DemoI4vgen::load(&device);
+    let DemoI4vgen { model, vae, reward, .. } = &demo_models;
     let config: DdimConfig =
         serde_json::from_str(&std::fs::read_to_string(demo("sd15-tiny/scheduler/scheduler_config.json")).unwrap())
             .unwrap();
     let mut scheduler = Ddim::new(config).unwrap();
     scheduler.set_timesteps(STEPS).unwrap();
-    let model = VideoUnet::new(unet, Some(motion)).unwrap();
     let latent = |n: usize| [1, 4, n, 8, 8];
     let mut observer = |_: StageProgress<'_>| ControlFlow::Continue(());
     let mut out = Vec::new();
     let limit = std::env::var("DEMO_WORLD_PROMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(PROMPTS.len());
     for (k, (prompt, names)) in PROMPTS.iter().enumerate().take(limit) {
         let seed = 1000 + k as u64;
-        let encode = |p: &str| text.encode_ids(&[tok.encode(p).unwrap().ids], &device);
-        let conditioning = GuidanceConditioning::text(encode(prompt), encode(""));
-        let guided = Guided::new(&model, &conditioning, CFG);
+        let conditioning =
+            GuidanceConditioning::text(demo_models.encode(prompt, &device), demo_models.encode("", &device));
+        let guided = Guided::new(model, &conditioning, CFG);
         let named: Vec<usize> = names.iter().map(|n| colour_index(n)).collect();
 
         let candidates = i4vgen::candidates(
@@ -296,8 +284,8 @@ fn run_method() -> Vec<Record> {
             &mut observer,
         )
         .unwrap();
-        let images = i4vgen::decode(&vae, candidates.clone());
-        let scores = i4vgen::score(&reward, prompt, &images).unwrap();
+        let images = i4vgen::decode(vae, candidates.clone());
+        let scores = i4vgen::score(reward, prompt, &images).unwrap();
         let selected = i4vgen::select(&scores, None).unwrap();
         let dump = std::env::var_os("DEMO_WORLD_DUMP").map(PathBuf::from);
         // [count, 3, 1, H, W] -> one clip of `count` frames.
@@ -307,14 +295,14 @@ fn run_method() -> Vec<Record> {
         let main = anchor_shows.first().copied().unwrap_or(named[0]);
 
         let still = i4vgen::static_video(&candidates, selected, FRAMES).unwrap();
-        let static_travel = Clip::of(&i4vgen::decode(&vae, still.clone())).travel(main);
+        let static_travel = Clip::of(&i4vgen::decode(vae, still.clone())).travel(main);
         let noise = normal(seed, "ni_vsds", latent(FRAMES), &device);
         let animated =
             i4vgen::ni_vsds(&guided, &scheduler, still, noise, P_NI_VSDS, &STEP_SIZES, &mut observer).unwrap();
-        let animated_travel = Clip::of(&i4vgen::decode(&vae, animated.clone())).travel(main);
+        let animated_travel = Clip::of(&i4vgen::decode(vae, animated.clone())).travel(main);
         let noise = normal(seed, "regeneration", latent(FRAMES), &device);
         let regenerated = i4vgen::regenerate(&guided, &scheduler, animated, noise, STRENGTH, &mut observer).unwrap();
-        let final_video = i4vgen::decode(&vae, regenerated);
+        let final_video = i4vgen::decode(vae, regenerated);
         if let Some(dir) = &dump {
             std::fs::create_dir_all(dir).unwrap();
             let strip = |t: &Tensor<5>| {
@@ -335,7 +323,7 @@ fn run_method() -> Vec<Record> {
 
         let noise = normal(seed, "text_to_video", latent(FRAMES), &device);
         let plain = i4vgen::text_to_video(&guided, &scheduler, noise, &mut observer).unwrap();
-        let t2v_fit = Clip::of(&i4vgen::decode(&vae, plain)).fit_share(&named);
+        let t2v_fit = Clip::of(&i4vgen::decode(vae, plain)).fit_share(&named);
         let record = Record {
             prompt,
             candidates_fit,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod crafted;
+pub mod demo;
 pub mod engine;
 pub mod ui;
 
