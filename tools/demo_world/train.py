@@ -57,6 +57,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SD_DIR, MOTION_FILE, REWARD_DIR = "sd15-tiny", "mm_tiny_v2.ckpt", "ImageReward-tiny"
 STAGES = ("vae", "sd", "motion", "reward")
 SEEDS = dict(vae=1601, sd=1602, motion=1603, reward=1604)
+SD_SCENES = 40960  # scenes the sd stage encodes once and draws its batches from
+OBJECT_WEIGHT = 4.0  # extra loss weight on latent cells the objects cover (stage sd)
 STREAMS = dict(vae=16, sd=17, motion=18, reward=19, scale=20)  # world.sample streams, one per use
 
 
@@ -173,6 +175,29 @@ def latent_scale(vae, folder, count=512):
     return scale
 
 
+def latent_set(vae, stream, count, motion_rate, chunk=64):
+    """`count` scenes of `stream` encoded once: the VAE posterior's mean and std [N, 4, h, w] (a step draws a
+    fresh latent from them), captions, and the objects' coverage pooled to the latent grid [N, 1, h, w].
+    Rendering and encoding are most of a step's cost at these sizes, so the sd stage reuses this set."""
+    import torch
+    import torch.nn.functional as F
+
+    means, stds, covers, captions = [], [], [], []
+    t0 = time.time()
+    with torch.no_grad():
+        for start in range(0, count, chunk):
+            pairs = [world.sample_scene(stream, start + i, motion_rate) for i in range(chunk)]
+            x = torch.from_numpy(np.stack([world.render(p[0]) for p in pairs])).permute(0, 3, 1, 2).float()
+            post = vae.encode(x / 127.5 - 1.0).latent_dist
+            means.append(post.mean)
+            stds.append(post.std)
+            m = torch.from_numpy(np.stack([world.coverage(p[0]) for p in pairs])).float()[:, None]
+            covers.append(F.adaptive_avg_pool2d(m, post.mean.shape[-2:]))
+            captions += [p[1] for p in pairs]
+    print(f"latent set: {count} scenes encoded in {time.time() - t0:.0f} s", flush=True)
+    return torch.cat(means), torch.cat(stds), torch.cat(covers), captions
+
+
 def train_sd(out, steps, batch, every):
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -199,18 +224,20 @@ def train_sd(out, steps, batch, every):
     opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-4)
     sched = cosine(opt, steps, 5e-5)
     scale = vae.config.scaling_factor
+    means, stds, covers, all_captions = latent_set(vae, STREAMS["sd"], SD_SCENES, motion_rate=0.3)
     log = Log("sd", steps, every)
     for step in range(1, steps + 1):
-        x, captions = images(STREAMS["sd"], step * batch, batch, motion_rate=0.3)
-        captions = drop_captions(captions, step * batch)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample() * scale
+        pick = torch.randint(0, len(all_captions), (batch,))
+        captions = drop_captions([all_captions[i] for i in pick.tolist()], step * batch)
+        z = (means[pick] + stds[pick] * torch.randn_like(means[pick])) * scale
         tokens = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         context = text_encoder(tokens.input_ids).last_hidden_state
         noise = torch.randn_like(z)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,))
         pred = unet(noise_sched.add_noise(z, noise, t), t, context).sample
-        loss = (pred - noise).pow(2).mean()
+        # Objects cover a small share of the latent grid; without a weight the plain MSE is mostly background.
+        weight = 1.0 + OBJECT_WEIGHT * covers[pick]
+        loss = (weight * (pred - noise).pow(2)).mean() / weight.mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

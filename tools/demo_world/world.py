@@ -157,10 +157,24 @@ def sample(seed, index, motion_rate=0.0):
     """Training example `index` of stream `seed`: (image, caption), reproducible without storing anything. With
     `motion_rate`, that share of the captions names a motion too (a still image says nothing about it: the text
     encoder learns those words exist before the motion module learns what they mean)."""
+    s, text = sample_scene(seed, index, motion_rate)
+    return render(s), text
+
+
+def sample_scene(seed, index, motion_rate=0.0):
+    """The scene and caption of `sample(seed, index, motion_rate)`, before rendering."""
     rng = np.random.default_rng([seed, index])
     s = scene(rng)
     motion = str(rng.choice(MOTIONS)) if rng.random() < motion_rate else None
-    return render(s), caption(s, motion)
+    return s, caption(s, motion)
+
+
+def coverage(s):
+    """How much of each pixel the scene's objects cover, float [64, 64] in [0, 1]."""
+    m = np.zeros((SIZE, SIZE))
+    for o in s["objects"]:
+        m = np.maximum(m, _mask(o["shape"], o["size"], o["x"], o["y"]))
+    return m
 
 
 def sample_clip(seed, index):
