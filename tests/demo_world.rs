@@ -29,6 +29,7 @@ use std::sync::OnceLock;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::demo::{DemoI4vgen, demo};
 use common::{cpu, to_vec};
+use stepstone::pipelines::denoiser::VideoDenoiser;
 use stepstone::pipelines::i4vgen::{self, GuidanceConditioning, Guided, StageProgress};
 use stepstone::pipelines::noise::SeededNoise;
 use stepstone::schedulers::{Ddim, DdimConfig};
@@ -220,6 +221,8 @@ const PROMPTS: [(&str, &[&str]); 8] = [
     ("a red box and a yellow ball on green grass", &["red", "yellow"]),
 ];
 
+/// The world's image side (tools/demo_world/world.py SIZE), the preset's width and height.
+const SIZE: usize = 64;
 /// The demo preset's settings (graphs/i4vgen_demo.json).
 const FRAMES: usize = 16;
 const CANDIDATES: usize = 16;
@@ -266,7 +269,10 @@ fn run_method() -> Vec<Record> {
             .unwrap();
     let mut scheduler = Ddim::new(config).unwrap();
     scheduler.set_timesteps(STEPS).unwrap();
-    let latent = |n: usize| [1, 4, n, 8, 8];
+    // The world's images are SIZE x SIZE; the latent grid follows the VAE's downsampling, its channels the UNet.
+    let side = SIZE / vae.downsampling();
+    let channels = model.latent_channels();
+    let latent = |n: usize| [1, channels, n, side, side];
     let mut observer = |_: StageProgress<'_>| ControlFlow::Continue(());
     let mut out = Vec::new();
     let limit = std::env::var("DEMO_WORLD_PROMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(PROMPTS.len());

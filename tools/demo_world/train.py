@@ -37,10 +37,12 @@ import world  # noqa: E402
 VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
                   up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[16, 32, 32, 64], layers_per_block=1,
                   latent_channels=4, norm_num_groups=16, sample_size=64, scaling_factor=0.18215)
+# Cross-attention at both levels, 2 heads (diffusers reads SD's attention_head_dim as the number of heads): heads
+# of 16 and 32 channels; 8 heads of 4 channels at one level bound colours to objects too weakly.
 UNET_CONFIG = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 64], layers_per_block=1,
-                   down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
-                   up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], attention_head_dim=8, norm_num_groups=16,
-                   cross_attention_dim=64)
+                   down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                   up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], attention_head_dim=2,
+                   norm_num_groups=16, cross_attention_dim=64)
 TEXT_WIDTH = 64
 # The loader's defaults for an original motion-module file (no config): 8 heads, 32 groups, as AnimateDiff v2.
 MOTION_HEADS = 8
@@ -55,20 +57,26 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 SD_DIR, MOTION_FILE, REWARD_DIR = "sd15-tiny", "mm_tiny_v2.ckpt", "ImageReward-tiny"
-STAGES = ("vae", "sd", "motion", "reward")
-SEEDS = dict(vae=1601, sd=1602, motion=1603, reward=1604)
+STAGES = ("vae", "vae_objects", "sd", "motion", "reward")
+SEEDS = dict(vae=1601, sd=1602, motion=1603, reward=1604, vae_objects=1605)
 SD_SCENES = 40960  # scenes the sd stage encodes once and draws its batches from
+VAE_OBJECT_WEIGHT = 8.0  # extra reconstruction weight on the pixels the objects cover (stage vae_objects)
 OBJECT_WEIGHT = 4.0  # extra loss weight on latent cells the objects cover (stage sd)
-STREAMS = dict(vae=16, sd=17, motion=18, reward=19, scale=20)  # world.sample streams, one per use
+TEXT_AUX_WEIGHT = 0.05  # weight of the text encoder's auxiliary attribute read-out loss (stage sd)
+STREAMS = dict(vae=16, sd=17, motion=18, reward=19, scale=20, vae_objects=21, vae_check=22)  # world.sample streams, one per use
+
+
+def to_model(pictures):
+    """uint8 pictures [..., H, W, 3] (a list of images or clips) -> float [-1, 1] [..., 3, H, W]."""
+    import torch
+
+    return torch.from_numpy(np.stack(pictures)).movedim(-1, -3).float() / 127.5 - 1.0
 
 
 def images(stream, start, count, motion_rate=0.0):
     """A batch of world images as float [-1, 1] [N, 3, 64, 64] and their captions."""
-    import torch
-
     pairs = [world.sample(stream, start + i, motion_rate) for i in range(count)]
-    x = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x, [p[1] for p in pairs]
+    return to_model([p[0] for p in pairs]), [p[1] for p in pairs]
 
 
 class Log:
@@ -133,6 +141,64 @@ def train_vae(out, steps, batch, every):
     return log.summary()
 
 
+def scenes(stream, start, count):
+    """A batch of world images as float [-1, 1] [N, 3, 64, 64], the objects' coverage [N, 1, 64, 64], the
+    scenes' object colours."""
+    import torch
+
+    picked = [world.sample_scene(stream, start + i)[0] for i in range(count)]
+    cover = torch.from_numpy(np.stack([world.coverage(s) for s in picked])).float()[:, None]
+    return to_model([world.render(s) for s in picked]), cover, [[o["colour"] for o in s["objects"]] for s in picked]
+
+
+def colour_fit(vae, stream, count=128):
+    """Share of `count` held-out scenes whose reconstruction still shows the scene's object colours
+    (world.shows: the pixel checker the Rust tests use)."""
+    import torch
+
+    x, _, colours = scenes(stream, 0, count)
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return float(np.mean([world.shows(r, c) for r, c in zip(rec, colours)]))
+
+
+def train_vae_objects(out, steps, batch, every):
+    """Continues the `vae` stage's autoencoder with the reconstruction loss weighted towards the objects
+    (1 + VAE_OBJECT_WEIGHT x coverage per pixel): the plain loss is mostly sky and ground, and the first VAE drew
+    yellow as pink and stars as blobs, which no UNet trained on its latents can undo."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    folder = os.path.join(out, SD_DIR, "vae")
+    vae = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32)
+    torch.manual_seed(SEEDS["vae_objects"])
+    before = colour_fit(vae.eval(), STREAMS["vae_check"])
+    print(f"vae before: held-out reconstructions show the scene's colours {before:.3f}", flush=True)
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=5e-4, weight_decay=0.0)
+    sched = cosine(opt, steps, 5e-5)
+    log = Log("vae_objects", steps, every)
+    for step in range(1, steps + 1):
+        x, cover, _ = scenes(STREAMS["vae_objects"], step * batch, batch)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        weight = 1.0 + VAE_OBJECT_WEIGHT * cover
+        loss = (weight * (rec - x).abs()).mean() / weight.mean() + 1e-6 * post.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        log.step(step, float(loss))
+    vae.eval()
+    after = colour_fit(vae, STREAMS["vae_check"])
+    print(f"vae after: held-out reconstructions show the scene's colours {after:.3f}", flush=True)
+    save_half(vae, folder)
+    summary = log.summary()
+    summary["colour_fit_before"], summary["colour_fit_after"] = round(before, 4), round(after, 4)
+    return summary
+
+
 def load_sd(out):
     import torch
     from diffusers import StableDiffusionPipeline
@@ -187,8 +253,7 @@ def latent_set(vae, stream, count, motion_rate, chunk=64):
     with torch.no_grad():
         for start in range(0, count, chunk):
             pairs = [world.sample_scene(stream, start + i, motion_rate) for i in range(chunk)]
-            x = torch.from_numpy(np.stack([world.render(p[0]) for p in pairs])).permute(0, 3, 1, 2).float()
-            post = vae.encode(x / 127.5 - 1.0).latent_dist
+            post = vae.encode(to_model([world.render(p[0]) for p in pairs])).latent_dist
             means.append(post.mean)
             stds.append(post.std)
             m = torch.from_numpy(np.stack([world.coverage(p[0]) for p in pairs])).float()[:, None]
@@ -198,8 +263,29 @@ def latent_set(vae, stream, count, motion_rate, chunk=64):
     return torch.cat(means), torch.cat(stds), torch.cat(covers), captions
 
 
+def caption_labels(caption):
+    """What a caption names, as class indices: background, first and second object's colour and shape (the last
+    class of each meaning "no second object"), motion (last class: none). None for the empty caption."""
+    if not caption:
+        return None
+    words = caption.split()
+    colours = [list(world.COLOURS).index(w) for w in words if w in world.COLOURS]
+    shapes = [world.SHAPES.index(w) for w in words if w in world.SHAPES]
+    background = next(i for i, (phrase, *_) in enumerate(world.BACKGROUNDS.values()) if caption.endswith(phrase))
+    motion = next((i for i, m in enumerate(world.MOTION_WORDS.values()) if m in caption), len(world.MOTIONS))
+    second = (colours[1], shapes[1]) if len(colours) > 1 else (len(world.COLOURS), len(world.SHAPES))
+    return [background, colours[0], shapes[0], second[0], second[1], motion]
+
+
+def label_classes():
+    """Classes per entry of `caption_labels`."""
+    return [len(world.BACKGROUNDS), len(world.COLOURS), len(world.SHAPES), len(world.COLOURS) + 1,
+            len(world.SHAPES) + 1, len(world.MOTIONS) + 1]
+
+
 def train_sd(out, steps, batch, every):
     import torch
+    import torch.nn.functional as F
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -220,11 +306,16 @@ def train_sd(out, steps, batch, every):
         bos_token_id=n_vocab - 2, eos_token_id=n_vocab - 1, pad_token_id=n_vocab - 1, projection_dim=TEXT_WIDTH)))
     unet = UNet2DConditionModel(**UNET_CONFIG)
     noise_sched = noise_scheduler()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    # Auxiliary heads (discarded after training): linear read-outs of what the caption names from the mean of
+    # the text encoder's states, so that every attribute (colour, shape, background, motion) is kept apart in
+    # what the UNet attends to; the diffusion loss alone lets a from-scratch encoder blur the colours and shapes.
+    heads = torch.nn.ModuleList([torch.nn.Linear(TEXT_WIDTH, n) for n in label_classes()])
+    params = list(unet.parameters()) + list(text_encoder.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-4)
     sched = cosine(opt, steps, 5e-5)
     scale = vae.config.scaling_factor
     means, stds, covers, all_captions = latent_set(vae, STREAMS["sd"], SD_SCENES, motion_rate=0.3)
+    labels = torch.tensor([caption_labels(c) for c in all_captions])
     log = Log("sd", steps, every)
     for step in range(1, steps + 1):
         pick = torch.randint(0, len(all_captions), (batch,))
@@ -238,6 +329,11 @@ def train_sd(out, steps, batch, every):
         # Objects cover a small share of the latent grid; without a weight the plain MSE is mostly background.
         weight = 1.0 + OBJECT_WEIGHT * covers[pick]
         loss = (weight * (pred - noise).pow(2)).mean() / weight.mean()
+        if TEXT_AUX_WEIGHT:
+            kept = torch.tensor([bool(c) for c in captions])
+            pooled = context[kept].mean(dim=1)
+            aux = sum(F.cross_entropy(head(pooled), labels[pick][kept][:, i]) for i, head in enumerate(heads))
+            loss = loss + TEXT_AUX_WEIGHT * aux / len(heads)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -284,11 +380,8 @@ def motion_model(unet, layers, train):
 
 def clips(stream, start, count):
     """A batch of world clips as float [-1, 1] [N, 16, 3, 64, 64] and their captions."""
-    import torch
-
     pairs = [world.sample_clip(stream, start + i) for i in range(count)]
-    x = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
-    return x, [p[1] for p in pairs]
+    return to_model([p[0] for p in pairs]), [p[1] for p in pairs]
 
 
 def train_motion(out, steps, batch, every):
@@ -466,7 +559,7 @@ def train_reward(out, steps, batch, every):
     for step in range(1, steps + 1):
         pairs = reward_pairs(STREAMS["reward"], step * batch, batch)
         good, bad, cap, cap2 = (list(x) for x in zip(*pairs))
-        via_vae = vae if step % 4 == 0 else None
+        via_vae = vae if step % 2 == 0 else None  # candidates are VAE decodes: half the steps see their softness
         px_good, px_bad = to_pixels(good, via_vae), to_pixels(bad, via_vae)
         ids, mask = tokens(cap)
         ids2, mask2 = tokens(cap2)
@@ -563,9 +656,10 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--vae-objects-steps", type=int, default=1200)
     parser.add_argument("--sd-steps", type=int, default=6000)
     parser.add_argument("--motion-steps", type=int, default=1500)
-    parser.add_argument("--reward-steps", type=int, default=1000)
+    parser.add_argument("--reward-steps", type=int, default=2000)
     parser.add_argument("--log", type=int, default=100)
     parser.add_argument("--sample", help="after the sd stage, write a grid of samples to this PNG")
     parser.add_argument("--install", action="store_true",
@@ -590,7 +684,8 @@ def main():
             record = json.load(f)
     record["torch"] = torch.__version__
     record["threads"] = torch.get_num_threads()
-    plan = dict(vae=(train_vae, args.vae_steps, 32), sd=(train_sd, args.sd_steps, 64),
+    plan = dict(vae=(train_vae, args.vae_steps, 32), vae_objects=(train_vae_objects, args.vae_objects_steps, 32),
+                sd=(train_sd, args.sd_steps, 64),
                 motion=(train_motion, args.motion_steps, 2), reward=(train_reward, args.reward_steps, 32))
     for stage in STAGES:
         if stage not in stages:

@@ -177,6 +177,26 @@ def coverage(s):
     return m
 
 
+def colour_counts(img):
+    """Pixels of each object colour (COLOURS order) in a uint8 RGB image [H, W, 3]: a pixel counts as the
+    nearest colour's shaded tone (0.75 to 1.05 of it, as the renderer lights objects) when within 45 of it."""
+    ref = np.array(list(COLOURS.values()), float)
+    p = img.reshape(-1, 3).astype(float)
+    s = np.clip(p @ ref.T / (ref * ref).sum(1), 0.75, 1.05)
+    d = np.sqrt(((p[:, None, :] - s[:, :, None] * ref[None]) ** 2).sum(-1))
+    near = d.argmin(1)
+    return np.bincount(near[d.min(1) < 45], minlength=len(ref))
+
+
+def shows(img, colours, least=28):
+    """Does the image show every one of `colours` (names) on at least `least` pixels, and no other object
+    colour on more pixels than the least of them?"""
+    counts = colour_counts(img)
+    names = list(COLOURS)
+    low = min(counts[names.index(c)] for c in colours)
+    return low >= least and all(counts[i] <= low for i, n in enumerate(names) if n not in colours)
+
+
 def sample_clip(seed, index):
     """Clip example `index` of stream `seed`: (frames, caption with the motion)."""
     rng = np.random.default_rng([seed, index, 1])
