@@ -2,20 +2,21 @@
 
   sd15-tiny/          a diffusers StableDiffusionPipeline folder: AutoencoderKL (kl-f8, 4 latent channels),
                       CLIPTextModel + the small CLIP BPE of tools/fixtures/demo.py, UNet2DConditionModel, DDIM
-                      scheduler with AnimateDiff's settings (stages `vae`, then `sd`);
+                      scheduler with AnimateDiff's settings (stages `vae`, `vae_objects` that continues it with the
+                      loss weighted towards the objects, then `sd`);
   mm_tiny_v2.ckpt     an AnimateDiff v2 motion module in the original .ckpt layout, trained on the world's clips
                       with the image UNet and the text encoder frozen, as AnimateDiff trains (stage `motion`);
   ImageReward-tiny/   ImageReward.pt + med_config.json + vocab.txt + image_reward_config.json: the image-reward
                       package's ImageReward class at tiny widths, trained to rank the image that fits a caption
                       above one that differs in one thing (colour, shape, background, count), stage `reward`.
 
-    .venv/bin/python tools/demo_world/train.py --out /tmp/world            # every stage, in order (~80 min)
+    .venv/bin/python tools/demo_world/train.py --out /tmp/world            # every stage, in order (~2.5 h)
     .venv/bin/python tools/demo_world/train.py --out /tmp/world --stages motion,reward
 
 A later stage reads what the earlier ones wrote under --out. Every stage is seeded; losses are printed every --log
 steps with the time taken, and stage times and final losses go to --out/training.json (docs/PERFORMANCE.md).
 Weights are stored as float16 (the loaders widen them), which keeps the whole set small enough for git. The
-default step counts are those of the installed weights (tools/demo_world/training.json: 80 min on 2 cores).
+default step counts are those of the installed weights (tools/demo_world/training.json, on 2 cores).
 """
 
 import argparse
