@@ -112,6 +112,20 @@ def save_half(model, folder):
               metadata={"format": "pt"})
 
 
+def update(loss, opt, sched, log, step, clip=None):
+    """One optimiser step on `loss` (gradients clipped to norm 1 over `clip` when given), the schedule's step, the
+    log's."""
+    import torch
+
+    opt.zero_grad()
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    opt.step()
+    sched.step()
+    log.step(step, float(loss))
+
+
 def cosine(opt, steps, floor):
     import torch
 
@@ -132,11 +146,7 @@ def train_vae(out, steps, batch, every):
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         loss = (rec - x).abs().mean() + 1e-6 * post.kl().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        log.step(step, float(loss))
+        update(loss, opt, sched, log, step)
     vae.eval()
     save_half(vae, os.path.join(out, SD_DIR, "vae"))
     return log.summary()
@@ -186,11 +196,7 @@ def train_vae_objects(out, steps, batch, every):
         rec = vae.decode(post.sample()).sample
         weight = 1.0 + VAE_OBJECT_WEIGHT * cover
         loss = (weight * (rec - x).abs()).mean() / weight.mean() + 1e-6 * post.kl().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        log.step(step, float(loss))
+        update(loss, opt, sched, log, step)
     vae.eval()
     after = colour_fit(vae, STREAMS["vae_check"])
     print(f"vae after: held-out reconstructions show the scene's colours {after:.3f}", flush=True)
@@ -335,12 +341,7 @@ def train_sd(out, steps, batch, every):
             pooled = context[kept].mean(dim=1)
             aux = sum(F.cross_entropy(head(pooled), labels[pick][kept][:, i]) for i, head in enumerate(heads))
             loss = loss + TEXT_AUX_WEIGHT * aux / len(heads)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        log.step(step, float(loss))
+        update(loss, opt, sched, log, step, clip=params)
     unet.eval()
     text_encoder.eval()
     scheduler = DDIMScheduler(**mf.DDIM_CASES["animatediff"])
@@ -425,12 +426,7 @@ def train_motion(out, steps, batch, every):
         noisy = noise_sched.add_noise(z, noise, t)  # one timestep per clip
         pred = model(noisy, t, context).sample
         loss = (pred - noise).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        log.step(step, float(loss))
+        update(loss, opt, sched, log, step, clip=params)
     original.eval()
     sd = motion.save_original(original, os.path.join(out, MOTION_FILE), half=True)
     print(f"motion module: {sum(v.numel() for k, v in sd.items() if not k.endswith('.pe'))} params")
@@ -568,12 +564,7 @@ def train_reward(out, steps, batch, every):
         r_bad = reward_forward(model, px_bad, ids, mask)  # the same caption, the image that does not fit
         r_wrong = reward_forward(model, px_good, ids2, mask2)  # the same image, a caption that does not fit
         loss = -F.logsigmoid(r_good - r_bad).mean() - 0.5 * F.logsigmoid(r_good - r_wrong).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        log.step(step, float(loss))
+        update(loss, opt, sched, log, step, clip=params)
     model.eval()
     # Normalise as ImageReward does: the stored mean and std of the raw rewards, over fitting and unfitting pairs.
     with torch.no_grad():
