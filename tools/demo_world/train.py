@@ -152,14 +152,15 @@ def train_vae(out, steps, batch, every):
     return log.summary()
 
 
-def scenes(stream, start, count):
-    """A batch of world images as float [-1, 1] [N, 3, 64, 64], the objects' coverage [N, 1, 64, 64], the
-    scenes' object colours."""
+def scenes(stream, start, count, motion_rate=0.0):
+    """A batch of world scenes (world.sample_scene): the images as float [-1, 1] [N, 3, 64, 64], the objects'
+    coverage [N, 1, 64, 64], the scene dicts and their captions."""
     import torch
 
-    picked = [world.sample_scene(stream, start + i)[0] for i in range(count)]
+    pairs = [world.sample_scene(stream, start + i, motion_rate) for i in range(count)]
+    picked = [p[0] for p in pairs]
     cover = torch.from_numpy(np.stack([world.coverage(s) for s in picked])).float()[:, None]
-    return to_model([world.render(s) for s in picked]), cover, [[o["colour"] for o in s["objects"]] for s in picked]
+    return to_model([world.render(s) for s in picked]), cover, picked, [p[1] for p in pairs]
 
 
 def colour_fit(vae, stream, count=128):
@@ -167,7 +168,8 @@ def colour_fit(vae, stream, count=128):
     (world.shows: the pixel checker the Rust tests use)."""
     import torch
 
-    x, _, colours = scenes(stream, 0, count)
+    x, _, picked, _ = scenes(stream, 0, count)
+    colours = [[o["colour"] for o in s["objects"]] for s in picked]
     with torch.no_grad():
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample
     rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
@@ -191,7 +193,7 @@ def train_vae_objects(out, steps, batch, every):
     sched = cosine(opt, steps, 5e-5)
     log = Log("vae_objects", steps, every)
     for step in range(1, steps + 1):
-        x, cover, _ = scenes(STREAMS["vae_objects"], step * batch, batch)
+        x, cover, _, _ = scenes(STREAMS["vae_objects"], step * batch, batch)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         weight = 1.0 + VAE_OBJECT_WEIGHT * cover
@@ -259,13 +261,12 @@ def latent_set(vae, stream, count, motion_rate, chunk=64):
     t0 = time.time()
     with torch.no_grad():
         for start in range(0, count, chunk):
-            pairs = [world.sample_scene(stream, start + i, motion_rate) for i in range(chunk)]
-            post = vae.encode(to_model([world.render(p[0]) for p in pairs])).latent_dist
+            x, cover, _, texts = scenes(stream, start, chunk, motion_rate)
+            post = vae.encode(x).latent_dist
             means.append(post.mean)
             stds.append(post.std)
-            m = torch.from_numpy(np.stack([world.coverage(p[0]) for p in pairs])).float()[:, None]
-            covers.append(F.adaptive_avg_pool2d(m, post.mean.shape[-2:]))
-            captions += [p[1] for p in pairs]
+            covers.append(F.adaptive_avg_pool2d(cover, post.mean.shape[-2:]))
+            captions += texts
     print(f"latent set: {count} scenes encoded in {time.time() - t0:.0f} s", flush=True)
     return torch.cat(means), torch.cat(stds), torch.cat(covers), captions
 
